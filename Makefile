@@ -1,0 +1,22 @@
+# Two commands that work on a fresh machine:
+#   make demo   set up everything and run the embedded default (emoji categories, EfficientNet-Lite0)
+#   make test   set up everything and run the test suite
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-fast bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/transfuse demo
+
+test: setup
+	.venv/bin/python -m pytest -q -p no:cacheprovider
+
+test-fast: setup
+	.venv/bin/python -m pytest -q -m "not real"
+
+clean:
+	rm -rf runs .pytest_cache

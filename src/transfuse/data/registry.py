@@ -1,0 +1,39 @@
+"""Data sources: ``name -> loader(path, **options) -> Dataset``.
+
+A config names a source (``folder``, ``manifest``, ``fashion_mnist``, ``emoji``, ...) and gives
+its ``path`` and ``options``; the loader validates inputs and quarantines bad ones (each with a
+reason) instead of failing the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from transfuse.registry import Registry
+
+DATA_SOURCES: Registry[Callable[..., Any]] = Registry("data source")
+
+#: Modules whose import registers data sources.
+BUILTIN_MODULES: list[str] = [
+    "transfuse.data.images",
+]
+
+_LOADED = False
+
+
+def load_builtin_sources() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    import importlib
+
+    for mod in BUILTIN_MODULES:
+        importlib.import_module(mod)
+
+
+def load_dataset(source: str, path: str | None = None, **options: Any) -> Any:
+    """Load a :class:`~transfuse.data.base.Dataset` from a registered source."""
+    load_builtin_sources()
+    return DATA_SOURCES.get(source)(path, **options)

@@ -1,0 +1,120 @@
+"""Content-addressed feature cache: features are computed once per (weights, preprocessing, item).
+
+Layout: ``<root>/<backbone.cache_key()>/meta.json`` plus shards ``shard-*.npz`` holding
+``hashes`` (item content hashes) and ``features``. A lookup embeds only the items no shard holds,
+so a rerun, a new split or a superset of the data reuses everything already computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transfuse.backbones.base import Backbone
+from transfuse.data.base import Dataset
+from transfuse.io import atomic_save_npz, atomic_write_json
+from transfuse.paths import feature_cache_dir
+
+
+@dataclass
+class EmbedStats:
+    """What one :meth:`FeatureCache.embed` call did."""
+
+    n_items: int = 0
+    n_computed: int = 0
+    seconds: float = 0.0
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class FeatureCache:
+    """Features on disk, addressed by backbone cache key and item content hash."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else feature_cache_dir()
+        self.last = EmbedStats()
+
+    def folder(self, backbone: Backbone) -> Path:
+        return self.root / backbone.cache_key()
+
+    def _read(self, folder: Path) -> dict[str, np.ndarray]:
+        table: dict[str, np.ndarray] = {}
+        for shard in sorted(folder.glob("shard-*.npz")):
+            with np.load(shard, allow_pickle=False) as z:
+                for h, f in zip(z["hashes"].tolist(), z["features"]):
+                    table[h] = f
+        return table
+
+    def embed(self, backbone: Backbone, dataset: Dataset, batch_size: int = 64,
+              progress: bool = False) -> np.ndarray:
+        """Features of every item of ``dataset``, shape ``(len(dataset), feature_dim)``."""
+        t0 = time.perf_counter()
+        folder = self.folder(backbone)
+        hashes = dataset.item_hashes()
+        table = self._read(folder) if folder.exists() else {}
+        missing = sorted({i for i, h in enumerate(hashes) if h not in table},
+                         key=lambda i: i)
+        # one computation per distinct content
+        first_of: dict[str, int] = {}
+        for i in missing:
+            first_of.setdefault(hashes[i], i)
+        todo = list(first_of.values())
+        if todo:
+            feats = compute_features(backbone, dataset.subset(todo), batch_size, progress,
+                                     desc=f"embed {backbone.spec or type(backbone).__name__}")
+            new_hashes = [hashes[i] for i in todo]
+            folder.mkdir(parents=True, exist_ok=True)
+            meta = folder / "meta.json"
+            if not meta.exists():
+                atomic_write_json(meta, {"spec": backbone.spec, "feature_dim": backbone.feature_dim,
+                                         "weights_hash": backbone.weights_hash(),
+                                         "preprocess": backbone.preprocess_config()})
+            name = hashlib.sha256("".join(new_hashes).encode()).hexdigest()[:16]
+            atomic_save_npz(folder / f"shard-{name}.npz", hashes=np.array(new_hashes),
+                            features=feats.astype(np.float32))
+            table.update(zip(new_hashes, feats))
+        out = np.stack([table[h] for h in hashes]).astype(np.float32) if hashes else \
+            np.zeros((0, backbone.feature_dim), np.float32)
+        self.last = EmbedStats(len(hashes), len(todo), time.perf_counter() - t0)
+        return out
+
+    def size_bytes(self) -> int:
+        from transfuse.paths import dir_size
+
+        return dir_size(self.root)
+
+    def entries(self) -> list[dict]:
+        """One dict per cached backbone (its meta plus the number of cached items)."""
+        out = []
+        for meta in sorted(self.root.glob("*/meta.json")):
+            info = json.loads(meta.read_text())
+            n = 0
+            for shard in meta.parent.glob("shard-*.npz"):
+                with np.load(shard, allow_pickle=False) as z:
+                    n += len(z["hashes"])
+            out.append({"key": meta.parent.name, "spec": info.get("spec"), "items": n})
+        return out
+
+
+@torch.no_grad()
+def compute_features(backbone: Backbone, dataset: Dataset, batch_size: int = 64,
+                     progress: bool = False, desc: str = "embed") -> np.ndarray:
+    """Run the frozen backbone over ``dataset`` in eval mode (no cache)."""
+    from transfuse.progress import track
+    from transfuse.train.loaders import make_loader
+
+    device = pick_device()
+    backbone.eval().to(device)
+    loader = make_loader(dataset, backbone, train=False, batch_size=batch_size)
+    chunks = []
+    for batch, _ in track(loader, total=len(loader), description=desc, enabled=progress):
+        chunks.append(backbone(backbone.batch_to(batch, device)).float().cpu().numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, backbone.feature_dim), np.float32)
