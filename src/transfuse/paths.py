@@ -12,7 +12,9 @@ def home() -> Path:
 
 
 def feature_cache_dir() -> Path:
-    return home() / "features"
+    """Feature cache: ``$TRANSFUSE_FEATURE_CACHE`` or ``<home>/features``."""
+    env = os.environ.get("TRANSFUSE_FEATURE_CACHE")
+    return Path(env) if env else home() / "features"
 
 
 def data_dir() -> Path:

@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+import torch
+
+from transfuse.backbones import create_backbone
+from transfuse.errors import UserError
+
+
+def test_unknown_names_list_valid_sources_and_names():
+    with pytest.raises(UserError, match=r"unknown backbone 'bundled:nope'; valid names: .*bundled:efficientnet_lite0"):
+        create_backbone("bundled:nope")
+    with pytest.raises(UserError, match=r"unknown source 'foo'; valid sources: .*bundled.*timm"):
+        create_backbone("foo:bar")
+    with pytest.raises(UserError, match=r"give SOURCE:NAME"):
+        create_backbone("efficientnet")
+
+
+@pytest.mark.real
+def test_efficientnet_lite0_key_map_reproduces_imagenet_predictions():
+    """Scikit-image's cat photo: top-5 ImageNet classes 282, 285, 281, 287, 904 (tabby, Egyptian
+    cat, tiger cat, lynx, window screen) with timm's own eval transform."""
+    from PIL import Image
+    from skimage import data
+    from timm.data import create_transform, resolve_data_config
+
+    from transfuse.backbones.efficientnet import imagenet_model
+
+    m = imagenet_model(0)
+    x = create_transform(**resolve_data_config({}, model=m))(Image.fromarray(data.chelsea()))
+    with torch.no_grad():
+        top = m(x[None]).softmax(-1).topk(5).indices[0].tolist()
+    assert top == [282, 285, 281, 287, 904]
+
+
+@pytest.mark.real
+def test_bundled_backbone_interface():
+    b = create_backbone("bundled:efficientnet_lite0", image_size=96)
+    assert b.feature_dim == 1280 and b.modality == "image"
+    pre = b.preprocess_config()
+    assert pre["input_size"] == [3, 96, 96] and pre["mean"] == [0.5, 0.5, 0.5]
+    assert pre["interpolation"] == "bicubic"
+    # the classifier is gone: features, not logits
+    with torch.no_grad():
+        assert b(torch.zeros(2, 3, 96, 96)).shape == (2, 1280)
+    # layer-wise lr decay: stem gets lr * decay**top, the last layer gets lr
+    groups = b.param_groups(1e-3, layer_decay=0.5)
+    top = max(g["layer_id"] for g in groups)
+    assert top == len(groups) - 1
+    for g in groups:
+        assert g["lr"] == pytest.approx(1e-3 * 0.5 ** (top - g["layer_id"]))
+    # the key is stable and depends on preprocessing
+    assert b.cache_key() == create_backbone("bundled:efficientnet_lite0", image_size=96).cache_key()
+    assert b.cache_key() != create_backbone("bundled:efficientnet_lite0", image_size=128).cache_key()
+
+
+def test_file_source_loads_safetensors_and_refuses_pickles(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    m = timm.create_model("resnet18", pretrained=False, num_classes=5)
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
+    b = create_backbone(f"file:{path}", arch="resnet18")
+    x = torch.randn(1, 3, 64, 64)
+    m.eval(); b.eval()
+    with torch.no_grad():
+        assert torch.allclose(b(x), m.forward_head(m.forward_features(x), pre_logits=True), atol=1e-5)
+    with pytest.raises(UserError, match="name its architecture"):
+        create_backbone(f"file:{path}")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    bad = tmp_path / "evil.pth"
+    torch.save({"x": Evil()}, bad)
+    with pytest.raises(UserError, match="cannot be read safely"):
+        create_backbone(f"file:{bad}", arch="resnet18")
