@@ -1,0 +1,215 @@
+"""report.html: one self-contained page (inline CSS, base64 PNG plots, no external URLs).
+
+Renders the ``report.json`` dict; every optional field may be missing. Every string that came
+from the user (names, paths, reasons, config) is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from transfuse.evaluate import plots
+from transfuse.io import atomic_write_text
+
+COLLAPSE_ROWS = 10
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1100px;
+ padding:1.5em;color:#222}
+h1{margin-bottom:.1em} h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+.sub{color:#666} .cards{display:flex;flex-wrap:wrap;gap:.8em;margin:1em 0}
+.card{border:1px solid #ddd;border-radius:8px;padding:.6em 1em;min-width:8em}
+.card b{display:block;font-size:1.5em} .card span{color:#666;font-size:.9em}
+table{border-collapse:collapse;margin:.5em 0} td,th{padding:.3em .7em;border-bottom:1px solid #eee;
+ text-align:left;vertical-align:top} th{background:#f6f6f6} td.num{text-align:right;white-space:nowrap;
+ font-variant-numeric:tabular-nums} tr.chosen{background:#e8f6e8;font-weight:600}
+.tag{font-size:.8em;background:#2ca02c;color:#fff;border-radius:4px;padding:0 .4em;margin-left:.4em}
+.gain{font-size:1.1em;margin:.5em 0} .pos{color:#1a7f1a} .neg{color:#b00}
+img{max-width:100%;height:auto;display:block;margin:.5em 0} pre{background:#f6f6f6;padding:1em;
+ overflow:auto} details{margin:.5em 0} summary{cursor:pointer;color:#245}
+.chips span{display:inline-block;border:1px solid #ddd;border-radius:4px;padding:0 .4em;margin:.15em}
+"""
+
+
+def _e(value: Any) -> str:
+    return escape(str(value), quote=True)
+
+
+def _ok(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _num(v: Any, digits: int = 3) -> str:
+    return f"{v:.{digits}f}" if _ok(v) else "—"
+
+
+def _pct(v: Any) -> str:
+    return f"{v * 100:.1f}%" if _ok(v) else "—"
+
+
+def _count(v: Any) -> str:
+    if not _ok(v):
+        return "—"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= size:
+            return f"{v / size:.1f}{unit}"
+    return str(int(v))
+
+
+def _secs(v: Any) -> str:
+    if not _ok(v):
+        return "—"
+    return f"{v:.1f} s" if v < 120 else f"{int(v // 60)} min {int(v % 60):02d} s"
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _table(head: list[str], rows: list[list[str]], row_class: list[str] | None = None) -> str:
+    """Cells are already-escaped HTML; numeric-looking columns are right-aligned by the caller."""
+    th = "".join(f"<th>{h}</th>" for h in head)
+    body = "".join(
+        f'<tr class="{(row_class or [""] * len(rows))[i]}">' + "".join(rows[i]) + "</tr>" for i in range(len(rows))
+    )
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _collapsible(summary: str, inner: str, open_: bool) -> str:
+    return f"<details{' open' if open_ else ''}><summary>{summary}</summary>{inner}</details>"
+
+
+def _headline(r: dict, chosen: dict | None, test: dict) -> str:
+    out = [f"<h1>{_e(r.get('name') or 'transfuse run')}</h1><p class='sub'>"
+           + " · ".join(_e(x) for x in (r.get("modality"), r.get("created"),
+                                         r.get("transfuse_version") and f"transfuse {r['transfuse_version']}") if x)
+           + "</p>"]
+    if chosen is None:
+        return out[0] + "<p>No candidate was chosen.</p>"
+    out.append(f"<p>Chosen candidate: <b>{_e(chosen.get('name'))}</b> ({_e(chosen.get('kind') or '?')})</p>")
+    cards = [("test accuracy", _pct(test.get("accuracy"))), ("test macro-F1", _pct(test.get("macro_f1"))),
+             ("test log-loss", _num(test.get("log_loss"))), ("test ECE", _num(test.get("ece"))),
+             ("CV accuracy", f"{_pct(chosen.get('cv_mean'))} ± {_num((chosen.get('cv_std') or 0) * 100, 1)}")]
+    cal = r.get("calibration") or {}
+    if cal.get("ece_after") is not None:
+        cards.append((f"ECE after T={_num(cal.get('temperature'), 2)}", _num(cal["ece_after"])))
+    out.append("<div class='cards'>" + "".join(f"<div class='card'><b>{v}</b><span>{_e(k)}</span></div>"
+                                               for k, v in cards) + "</div>")
+    cands = r.get("candidates") or []
+    singles = [c for c in cands if c.get("kind") == "single" and c.get("cv_mean") is not None]
+    if any(c.get("kind") == "fusion" for c in cands) and singles:
+        best = max(singles, key=lambda c: c["cv_mean"])
+        parts = []
+        for label, a, b in (("test accuracy", test.get("accuracy"), (best.get("test") or {}).get("accuracy")),
+                            ("CV accuracy", chosen.get("cv_mean"), best.get("cv_mean"))):
+            if a is not None and b is not None:
+                d = (a - b) * 100
+                parts.append(f"<span class='{'pos' if d > 0 else 'neg' if d < 0 else ''}'>{d:+.1f} pts</span> {label}")
+        out.append(f"<p class='gain'>Versus the best single model by CV, <b>{_e(best.get('name'))}</b>: "
+                   + (", ".join(parts) or "no comparable numbers") + ".</p>")
+    return "".join(out)
+
+
+def _candidates(cands: list[dict], chosen_name: Any) -> str:
+    cands = sorted(cands, key=lambda c: -(c.get("cv_mean") or 0.0))
+    rows, classes = [], []
+    for c in cands:
+        t = c.get("test") or {}
+        tag = "<span class='tag'>chosen</span>" if c.get("name") == chosen_name else ""
+        rows.append([f"<td>{_e(c.get('name'))}{tag}</td>", f"<td>{_e(c.get('kind') or '—')}</td>",
+                     f"<td class='num'>{_pct(c.get('cv_mean'))} ± {_num((c.get('cv_std') or 0) * 100, 1)}</td>"]
+                    + [f"<td class='num'>{v}</td>" for v in (
+                        _pct(t.get("accuracy")), _pct(t.get("macro_f1")), _num(t.get("log_loss")),
+                        _secs(c.get("fit_seconds")), _count(c.get("params")),
+                        _num(c.get("inference_ms_per_example"), 2))])
+        classes.append("chosen" if c.get("name") == chosen_name else "")
+    head = ["candidate", "kind", "CV accuracy (mean ± std)", "test accuracy", "test macro-F1",
+            "test log-loss", "fit time", "params", "inference ms/example"]
+    return _table(head, rows, classes)
+
+
+def _per_class(per_class: dict) -> str:
+    rows = [[f"<td>{_e(name)}</td>"] + [f"<td class='num'>{_num(m.get(k))}</td>" for k in ("precision", "recall", "f1")]
+            + [f"<td class='num'>{_e(m.get('support', '—'))}</td>"] for name, m in per_class.items()]
+    return _collapsible("per-class precision / recall / F1",
+                        _table(["class", "precision", "recall", "F1", "support"], rows), False)
+
+
+def render_report_html(report: dict) -> str:
+    """The whole page as a string (``report`` is not modified)."""
+    r = report
+    cands: list[dict] = list(r.get("candidates") or [])
+    chosen = next((c for c in cands if c.get("name") == r.get("chosen")), None)
+    test = r.get("test") or (chosen or {}).get("test") or {}
+    task = r.get("task") or {}
+    classes = [str(c) for c in task.get("classes") or []]
+    s = [_headline(r, chosen, test)]
+    if cands:
+        s.append("<h2>Candidates</h2>" + _candidates(cands, r.get("chosen")))
+        if any(c.get("cv_mean") is not None for c in cands):
+            png = plots.candidates_chart(cands, r.get("chosen"))
+            s.append(_img(png, "candidates: CV accuracy and test accuracy"))
+        cv = r.get("cv") or {}
+        if cv:
+            s.append(f"<p class='sub'>{_e(cv.get('folds', '?'))}-fold cross-validation, "
+                     f"seed {_e(cv.get('seed', '?'))}; the candidate is chosen by CV, the test split is used once.</p>")
+    if test.get("confusion_matrix"):
+        s.append("<h2>Confusion matrix (test, chosen candidate)</h2>"
+                 + _img(plots.confusion_matrix_plot(test["confusion_matrix"], classes), "confusion matrix"))
+    if test.get("per_class"):
+        s.append(_per_class(test["per_class"]))
+    if any(c.get("history") for c in cands):
+        png, left_out = plots.learning_curves(cands)
+        s.append("<h2>Learning curves</h2><p class='sub'>thin lines: folds; thick: mean over folds</p>"
+                 + _img(png, "learning curves")
+                 + (f"<p class='sub'>{left_out} more candidates with history not drawn.</p>" if left_out else ""))
+    cal = r.get("calibration") or {}
+    labels = {"before": "test, uncalibrated", "after": "test, temperature-scaled"}
+    curves = {labels[k]: cal[f"reliability_{k}"] for k in labels if cal.get(f"reliability_{k}")}
+    if not curves and test.get("reliability"):
+        curves = {"test": test["reliability"]}
+    if curves:
+        note = (f"Temperature scaling, T = {_num(cal.get('temperature'), 3)}; test log-loss "
+                f"{_num(cal.get('log_loss_before'))} → {_num(cal.get('log_loss_after'))}."
+                if cal.get("temperature") is not None else "")
+        s.append("<h2>Calibration</h2>" + (f"<p>{note}</p>" if note else "")
+                 + _img(plots.reliability_diagram(curves), "reliability diagram"))
+    quarantined = r.get("quarantined") or []
+    s.append(f"<h2>Quarantined inputs ({len(quarantined)})</h2>")
+    if quarantined:
+        rows = [[f"<td><code>{_e(q.get('path'))}</code></td>", f"<td>{_e(q.get('reason'))}</td>"] for q in quarantined]
+        s.append(_collapsible(f"{len(quarantined)} inputs skipped", _table(["path", "reason"], rows),
+                              len(quarantined) <= COLLAPSE_ROWS))
+    else:
+        s.append("<p>None: every input was usable.</p>")
+    s.append("<h2>Task</h2><p>" + " · ".join(
+        f"{_e(k)}: {_e(task[k])}" for k in ("n_train", "n_test") if task.get(k) is not None)
+        + f" · {len(classes)} classes</p>")
+    counts = task.get("class_counts") or {}
+    if classes or counts:
+        s.append("<div class='chips'>" + "".join(f"<span>{_e(c)}: {_e(counts.get(c, '—'))}</span>"
+                                                 for c in (classes or list(counts))) + "</div>")
+    timings = r.get("timings") or {}
+    if timings:
+        rows = [[f"<td>{_e(k)}</td>", f"<td class='num'>{_secs(v)}</td>"] for k, v in timings.items()]
+        total = sum(v for v in timings.values() if _ok(v))
+        s.append("<h2>Timings</h2>" + _table(["step", "time"], rows + [["<td><b>total</b></td>",
+                                                                       f"<td class='num'><b>{_secs(total)}</b></td>"]]))
+    if r.get("config") is not None:
+        s.append("<h2>Configuration</h2>" + _collapsible(
+            "resolved config", f"<pre>{_e(json.dumps(r['config'], indent=2, default=str))}</pre>", False))
+    title = _e(f"transfuse report: {r.get('name') or 'run'}")
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
+            f"<meta name='viewport' content='width=device-width,initial-scale=1'><style>{CSS}</style></head>"
+            f"<body>{''.join(s)}</body></html>\n")
+
+
+def write_report_html(report: dict, run_dir: Path) -> Path:
+    """Write ``run_dir/report.html`` atomically and return its path."""
+    path = Path(run_dir) / "report.html"
+    atomic_write_text(path, render_report_html(report))
+    return path

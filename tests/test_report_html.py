@@ -1,0 +1,151 @@
+"""report.html: values, ordering, escaping, embedded PNGs, self-containment, missing fields."""
+
+import base64
+import copy
+import io
+import re
+import string
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from transfuse.evaluate.calibration import temperature_calibration
+from transfuse.evaluate.metrics import classification_metrics
+from transfuse.evaluate.report_html import render_report_html, write_report_html
+
+CLASSES = [f"{ch}_class" for ch in string.ascii_lowercase]  # 26 classes
+EVIL = "data/<script>alert('x')</script>/bad.png"
+
+
+def _proba(rng, y, k, skill):
+    logits = rng.normal(size=(len(y), k))
+    logits[np.arange(len(y)), y] += skill
+    e = np.exp(3 * logits)
+    return e / e.sum(1, keepdims=True)
+
+
+def _history(rng, folds=3, epochs=5):
+    return [
+        {"fold": f, "epoch": e, "train_loss": 2.0 / (e + 1), "val_loss": 2.2 / (e + 1) + rng.random() * 0.1,
+         "val_accuracy": 0.5 + 0.08 * e + rng.random() * 0.02}
+        for f in range(folds) for e in range(epochs)
+    ]
+
+
+@pytest.fixture(scope="module")
+def report():
+    rng = np.random.default_rng(0)
+    k, n = len(CLASSES), 520
+    y = np.arange(n) % k
+    specs = [  # name, kind, skill, cv_mean
+        ("efficientnet_lite0/linear_probe", "single", 3.0, 0.81),
+        ("efficientnet_lite0/lp_ft", "single", 3.4, 0.86),
+        ("ensemble/mean(lite0_probe+lite0_lpft)", "fusion", 3.7, 0.88),
+        ("baseline/logreg", "baseline", 2.4, 0.74),
+    ]
+    cands = []
+    for i, (name, kind, skill, cv) in enumerate(specs):
+        test = classification_metrics(y, _proba(rng, y, k, skill), CLASSES)
+        test.pop("per_class")
+        cands.append({
+            "name": name, "kind": kind, "backbone": "efficientnet_lite0", "strategy": name.split("/")[1],
+            "method": None, "members": None, "cv_mean": cv, "cv_std": 0.012 + 0.003 * i,
+            "cv_scores": [cv - 0.01, cv, cv + 0.01],
+            "test": test,
+            "history": _history(rng) if kind == "single" else [],
+            "fit_seconds": 12.5 * (i + 1), "params": 4_650_000 + i, "inference_ms_per_example": 3.21 + i,
+        })
+    chosen = cands[2]
+    p_oof, p_test = _proba(rng, y, k, 3.7), _proba(rng, y, k, 3.7)
+    _, calibration = temperature_calibration(y, p_oof, y, p_test, CLASSES)
+    chosen_test = classification_metrics(y, p_test, CLASSES)
+    chosen["test"] = {k_: v for k_, v in chosen_test.items() if k_ != "per_class"}
+    return {
+        "name": "emoji-demo", "created": "2025-01-01T00:00:00", "transfuse_version": "0.1.0",
+        "modality": "image", "metric": "accuracy",
+        "task": {"classes": CLASSES, "n_train": 2080, "n_test": n,
+                 "class_counts": {c: 80 + i for i, c in enumerate(CLASSES)}},
+        "config": {"data": {"path": "/data/<emoji>"}, "backbones": ["bundled:efficientnet_lite0"], "seed": 0},
+        "cv": {"folds": 3, "seed": 0},
+        "candidates": cands, "chosen": chosen["name"],
+        "test": chosen_test,
+        "calibration": calibration,
+        "quarantined": [{"path": EVIL, "reason": "corrupt <JPEG> & truncated"}]
+        + [{"path": f"data/x/{i}.png", "reason": "16-bit greyscale"} for i in range(14)],
+        "timings": {"embed": 40.0, "probe": 2.5, "finetune": 300.0},
+    }
+
+
+@pytest.fixture(scope="module")
+def html(report):
+    return render_report_html(report)
+
+
+def _images(html):
+    return [base64.b64decode(b) for b in re.findall(r'src="data:image/png;base64,([^"]+)"', html)]
+
+
+def test_writes_file_with_values(report, tmp_path):
+    before = copy.deepcopy(report)
+    path = write_report_html(report, tmp_path)
+    assert path == tmp_path / "report.html"
+    html = path.read_text(encoding="utf-8")
+    assert report == before  # not mutated
+    t = report["test"]
+    for v in (f"{t['accuracy'] * 100:.1f}%", f"{t['macro_f1'] * 100:.1f}%", f"{t['log_loss']:.3f}", f"{t['ece']:.3f}"):
+        assert v in html
+    assert f"{report['calibration']['ece_after']:.3f}" in html
+    # gain of the fusion over the best single by CV (lp_ft), in test-accuracy points
+    best_single = report["candidates"][1]
+    gain = (t["accuracy"] - best_single["test"]["accuracy"]) * 100
+    assert f"{gain:+.1f} pts</span> test accuracy" in html
+    assert "+2.0 pts</span> CV accuracy" in html
+    for c in CLASSES:
+        assert f"{c}: {report['task']['class_counts'][c]}</span>" in html
+    assert "total</b></td><td class='num'><b>5 min 42 s" in html  # 40 + 2.5 + 300 s
+
+
+def test_candidates_sorted_by_cv_chosen_highlighted(report, html):
+    table = html.split("<h2>Candidates</h2>", 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r"<tr class=\"(\w*)\"><td>([^<]+)", table)
+    names = [n for _, n in rows]
+    expected = [c["name"] for c in sorted(report["candidates"], key=lambda c: -c["cv_mean"])]
+    assert names == expected
+    assert [cls for cls, _ in rows] == ["chosen", "", "", ""]
+    assert "88.0% ± 1.8" in table and "4.7M" in table and "25.0 s" in table and "5.21" in table
+    lp = report["candidates"][1]["test"]
+    assert f"{lp['accuracy'] * 100:.1f}%" in table
+
+
+def test_escaping_and_self_contained(html):
+    assert "<script" not in html.lower()
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
+    assert "corrupt &lt;JPEG&gt; &amp; truncated" in html
+    assert "/data/&lt;emoji&gt;" in html  # the config <pre>
+    assert not re.search(r"(src|href)\s*=\s*['\"]?(https?:)?//", html, re.I)
+    assert "url(" not in html and "@import" not in html and "<link" not in html
+    assert "<details><summary>15 inputs skipped" in html  # long list collapsed
+
+
+def test_plots_are_pngs(html):
+    images = _images(html)
+    assert len(images) == 4  # candidates, confusion matrix, learning curves, reliability
+    for png in images:
+        assert png.startswith(b"\x89PNG\r\n\x1a\n")
+        Image.open(io.BytesIO(png)).verify()
+    width, height = Image.open(io.BytesIO(images[1])).size
+    assert 900 <= width <= 1100 and height >= 800  # 26x26: large, yet shown unscaled in the page
+
+
+def test_minimal_and_single_candidate(tmp_path):
+    html = write_report_html({"name": "tiny"}, tmp_path).read_text()
+    assert "<h1>tiny</h1>" in html and "No candidate was chosen" in html and not _images(html)
+    single = {
+        "name": "one", "chosen": "m/linear_probe",
+        "candidates": [{"name": "m/linear_probe", "kind": "single", "cv_mean": 0.7, "cv_std": float("nan")}],
+    }
+    html = render_report_html(single)
+    assert "70.0% ± —" in html and "None: every input was usable" in html
+    assert "Learning curves" not in html and "Versus the best single" not in html
+    assert len(_images(html)) == 1  # only the candidates chart
