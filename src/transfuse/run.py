@@ -23,7 +23,7 @@ from transfuse.candidates import (CandidateResult, run_finetune, run_linear_prob
 from transfuse.config import ExperimentConfig, config_to_yaml, load_config
 from transfuse.data.base import Dataset, Quarantined
 from transfuse.errors import UserError
-from transfuse.io import atomic_write_json, atomic_write_text, read_json
+from transfuse.io import atomic_write_json, atomic_write_text
 from transfuse.progress import console
 
 log = logging.getLogger(__name__)
@@ -66,13 +66,16 @@ def prepare_data(cfg: ExperimentConfig, run_dir: Path) -> Prepared:
                         f"{d.modality!r}; set data.modality: {data.modality}")
     split_file = run_dir / "splits.json"
     if split_file.exists():
-        splits = Splits.from_json(read_json(split_file))
+        splits = Splits.load(split_file)
+        splits.check_matches(data)
     else:
         splits = make_splits(data, folds=cfg.split.folds, test_size=cfg.split.test_size,
                              seed=cfg.seed, test_dataset=test_data)
-        atomic_write_json(split_file, splits.to_json())
+        splits.save(split_file)
+    for w in splits.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")
     quarantined = list(data.quarantined) + (list(test_data.quarantined) if test_data else [])
-    quarantined += list(splits.quarantined)
+    quarantined += list(splits.quarantined) + list(splits.test_quarantined)
     train = data.subset(splits.train_idx)
     test = (test_data if test_data is not None else data).subset(splits.test_idx)
     return Prepared(train=train, test=test, folds=splits.folds, quarantined=quarantined)

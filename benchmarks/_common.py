@@ -1,0 +1,54 @@
+"""Shared helpers for benchmark scripts: machine description, JSON + Markdown output."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} cores ({cpu}), torch {torch.__version__} threads {torch.get_num_threads()}, {dev}"
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
+        return "" if v is None else str(v)
+
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    out += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def write_results(name: str, rows: list[dict[str, Any]], columns: list[str],
+                  extra: dict[str, Any] | None = None) -> str:
+    """Write ``results/NAME.json`` and ``results/NAME.md``; return the Markdown."""
+    RESULTS.mkdir(exist_ok=True)
+    meta = {"date": dt.date.today().isoformat(), "machine": machine(),
+            "command": "python " + " ".join(sys.argv)}
+    (RESULTS / f"{name}.json").write_text(json.dumps({**meta, **(extra or {}), "rows": rows}, indent=2) + "\n")
+    md = (f"{markdown_table(rows, columns)}\n\n"
+          f"{meta['date']}, {meta['machine']}; `{meta['command']}`\n")
+    if extra:
+        md += "".join(f"\n- {k}: {v}" for k, v in extra.items()) + "\n"
+    (RESULTS / f"{name}.md").write_text(md)
+    return md
