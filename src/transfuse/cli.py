@@ -196,6 +196,16 @@ def data_fashion(out: Optional[Path] = typer.Option(None, "--out", help="Also ex
         print(samples.export_fashion_mnist_folder(out, per_class=per_class))
 
 
+@app.command()
+def merge(config: Path = typer.Argument(..., help="Merge YAML (mergekit format plus transfuse extras)."),
+          out: Path = typer.Option(..., "--out", help="Output folder (sharded safetensors + card)."),
+          overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder.")) -> None:
+    """Merge models in weight space (soups, task arithmetic, TIES, DARE, SLERP, ...)."""
+    from transfuse.fuse.merge import run_merge_cli
+
+    run_merge_cli(config, out, overwrite=overwrite)
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:

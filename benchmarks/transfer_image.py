@@ -1,0 +1,125 @@
+"""Image transfer benchmark: EfficientNet-Lite0 on emoji categories and a Fashion-MNIST subset.
+
+Linear probe vs fine-tune vs LP-FT (k-fold CV and test accuracy, wall time), the floor (frozen
+features + scikit-learn logistic regression, as measured in ASSETS.md) and the feature-cache
+speed-up (embedding the same data twice).
+
+    .venv/bin/python benchmarks/transfer_image.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from _common import write_results  # noqa: E402
+
+from transfuse.config import validate_config  # noqa: E402
+from transfuse.data.images import EMOJI_8_CATEGORIES  # noqa: E402
+
+
+def task_configs(args: argparse.Namespace) -> dict[str, dict]:
+    common = {
+        "seed": 0,
+        "split": {"folds": args.folds, "test_size": 0.2},
+        "preprocess": {"image_size": args.image_size},
+        "backbones": ["bundled:efficientnet_lite0"],
+        "adapt": {"strategies": ["linear_probe", "finetune", "lp_ft"]},
+        "train": {"finetune": {"epochs": args.epochs, "batch_size": 32, "lr": args.lr}},
+    }
+    fm_train = 30 if args.quick else 200
+    return {
+        "emoji-8": {**common, "name": "emoji-8",
+                    "data": {"source": "emoji", "modality": "image",
+                             "options": {"categories": list(EMOJI_8_CATEGORIES)}}},
+        "fashion-mnist-2k": {**common, "name": "fashion-mnist-2k",
+                             "data": {"source": "fashion_mnist", "modality": "image",
+                                      "options": {"split": "train", "max_per_class": fm_train},
+                                      "test_source": "fashion_mnist",
+                                      "test_options": {"split": "test", "max_per_class": fm_train // 2}}},
+    }
+
+
+def sklearn_floor(run_dir: Path, train_feats, y, test_feats, ytest) -> float:
+    """Frozen features + scikit-learn LogisticRegression (ASSETS.md's floor)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(train_feats, y)
+    return float((clf.predict(test_feats) == ytest).mean())
+
+
+def cache_speedup(cfg) -> dict:
+    """Embedding time with an empty cache vs the same call again (second call reads the cache)."""
+    from transfuse.backbones import create_backbone
+    from transfuse.data.registry import load_dataset
+    from transfuse.train.cache import FeatureCache
+
+    data = load_dataset(cfg.data.source, cfg.data.path, **cfg.data.options)
+    bb = create_backbone(cfg.backbones[0].name, image_size=cfg.preprocess.image_size)
+    with tempfile.TemporaryDirectory() as d:
+        cache = FeatureCache(d)
+        t = time.perf_counter(); cache.embed(bb, data); first = time.perf_counter() - t
+        t = time.perf_counter(); cache.embed(bb, data); second = time.perf_counter() - t
+    return {"items": len(data), "first_s": first, "second_s": second, "speedup": first / second}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="tiny settings, to check the script runs")
+    ap.add_argument("--folds", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--tasks", nargs="*", default=None)
+    ap.add_argument("--out", default="benchmarks/out/transfer_image")
+    args = ap.parse_args()
+    if args.quick:
+        args.epochs, args.folds = 1, 2
+    from transfuse.run import run_experiment
+
+    rows, extra = [], {}
+    for task, raw in task_configs(args).items():
+        if args.tasks and task not in args.tasks:
+            continue
+        cfg = validate_config(raw)
+        run_dir = Path(args.out) / task
+        t = time.perf_counter()
+        report = run_experiment(cfg, run_dir, progress=False)
+        wall = time.perf_counter() - t
+        for c in report["candidates"]:
+            rows.append({"task": task, "candidate": c["name"], "cv_mean": c["cv_mean"], "cv_std": c["cv_std"],
+                         "test_accuracy": c["test"]["accuracy"], "test_macro_f1": c["test"]["macro_f1"],
+                         "fit_seconds": c["fit_seconds"], "chosen": c["name"] == report["chosen"]})
+        # the floor on the very same split and features
+        from transfuse.backbones import create_backbone
+        from transfuse.run import prepare_data
+        from transfuse.train.cache import FeatureCache
+
+        data = prepare_data(cfg, run_dir)
+        bb = create_backbone(cfg.backbones[0].name, image_size=cfg.preprocess.image_size)
+        fc = FeatureCache()
+        floor = sklearn_floor(run_dir, fc.embed(bb, data.train), data.train.labels,
+                              fc.embed(bb, data.test), data.test.labels)
+        rows.append({"task": task, "candidate": "frozen features + sklearn LogisticRegression",
+                     "test_accuracy": floor})
+        extra[f"{task} wall seconds"] = round(wall, 1)
+        extra[f"{task} train/test"] = f"{report['task']['n_train']}/{report['task']['n_test']}"
+        if task == "emoji-8":
+            extra["feature cache (emoji-8)"] = cache_speedup(cfg)
+    md = write_results("transfer_image" + ("_quick" if args.quick else ""), rows,
+                       ["task", "candidate", "cv_mean", "cv_std", "test_accuracy", "test_macro_f1",
+                        "fit_seconds", "chosen"], extra)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

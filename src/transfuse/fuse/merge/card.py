@@ -1,0 +1,54 @@
+"""The model card (README.md) of a merge: method, paper, inputs with sha256 hashes, parameters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+
+import transfuse
+from transfuse.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from transfuse.fuse.merge.config import MergeConfig
+    from transfuse.fuse.merge.engine import MergeResult, _Inputs
+    from transfuse.fuse.merge.method import MergeMethod
+
+
+def render_card(cfg: MergeConfig, method: MergeMethod, inputs: list[tuple[str, str, dict[str, str]]],
+                result: MergeResult) -> str:
+    """Markdown with YAML front matter; ``inputs`` are (role, reference, {file: sha256})."""
+    front = {"library_name": "transformers", "tags": ["merge", "transfuse", method.name]}
+    if cfg.base_model:
+        front["base_model"] = [cfg.base_model]
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
+             f"# Merged model ({method.pretty_name})", "",
+             f"Made with transfuse {transfuse.__version__} by the **{method.pretty_name}** merge "
+             f"method ([paper]({method.paper})).", "", "## Inputs", ""]
+    for role, ref, hashes in inputs:
+        lines.append(f"- {role}: `{ref}`")
+        for name, digest in hashes.items():
+            lines.append(f"  - `{name}` sha256 `{digest}`")
+    lines += ["", "## Parameters", "", "```yaml", cfg.to_yaml().strip(), "```", ""]
+    lines += ["## Output", "",
+              f"{result.tensors} tensors ({result.merged} merged, {result.copied} copied "
+              f"unchanged) in {len(result.shards)} shard(s), computed in float32 on {result.device}."]
+    if result.heads:
+        lines += ["", "Per-task heads (kept per model, not merged) are stored as "
+                  "`heads.<model>.<tensor>`; see `heads.json`:", ""]
+        lines += [f"- {m}: {', '.join(ps)}" for m, ps in result.heads.items()]
+    notes = [*method.notes, *result.notes]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def write_card(folder: Path, cfg: MergeConfig, method: MergeMethod, inp: _Inputs,
+               result: MergeResult) -> None:
+    inputs = []
+    if inp.base is not None:
+        inputs.append(("base model", inp.base.ref, inp.base.sha256() if cfg.hash_inputs else {}))
+    for name, ckpt in zip(inp.names, inp.models):
+        inputs.append((f"model `{name}`", ckpt.ref, ckpt.sha256() if cfg.hash_inputs else {}))
+    atomic_write_text(folder / "README.md", render_card(cfg, method, inputs, result))

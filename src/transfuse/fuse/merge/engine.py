@@ -1,0 +1,377 @@
+"""The streaming merge engine: one parameter name at a time from every input, straight to the shards.
+
+For each output tensor the engine reads that tensor from every input (only its bytes), converts
+it to float32 (float64 stays float64) on the chosen device, runs the method, casts to the output
+dtype and appends it to the open output shard. Peak memory is the inputs of one parameter name
+plus the method's temporaries, whatever the model size. Everything is written to a hidden folder
+next to ``out_dir`` and renamed into place at the end: a failure leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from transfuse.errors import UserError
+from transfuse.fuse.merge.config import MergeConfig, load_config, resolve_setting
+from transfuse.fuse.merge.method import MergeMethod, TensorContext
+from transfuse.fuse.merge.sources import (
+    COPY_FILES,
+    INDEX_NAME,
+    Checkpoint,
+    open_checkpoint,
+    open_tensor_file,
+)
+from transfuse.fuse.merge.tensor_io import (
+    OutEntry,
+    ShardWriter,
+    TensorEntry,
+    plan_shards,
+    read_header,
+    read_tensor,
+)
+
+HEAD_PREFIX = "heads"
+_OUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+               "float64": torch.float64}
+Evaluate = Callable[[Any], float]
+
+
+@dataclass
+class MergeResult:
+    """What a merge wrote and what it cost."""
+
+    out_dir: Path
+    method: str
+    tensors: int
+    merged: int
+    copied: int
+    heads: dict[str, list[str]]
+    shards: list[str]
+    bytes_read: int
+    bytes_written: int
+    seconds: float
+    device: str
+    notes: list[str] = field(default_factory=list)
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One output tensor: how to make it."""
+
+    out: str
+    kind: str  # "merge" | "copy"
+    name: str  # input tensor name
+    sources: tuple[int, ...]  # checkpoint indices (merge: the method's inputs; copy: one)
+    base: int | None
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+
+class _Inputs:
+    """The merge's checkpoints: index 0 is the base when there is one, then the merged models."""
+
+    def __init__(self, cfg: MergeConfig, method: MergeMethod):
+        self.cfg, self.method = cfg, method
+        uses_base = method.base != "none"
+        if method.base == "required" and cfg.base_model is None:
+            raise UserError(f"merge method {method.name!r} needs base_model: (the pretrained model)")
+        specs = [m for m in cfg.models if not (uses_base and m.model == cfg.base_model)]
+        lo, hi = method.min_models, method.max_models
+        if len(specs) < lo or (hi is not None and len(specs) > hi):
+            want = f"exactly {lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
+            raise UserError(f"merge method {method.name!r} takes {want} model(s) besides the base "
+                            f"model, got {len(specs)}; fix models:")
+        self.specs = specs
+        self.base: Checkpoint | None = (
+            open_checkpoint(cfg.base_model, cfg.root) if uses_base and cfg.base_model else None)
+        self.models = [open_checkpoint(m.model, cfg.root) for m in specs]
+        self.names = [m.name for m in specs]
+        self.extras = {key: [open_tensor_file(m.files[key], cfg.root) if key in m.files else {}
+                             for m in specs] for key in method.extras}
+
+    @property
+    def reference(self) -> Checkpoint:
+        return self.base or self.models[0]
+
+    def entry(self, ckpt: Checkpoint, name: str) -> TensorEntry | None:
+        e = ckpt.tensors.get(name)
+        if e is None and name in self.cfg.tied:
+            e = ckpt.tensors.get(self.cfg.tied[name])
+        return e
+
+
+def _is_head(cfg: MergeConfig, name: str) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in cfg.heads if p != "auto")
+
+
+def _out_dtype(cfg: MergeConfig, e: TensorEntry) -> torch.dtype:
+    if not e.is_float:
+        return e.torch_dtype
+    key = cfg.out_dtype or cfg.dtype
+    return _OUT_DTYPES[key] if key else e.torch_dtype
+
+
+def _plan(inp: _Inputs) -> tuple[list[_Job], dict[str, list[str]]]:
+    """Decide every output tensor; all inconsistencies are reported together."""
+    cfg, ref = inp.cfg, inp.reference
+    ckpts = ([inp.base] if inp.base else []) + inp.models
+    labels = (["base_model"] if inp.base else []) + inp.names
+    names = sorted(ref.tensors, key=lambda n: (str(ref.tensors[n].file), ref.tensors[n].start))
+    seen = set(names)
+    for c in ckpts:
+        names += [n for n in c.tensors if n not in seen and not seen.add(n)]  # type: ignore[func-returns-value]
+    offset = 1 if inp.base else 0
+    jobs: list[_Job] = []
+    heads: dict[str, list[str]] = {}
+    missing, mismatched = [], []
+    auto = "auto" in cfg.heads
+    for name in names:
+        entries = [inp.entry(c, name) for c in ckpts]
+        present = [e for e in entries if e is not None]
+        shapes = {e.shape for e in present}
+        if _is_head(cfg, name) or (auto and (len(present) < len(ckpts) or len(shapes) > 1)):
+            for j, e in enumerate(entries[offset:]):
+                if e is not None:
+                    out = f"{HEAD_PREFIX}.{inp.names[j]}.{name}"
+                    jobs.append(_Job(out, "copy", name, (offset + j,), None, _out_dtype(cfg, e), e.shape))
+                    heads.setdefault(inp.names[j], []).append(name)
+            continue
+        if len(present) < len(ckpts):
+            lacking = [lab for lab, e in zip(labels, entries) if e is None]
+            missing.append(f"{name} (missing in {', '.join(lacking)})")
+            continue
+        if len(shapes) > 1:
+            mismatched.append(f"{name} {' vs '.join(str(list(e.shape)) for e in present)}")
+            continue
+        first = entries[0]
+        if not all(e.is_float for e in present):
+            jobs.append(_Job(name, "copy", name, (0,), None, first.torch_dtype, first.shape))
+            continue
+        sources = tuple(range(offset, len(ckpts)))
+        jobs.append(_Job(name, "merge", name, sources, 0 if inp.base else None,
+                         _out_dtype(cfg, first), first.shape))
+    if missing or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} tensor(s) missing: {'; '.join(missing[:20])}")
+        if mismatched:
+            parts.append(f"{len(mismatched)} shape mismatch(es): {'; '.join(mismatched[:20])}")
+        more = " (first 20 of each shown)" if max(len(missing), len(mismatched)) > 20 else ""
+        raise UserError(f"the models do not match: {' | '.join(parts)}{more}; merge models of one "
+                        "architecture, or keep differing task heads per model with heads: auto "
+                        "(or heads: [PREFIX, ...])")
+    return jobs, heads
+
+
+def _load(ckpt_label: str, entry: TensorEntry, device: torch.device) -> Tensor:
+    x = read_tensor(entry)
+    if x.dtype.is_floating_point:
+        if not bool(torch.isfinite(x).all()):
+            raise UserError(f"{entry.file}: tensor {ckpt_label} contains NaN or inf; "
+                            "fix or drop this checkpoint")
+        x = x.to(device=device, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+    return x
+
+
+def _params_for(cfg: MergeConfig, inp: _Inputs, name: str) -> dict[str, Any]:
+    method = inp.method
+    out: dict[str, Any] = {}
+    for key in method.global_params:
+        if key in cfg.parameters:
+            v = resolve_setting(cfg.parameters[key], name)
+            if v is not None:
+                out[key] = v
+    for key, p in method.per_model.items():
+        values = []
+        for spec in inp.specs:
+            v = resolve_setting(spec.parameters.get(key), name)
+            if v is None:
+                v = resolve_setting(cfg.parameters.get(key), name)
+            if v is None:
+                if p.required:
+                    raise UserError(f"models: {spec.name!r} needs parameter {key!r} "
+                                    f"(in its parameters or the top-level parameters)")
+                v = p.default
+            values.append(v)
+        out[key] = values
+    return out
+
+
+def _device(cfg: MergeConfig) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device: cuda was asked for but no GPU is visible; use device: auto or cpu")
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def _shard_names(n: int) -> list[str]:
+    if n == 1:
+        return ["model.safetensors"]
+    return [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+
+
+def merge(
+    config: MergeConfig | dict[str, Any] | str | Path,
+    out_dir: str | Path,
+    *,
+    evaluate: Evaluate | None = None,
+    overwrite: bool = False,
+) -> MergeResult:
+    """Merge the models of ``config`` (mergekit YAML/dict) into ``out_dir``.
+
+    ``evaluate(state_dict) -> score`` is needed by ``greedy_soup`` only (higher is better).
+    ``out_dir`` must be absent or empty unless ``overwrite``.
+    """
+    from transfuse.fuse.merge import card
+
+    t0 = time.perf_counter()
+    cfg = config if isinstance(config, MergeConfig) else load_config(config)
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out}: output folder exists and is not empty; pick another --out "
+                        "or pass overwrite")
+    notes: list[str] = []
+    scores: dict[str, float] = {}
+    method = cfg.method
+    if method.needs_evaluate:
+        if evaluate is None:
+            raise UserError(f"merge method {method.name!r} needs an evaluate callback "
+                            "(a validation score): call transfuse.fuse.merge.greedy_soup from Python")
+        from transfuse.fuse.merge.tune import greedy_soup
+
+        soup = greedy_soup(cfg, evaluate)
+        scores = soup.scores
+        notes.append(f"greedy soup kept {', '.join(soup.kept)} of {len(cfg.models)} models "
+                     f"(individual scores: {scores}); merge.yaml records the resulting uniform soup")
+        cfg = cfg.with_models(soup.kept, method="linear")
+        method = cfg.method
+    for key in ("int8_mask",):
+        if key in cfg.parameters:
+            notes.append(f"parameter {key} is accepted for mergekit compatibility and ignored "
+                         "(transfuse computes in float32)")
+    if cfg.tokenizer_source not in (None, "base"):
+        notes.append(f"tokenizer_source {cfg.tokenizer_source!r} is not supported; tokenizer "
+                     "files were copied from the base (or first) model")
+
+    inp = _Inputs(cfg, method)
+    jobs, heads = _plan(inp)
+    device = _device(cfg)
+    ckpts = ([inp.base] if inp.base else []) + inp.models
+    labels = (["base_model"] if inp.base else []) + inp.names
+    out_entries = [OutEntry(j.out, j.dtype, j.shape) for j in jobs]
+    shards = plan_shards(out_entries, cfg.max_shard_size)
+    shard_names = _shard_names(len(shards))
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    bytes_read = bytes_written = merged = copied = 0
+    try:
+        job_iter = iter(jobs)
+        for shard_name, entries in zip(shard_names, shards):
+            writer = ShardWriter(tmp / shard_name, entries)
+            try:
+                for _ in entries:
+                    job = next(job_iter)
+                    if job.kind == "copy":
+                        e = inp.entry(ckpts[job.sources[0]], job.name)
+                        assert e is not None
+                        x = read_tensor(e)
+                        bytes_read += e.nbytes
+                        copied += 1
+                    else:
+                        xs = []
+                        for i in job.sources:
+                            e = inp.entry(ckpts[i], job.name)
+                            assert e is not None
+                            xs.append(_load(f"{job.name!r} of {labels[i]}", e, device))
+                            bytes_read += e.nbytes
+                        base = None
+                        if job.base is not None:
+                            e = inp.entry(ckpts[job.base], job.name)
+                            assert e is not None
+                            base = _load(f"{job.name!r} of base_model", e, device)
+                            bytes_read += e.nbytes
+                        extras = {key: _extra(inp, key, job.name, device) for key in method.extras}
+                        ctx = TensorContext(job.name, tuple(inp.names), cfg.seed)
+                        x = method(xs, base, ctx=ctx, extras=extras, **_params_for(cfg, inp, job.name))
+                        del xs, base
+                        merged += 1
+                    writer.write(job.out, x.to(job.dtype))
+                    del x
+            except BaseException:
+                writer.abort()
+                raise
+            writer.close()
+            bytes_written += (tmp / shard_name).stat().st_size
+        _write_side_files(tmp, cfg, inp, jobs, shard_names, heads)
+        result = MergeResult(out, method.name, len(jobs), merged, copied, heads, shard_names,
+                             bytes_read, bytes_written, 0.0, str(device), notes, scores)
+        card.write_card(tmp, cfg, method, inp, result)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _extra(inp: _Inputs, key: str, name: str, device: torch.device) -> list[Tensor] | None:
+    """Per-model auxiliary tensors for ``name`` (by tensor name, or module name for ``.weight``)."""
+    found = []
+    module = name[: -len(".weight")] if name.endswith(".weight") else None
+    for index in inp.extras[key]:
+        e = index.get(name) or (index.get(module) if module else None)
+        if e is None:
+            return None
+        found.append(read_tensor(e).to(device=device, dtype=torch.float32))
+    return found
+
+
+def _write_side_files(tmp: Path, cfg: MergeConfig, inp: _Inputs, jobs: list[_Job],
+                      shard_names: list[str], heads: dict[str, list[str]]) -> None:
+    from transfuse.io import atomic_write_json, atomic_write_text
+
+    if len(shard_names) > 1:
+        weight_map: dict[str, str] = {}
+        total = 0
+        for name in shard_names:
+            entries, _ = read_header(tmp / name)
+            weight_map.update({k: name for k in entries})
+            total += sum(e.nbytes for e in entries.values())
+        atomic_write_json(tmp / INDEX_NAME, {"metadata": {"total_size": total},
+                                             "weight_map": weight_map})
+    atomic_write_text(tmp / "merge.yaml", cfg.to_yaml())
+    if heads:
+        atomic_write_json(tmp / "heads.json", {name: {p: f"{HEAD_PREFIX}.{name}.{p}" for p in ps}
+                                               for name, ps in heads.items()})
+    folder = next((c.folder for c in ([inp.base] if inp.base else []) + inp.models if c.folder), None)
+    if folder is not None:
+        for f in COPY_FILES:
+            if (folder / f).is_file():
+                shutil.copyfile(folder / f, tmp / f)
+
+
+def run_merge_cli(config_path: str | Path, out_dir: str | Path, overwrite: bool = False) -> MergeResult:
+    """``transfuse merge CONFIG --out DIR``: merge and print a one-paragraph summary."""
+    r = merge(config_path, out_dir, overwrite=overwrite)
+    gb = (r.bytes_read + r.bytes_written) / 1e9
+    print(f"merged {r.tensors} tensors ({r.merged} merged, {r.copied} copied) with {r.method} "
+          f"on {r.device} in {r.seconds:.1f} s ({gb / max(r.seconds, 1e-9):.2f} GB/s read+write) "
+          f"-> {r.out_dir} ({len(r.shards)} shard(s))")
+    for note in r.notes:
+        print(f"note: {note}")
+    return r
