@@ -85,8 +85,8 @@ def safe_name(name: str) -> str:
 def head_from_config(cfg: ExperimentConfig, n_classes: int, seed: int):
     from transfuse.train.heads import HeadClassifier
 
-    h = cfg.train.head
-    return HeadClassifier(**h.model_dump(), n_classes=n_classes, seed=seed)
+    return HeadClassifier.from_config(cfg.train.head.model_copy(update={"seed": seed}),
+                                      n_classes=n_classes)
 
 
 def n_params(module: Any) -> int | None:

@@ -127,7 +127,7 @@ class AdaptConfig(Section):
 
 
 class HeadConfig(Section):
-    """A head fitted on cached features by a fast full-batch fit."""
+    """Validated hyper-parameters of a :class:`HeadClassifier` (frozen, hashable)."""
 
     kind: Literal["linear", "mlp"] = "linear"
     hidden: int = Field(256, ge=1)
@@ -137,7 +137,10 @@ class HeadConfig(Section):
     class_weight: Literal["none", "balanced"] = "none"
     max_iter: int = Field(200, ge=1)
     lr: float = Field(1e-2, gt=0.0)
+    optimizer: Literal["auto", "lbfgs", "adam"] = "auto"
+    tol: float = Field(1e-7, gt=0.0)
     standardize: bool = True
+    seed: int = 0
 
 
 class FinetuneConfig(Section):

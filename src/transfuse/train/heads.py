@@ -1,0 +1,331 @@
+"""Fast classification heads on cached features: a full-batch torch fit, scikit-learn style.
+
+The training objective of every head here (and of :mod:`transfuse.fuse.features`) is
+
+    L = sum_i s_i * w_{y_i} * CE(q_i, softmax(f(x_i))) / sum_i s_i  +  weight_decay / 2 * ||W||^2
+
+with ``s`` the sample weights, ``w`` the class weights (``"balanced"``: ``n / (C * n_c)``, as in
+scikit-learn), ``q_i = (1 - eps) * onehot(y_i) + eps / C`` the label-smoothed target and ``W`` all
+weight matrices (biases are not penalised). With ``eps = 0`` and no weights, a linear head minimises
+the same function as ``LogisticRegression(C=1 / (weight_decay * n))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
+
+from transfuse.config import HeadConfig
+
+Optimizer = Literal["auto", "lbfgs", "adam"]
+from transfuse.errors import UserError
+
+def validate_config(model: type[BaseModel], params: dict, owner: str) -> BaseModel:
+    """Build ``model(**params)``, turning a pydantic error into a one-line :class:`UserError`."""
+    try:
+        return model(**params)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "?"
+        raise UserError(
+            f"{owner}: parameter {key!r} is invalid ({err['msg']}); got {err.get('input')!r}"
+        ) from None
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def check_features(X, name: str = "X", n_features: int | None = None) -> np.ndarray:
+    """Return ``X`` as a finite 2-D float array or raise a :class:`UserError` naming ``name``."""
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise UserError(f"{name} must be a 2-D array (n_samples, n_features); got shape {X.shape}")
+    if not np.issubdtype(X.dtype, np.number):
+        raise UserError(f"{name} must be numeric; got dtype {X.dtype}")
+    if not np.isfinite(X).all():
+        raise UserError(f"{name} contains NaN or infinite values; drop or impute them first")
+    if n_features is not None and X.shape[1] != n_features:
+        raise UserError(
+            f"{name} has {X.shape[1]} features but the model was fitted with {n_features}"
+        )
+    return X.astype(np.float64, copy=False)
+
+
+def encode_labels(y, n: int, n_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(classes, y_index)``. With ``n_classes`` the labels must be ints in
+    ``[0, n_classes)`` and ``classes`` is ``arange(n_classes)``: a fold missing a class keeps the
+    full width."""
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != n:
+        raise UserError(f"y must be 1-D with one label per sample ({n}); got shape {y.shape}")
+    if n_classes is None:
+        classes, idx = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise UserError(
+                "y holds a single class; pass n_classes=... to fit a head on a one-class fold"
+            )
+        return classes, idx
+    if not np.issubdtype(y.dtype, np.integer) or (len(y) and (y.min() < 0 or y.max() >= n_classes)):
+        raise UserError(
+            f"with n_classes={n_classes} the labels must be integers in [0, {n_classes}); "
+            f"got values {np.unique(y)[:10].tolist()}"
+        )
+    return np.arange(n_classes), y.astype(np.int64)
+
+
+def class_weights(y_idx: np.ndarray, n_classes: int, mode: str) -> np.ndarray:
+    """Per-class weights: ones, or ``n / (C_present * n_c)`` for ``"balanced"`` (absent: 0)."""
+    if mode == "none":
+        return np.ones(n_classes)
+    counts = np.bincount(y_idx, minlength=n_classes).astype(np.float64)
+    present = counts > 0
+    w = np.zeros(n_classes)
+    w[present] = len(y_idx) / (present.sum() * counts[present])
+    return w
+
+
+def smoothed_ce(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    label_smoothing: float = 0.0,
+    class_weight: torch.Tensor | None = None,
+    sample_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Weighted, label-smoothed cross-entropy (the data term of the module docstring's ``L``)."""
+    n, c = logits.shape
+    logp = torch.log_softmax(logits, dim=1)
+    q = torch.full_like(logp, label_smoothing / c)
+    q[torch.arange(n), y] += 1.0 - label_smoothing
+    ce = -(q * logp).sum(dim=1)
+    s = torch.ones_like(ce) if sample_weight is None else sample_weight
+    w = s if class_weight is None else s * class_weight[y]
+    return (w * ce).sum() / s.sum()
+
+
+def l2_penalty(module: torch.nn.Module) -> torch.Tensor:
+    """Sum of squares of every weight matrix (parameters with >= 2 dims) of ``module``."""
+    terms = [(p**2).sum() for p in module.parameters() if p.ndim >= 2]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def fit_full_batch(
+    module: torch.nn.Module,
+    loss_fn: Callable[[], torch.Tensor],
+    *,
+    optimizer: Literal["lbfgs", "adam"],
+    max_iter: int,
+    lr: float,
+    tol: float = 1e-7,
+) -> float:
+    """Minimise ``loss_fn()`` over ``module``'s parameters, full batch; return the final loss.
+
+    L-BFGS stops after ``max_iter`` iterations, when the largest gradient entry is below ``tol``
+    or when a step changes the loss by less than ``tol / 100``; Adam runs ``max_iter`` steps."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if optimizer == "lbfgs":
+        opt = torch.optim.LBFGS(
+            params,
+            lr=1.0,
+            max_iter=max_iter,
+            history_size=20,
+            tolerance_grad=tol,
+            tolerance_change=tol * 1e-2,
+            line_search_fn="strong_wolfe",
+        )
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = loss_fn()
+            loss.backward()
+            return loss
+
+        module.train()
+        opt.step(closure)
+    else:
+        opt = torch.optim.Adam(params, lr=lr)
+        module.train()
+        for _ in range(max_iter):
+            opt.zero_grad()
+            loss = loss_fn()
+            loss.backward()
+            opt.step()
+    module.eval()
+    with torch.no_grad():
+        return float(loss_fn())
+
+
+@contextmanager
+def cpu_threads(n_values: int):
+    """Use one torch CPU thread for small problems (``n_values`` = rows x features below 4e6):
+    on a busy machine extra intra-op threads make a small full-batch fit many times slower."""
+    before = torch.get_num_threads()
+    if n_values < 4_000_000:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def resolve_optimizer(optimizer: str, dropout: float, linear: bool) -> Literal["lbfgs", "adam"]:
+    """``auto``: L-BFGS for smooth deterministic problems (linear, no dropout), Adam otherwise."""
+    if optimizer != "auto":
+        return optimizer  # type: ignore[return-value]
+    return "lbfgs" if linear and dropout == 0.0 else "adam"
+
+
+def mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> torch.nn.Module:
+    return torch.nn.Sequential(
+        torch.nn.Linear(d_in, hidden),
+        torch.nn.GELU(),
+        torch.nn.Dropout(dropout),
+        torch.nn.Linear(hidden, d_out),
+    )
+
+
+# ----------------------------------------------------------------------------- the head
+
+
+class HeadClassifier(ClassifierMixin, BaseEstimator):
+    """A linear or one-hidden-layer MLP head fitted full-batch on (cached) features.
+
+    Parameters are those of :class:`HeadConfig` plus ``n_classes`` (labels are then ints in
+    ``[0, n_classes)`` and ``predict_proba`` always has ``n_classes`` columns, even for a fold
+    missing a class) and ``device``. Linear heads start from zero weights and are fitted by
+    L-BFGS, so they are deterministic; MLP heads use Adam, seeded by ``seed``.
+    """
+
+    def __init__(
+        self,
+        kind: Literal["linear", "mlp"] = "linear",
+        hidden: int = 256,
+        dropout: float = 0.0,
+        weight_decay: float = 1e-3,
+        label_smoothing: float = 0.0,
+        class_weight: Literal["none", "balanced"] = "none",
+        max_iter: int = 200,
+        lr: float = 1e-2,
+        optimizer: Literal["auto", "lbfgs", "adam"] = "auto",
+        tol: float = 1e-7,
+        standardize: bool = True,
+        seed: int = 0,
+        n_classes: int | None = None,
+        device: str = "cpu",
+    ):
+        self.kind = kind
+        self.hidden = hidden
+        self.dropout = dropout
+        self.weight_decay = weight_decay
+        self.label_smoothing = label_smoothing
+        self.class_weight = class_weight
+        self.max_iter = max_iter
+        self.lr = lr
+        self.optimizer = optimizer
+        self.tol = tol
+        self.standardize = standardize
+        self.seed = seed
+        self.n_classes = n_classes
+        self.device = device
+
+    @classmethod
+    def from_config(cls, config: HeadConfig, **kwargs) -> HeadClassifier:
+        """Build a head from a :class:`HeadConfig` (plus ``n_classes``/``device``)."""
+        return cls(**config.model_dump(), **kwargs)
+
+    @property
+    def config(self) -> HeadConfig:
+        params = {k: v for k, v in self.get_params().items() if k in HeadConfig.model_fields}
+        return validate_config(HeadConfig, params, type(self).__name__)  # type: ignore[return-value]
+
+    def _dtype(self) -> torch.dtype:
+        # float64 keeps the convex L-BFGS fit exact on CPU; MLPs and GPUs use float32 for speed.
+        return torch.float64 if self.device == "cpu" and self.kind == "linear" else torch.float32
+
+    def fit(self, X, y, sample_weight=None) -> HeadClassifier:
+        cfg = self.config
+        X = check_features(X)
+        self.classes_, y_idx = encode_labels(y, len(X), self.n_classes)
+        c = len(self.classes_)
+        self.n_features_in_ = X.shape[1]
+        if self.standardize:
+            self.mean_ = X.mean(axis=0)
+            std = X.std(axis=0)
+            self.scale_ = np.where(std > 1e-12, std, 1.0)
+        else:
+            self.mean_, self.scale_ = np.zeros(X.shape[1]), np.ones(X.shape[1])
+        if sample_weight is not None:
+            sample_weight = np.asarray(sample_weight, dtype=np.float64)
+            if (
+                sample_weight.shape != (len(X),)
+                or (sample_weight < 0).any()
+                or sample_weight.sum() <= 0
+            ):
+                raise UserError(
+                    "sample_weight must be non-negative, one per sample, with a positive sum"
+                )
+        dev, dt = torch.device(self.device), self._dtype()
+        Xt = torch.as_tensor((X - self.mean_) / self.scale_, dtype=dt, device=dev)
+        yt = torch.as_tensor(y_idx, device=dev)
+        cw = torch.as_tensor(class_weights(y_idx, c, cfg.class_weight), dtype=dt, device=dev)
+        sw = None if sample_weight is None else torch.as_tensor(sample_weight, dtype=dt, device=dev)
+        with torch.random.fork_rng(devices=[]), cpu_threads(X.size):
+            torch.manual_seed(cfg.seed)
+            if cfg.kind == "linear":
+                net = torch.nn.Linear(X.shape[1], c)
+                torch.nn.init.zeros_(net.weight)
+                torch.nn.init.zeros_(net.bias)
+            else:
+                net = mlp(X.shape[1], cfg.hidden, c, cfg.dropout)
+            net = net.to(device=dev, dtype=dt)
+
+            def loss_fn() -> torch.Tensor:
+                data = smoothed_ce(
+                    net(Xt),
+                    yt,
+                    label_smoothing=cfg.label_smoothing,
+                    class_weight=cw,
+                    sample_weight=sw,
+                )
+                return data + 0.5 * cfg.weight_decay * l2_penalty(net)
+
+            opt = resolve_optimizer(cfg.optimizer, cfg.dropout, cfg.kind == "linear")
+            self.loss_ = fit_full_batch(
+                net, loss_fn, optimizer=opt, max_iter=cfg.max_iter, lr=cfg.lr, tol=cfg.tol
+            )
+        self.net_ = net.cpu().eval()
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        check_is_fitted(self, "net_")
+        X = check_features(X, n_features=self.n_features_in_)
+        Xt = torch.as_tensor((X - self.mean_) / self.scale_, dtype=self._dtype())
+        with torch.no_grad(), cpu_threads(X.size):
+            return self.net_.to(self._dtype())(Xt).double().numpy()
+
+    def predict_proba(self, X) -> np.ndarray:
+        z = self.decision_function(X)
+        z = z - z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+
+    def to_linear(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(W, b)`` with ``logits = X_raw @ W.T + b`` (standardisation folded in), shapes
+        ``(C, d)`` and ``(C,)`` like ``torch.nn.Linear``: initialise a fine-tuning head from a
+        probe (LP-FT)."""
+        check_is_fitted(self, "net_")
+        if self.kind != "linear":
+            raise UserError("to_linear() needs a linear head; this head has kind='mlp'")
+        W = self.net_.weight.detach().double().numpy() / self.scale_
+        b = self.net_.bias.detach().double().numpy() - W @ self.mean_
+        return W, b
