@@ -8,6 +8,7 @@ values and the fix (:func:`format_validation_error`).
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from transfuse.errors import UserError
 
+_HEAD_LR_MULT = re.compile(r"^\s*(\d+(\.\d*)?|\.\d+)\s*x\s*$")
 Strategy = Literal["linear_probe", "finetune", "lp_ft"]
 STRATEGIES: tuple[str, ...] = ("linear_probe", "finetune", "lp_ft")
 
@@ -144,27 +146,59 @@ class HeadConfig(Section):
 
 
 class FinetuneConfig(Section):
-    """Fine-tuning with a Lightning Trainer."""
+    """Settings of one fine-tuning fit (frozen, hashable, unknown keys rejected)."""
 
-    epochs: int = Field(5, ge=1)
+    epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0.0)
-    head_lr_mult: float = Field(10.0, gt=0.0)
-    weight_decay: float = Field(1e-4, ge=0.0)
-    layer_decay: float = Field(1.0, gt=0.0, le=1.0)
-    warmup: float = Field(0.1, ge=0.0, lt=1.0)
-    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
-    class_weight: Literal["none", "balanced"] = "none"
-    patience: int = Field(3, ge=1)
-    precision: str = "auto"
-    accelerator: str = "auto"
+    lr: float = Field(1e-4, ge=0, description="peak lr of the backbone's last layer")
+    head_lr: float | str = Field("10x", description="absolute lr (0.001) or a multiple of lr ('10x')")
+    weight_decay: float = Field(0.05, ge=0)
+    layer_decay: float = Field(1.0, gt=0, le=1, description="lr ratio between successive layers; 1 = off")
+    warmup: float = Field(0.1, ge=0, lt=1, description="fraction of the steps with a linear lr warm-up")
+    schedule: Literal["cosine", "constant"] = "cosine"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weight: Literal["none", "balanced"] | tuple[float, ...] = "none"
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the head")
+    patience: int | None = Field(3, ge=1, description="early-stopping patience in epochs; None = off")
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: int | Literal["auto"] = "auto"
     num_nodes: int = Field(1, ge=1)
     strategy: str = "auto"
-    freeze_bn: bool = False
-    gradient_clip: float | None = 1.0
-    max_train_batches: int | None = None
+    freeze_bn: bool = Field(False, description="keep BatchNorm running statistics fixed")
+    max_train_batches: int | None = Field(None, ge=1, description="cap per epoch (tests, smoke runs)")
+    gradient_clip: float | None = Field(None, gt=0)
     num_workers: int | Literal["auto"] = "auto"
+
+    @field_validator("head_lr", mode="before")
+    @classmethod
+    def _check_head_lr(cls, v: Any) -> float | str:
+        if isinstance(v, str):
+            if _HEAD_LR_MULT.match(v):
+                return v.replace(" ", "")
+            try:
+                v = float(v)
+            except ValueError:
+                raise ValueError(
+                    f"head_lr must be a learning rate (e.g. 0.001) or a multiple of lr like '10x'; got {v!r}"
+                ) from None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ValueError(f"head_lr must be a non-negative number or a multiple like '10x'; got {v!r}")
+        return float(v)
+
+    @field_validator("devices")
+    @classmethod
+    def _check_devices(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"devices must be 'auto' or an integer >= 1; got {v}")
+        return v
+
+    def resolved_head_lr(self) -> float:
+        """The head's learning rate as a number."""
+        if isinstance(self.head_lr, str):
+            return float(self.head_lr[:-1]) * self.lr
+        return float(self.head_lr)
 
 
 class TrainConfig(Section):

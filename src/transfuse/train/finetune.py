@@ -1,0 +1,440 @@
+"""Fine-tuning tier: a backbone + linear head trained end to end with a Lightning Trainer.
+
+``finetune()`` is a short script: set up (seed, model, loaders, trainer), fit (resuming from
+``checkpoints/last.ckpt`` when an earlier fit was interrupted), save (best weights as
+safetensors, validation probabilities, a ``finetune.json`` marker written last). A folder with
+the marker is returned as is, without training. Checkpoints are only ever read with
+``torch.load(weights_only=True)``: they hold tensors and primitive values, nothing executable.
+
+Lightning is imported lazily (it takes seconds), so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transfuse.backbones.base import Backbone
+from transfuse.config import FinetuneConfig
+from transfuse.data.base import Dataset
+from transfuse.errors import UserError
+from transfuse.io import atomic_save_npz, atomic_write_bytes, atomic_write_json, read_json
+from transfuse.train.loaders import make_loader
+from transfuse.train.losses import ClassificationLoss, resolve_class_weights
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+MARKER = "finetune.json"
+SIGNATURE = "finetune_config.json"
+WEIGHTS = "model.safetensors"
+VAL_PROBA = "val_proba.npz"
+CKPT_DIR = "checkpoints"
+#: Settings that say where a fit runs, not what it computes: a resume may change them.
+PLACEMENT_KEYS = frozenset({"accelerator", "devices", "num_nodes", "strategy", "num_workers"})
+
+
+def resolve_precision(precision: str, accelerator: str = "auto") -> str:
+    """``"auto"``: bf16-mixed on a CUDA GPU with bf16, 16-mixed on other CUDA GPUs, else 32-true."""
+    if precision != "auto":
+        return precision
+    if _uses_cuda(accelerator):
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def _uses_cuda(accelerator: str) -> bool:
+    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
+class Classifier(nn.Module):
+    """A backbone with a linear head (optional dropout in between): input batch -> logits."""
+
+    def __init__(self, backbone: Backbone, n_classes: int, dropout: float = 0.0, freeze_bn: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.head = nn.Linear(backbone.feature_dim, n_classes)
+        self.freeze_bn = freeze_bn
+
+    @property
+    def n_classes(self) -> int:
+        return self.head.out_features
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.head(self.dropout(self.backbone(batch)))
+
+    def train(self, mode: bool = True) -> Classifier:
+        """As ``nn.Module.train``; with ``freeze_bn`` the BatchNorm layers stay in eval mode."""
+        super().train(mode)
+        if mode and self.freeze_bn:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    @torch.no_grad()
+    def init_head(self, weight: np.ndarray | torch.Tensor, bias: np.ndarray | torch.Tensor) -> None:
+        """Start the head from a probe's ``(n_classes, feature_dim)`` weights and bias (LP-FT).
+
+        The probe must act on raw backbone features; see :func:`fold_standardizer` otherwise.
+        """
+        w = torch.as_tensor(np.asarray(weight), dtype=self.head.weight.dtype)
+        b = torch.as_tensor(np.asarray(bias), dtype=self.head.bias.dtype).reshape(-1)
+        if tuple(w.shape) != tuple(self.head.weight.shape) or b.numel() != self.n_classes:
+            raise UserError(
+                f"head_init: expected weights {tuple(self.head.weight.shape)} and bias ({self.n_classes},), "
+                f"got {tuple(w.shape)} and ({b.numel()},); train the probe on this backbone's features"
+            )
+        self.head.weight.copy_(w)
+        self.head.bias.copy_(b)
+
+    @torch.inference_mode()
+    def predict_proba(self, dataset: Dataset, batch_size: int = 64, num_workers: int | str = 0) -> np.ndarray:
+        """Class probabilities ``(len(dataset), n_classes)`` in dataset order (eval mode)."""
+        device = next(self.parameters()).device
+        was_training = self.training
+        self.eval()
+        loader = make_loader(dataset, self.backbone, train=False, batch_size=batch_size,
+                             num_workers=num_workers, pin_memory=device.type == "cuda")
+        try:
+            out = [F.softmax(self(self.backbone.batch_to(x, device)).float(), dim=-1).cpu() for x, _ in loader]
+        finally:
+            self.train(was_training)
+        return torch.cat(out).numpy() if out else np.zeros((0, self.n_classes), np.float32)
+
+
+def fold_standardizer(
+    weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, scale: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fold ``(x - mean) / scale`` into a linear probe so it acts on raw features:
+    ``W' = W / scale``, ``b' = b - W' @ mean``."""
+    w = np.asarray(weight, np.float64) / np.asarray(scale, np.float64)[None, :]
+    b = np.asarray(bias, np.float64) - w @ np.asarray(mean, np.float64)
+    return w, b
+
+
+def build_param_groups(model: Classifier, cfg: FinetuneConfig) -> list[dict]:
+    """Optimizer groups: the backbone's (layer-wise lr decay) plus the head's at ``head_lr``."""
+    groups = model.backbone.param_groups(cfg.lr, cfg.layer_decay, cfg.weight_decay)
+    for g in groups:
+        g["name"] = f"backbone.{g.get('layer_id', 0)}"
+    groups.append({"params": list(model.head.parameters()), "lr": cfg.resolved_head_lr(),
+                   "weight_decay": cfg.weight_decay, "name": "head"})
+    return groups
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the peak lr at optimizer step ``step``: linear warm-up, then cosine or flat."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class FinetuneResult:
+    """What a fit produced. ``model`` holds the best epoch's weights (on the CPU)."""
+
+    model: Classifier
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_score: float
+    val_proba: np.ndarray
+    seconds: float
+    initial: dict[str, float] = field(default_factory=dict)
+    resumed_from_epoch: int = 0
+
+
+def _module_class() -> type:
+    """The LightningModule class (built on first use, so lightning is imported lazily)."""
+    global _FinetuneModule
+    if _FinetuneModule is not None:
+        return _FinetuneModule
+    import lightning.pytorch as pl
+
+    class FinetuneModule(pl.LightningModule):
+        """Trains a :class:`Classifier`; keeps a per-epoch history inside its checkpoints."""
+
+        def __init__(self, model: Classifier, cfg: FinetuneConfig, class_weight: torch.Tensor | None):
+            super().__init__()
+            self.model = model
+            self.cfg = cfg
+            self.loss_fn = ClassificationLoss(class_weight, cfg.label_smoothing)
+            self.history: list[dict[str, float]] = []
+            self.initial: dict[str, float] = {}
+            self.resumed_from_epoch = 0
+            self._train = torch.zeros(2)  # loss sum, count
+            self._val = torch.zeros(3)  # loss sum, correct, count
+
+        def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+            x, y = batch
+            return self.model.backbone.batch_to(x, device), y.to(device)
+
+        def on_train_epoch_start(self) -> None:
+            self._train = torch.zeros(2, device=self.device)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            loss = self.loss_fn(self.model(x), y)
+            self._train += torch.stack([loss.detach().float() * y.numel(), y.new_tensor(y.numel()).float()])
+            return loss
+
+        def on_validation_epoch_start(self) -> None:
+            self._val = torch.zeros(3, device=self.device)
+
+        def validation_step(self, batch: Any, batch_idx: int) -> None:
+            x, y = batch
+            logits = self.model(x).float()
+            self._val += torch.stack([F.cross_entropy(logits, y, reduction="sum"),
+                                      (logits.argmax(-1) == y).sum().float(), y.new_tensor(y.numel()).float()])
+
+        def on_validation_epoch_end(self) -> None:
+            loss_sum, correct, n = self.trainer.strategy.reduce(self._val, reduce_op="sum").tolist()
+            val = {"val_loss": loss_sum / max(n, 1.0), "val_accuracy": correct / max(n, 1.0)}
+            if self.trainer.sanity_checking:
+                if self.global_step == 0 and not self.initial:
+                    self.initial = val
+                return
+            t_sum, t_n = self.trainer.strategy.reduce(self._train, reduce_op="sum").tolist()
+            entry = {"epoch": self.current_epoch + 1, "train_loss": t_sum / max(t_n, 1.0), **val}
+            self.log_dict({k: float(v) for k, v in entry.items() if k != "epoch"}, sync_dist=True,
+                          prog_bar=True)
+            self.history.append(entry)
+
+        def configure_optimizers(self) -> dict:
+            opt = torch.optim.AdamW(build_param_groups(self.model, self.cfg), lr=self.cfg.lr)
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            warm = int(round(self.cfg.warmup * total))
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda step: lr_factor(step, total, warm, self.cfg.schedule))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+        def on_save_checkpoint(self, checkpoint: dict) -> None:
+            checkpoint["transfuse"] = {"history": self.history, "initial": self.initial}
+
+        def on_load_checkpoint(self, checkpoint: dict) -> None:
+            state = checkpoint.get("transfuse", {})
+            self.history = list(state.get("history", []))
+            self.initial = dict(state.get("initial", {}))
+            self.resumed_from_epoch = len(self.history)
+
+    _FinetuneModule = FinetuneModule
+    return FinetuneModule
+
+
+_FinetuneModule: type | None = None
+
+
+def _safe_checkpoint_io() -> Any:
+    """Lightning's checkpoint IO (atomic writes), reading only with ``weights_only=True``."""
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    class SafeCheckpointIO(TorchCheckpointIO):
+        def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
+            return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+    return SafeCheckpointIO()
+
+
+def finetune(
+    backbone: Backbone,
+    train_ds: Dataset,
+    val_ds: Dataset,
+    n_classes: int,
+    cfg: FinetuneConfig,
+    out_dir: str | Path,
+    head_init: tuple[np.ndarray, np.ndarray] | None = None,
+    augment: Any = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> FinetuneResult:
+    """Fine-tune ``backbone`` + a new linear head on ``train_ds``, selecting on ``val_ds``.
+
+    ``out_dir`` receives ``checkpoints/{best,last}.ckpt``, ``logs/{csv,tensorboard}``, the best
+    weights ``model.safetensors``, ``val_proba.npz`` and the marker ``finetune.json``. An
+    interrupted fit resumes from ``last.ckpt``; a finished one is loaded, not retrained. The
+    caller's backbone is not modified (a copy is trained). ``head_init=(W, b)`` starts the head
+    from a linear probe (LP-FT).
+    """
+    if not getattr(backbone, "trainable", True):
+        raise UserError(
+            f"backbone {backbone.spec or type(backbone).__name__} cannot be fine-tuned (not trainable); "
+            "use the 'linear_probe' strategy for it"
+        )
+    if len(train_ds) == 0 or len(val_ds) == 0:
+        raise UserError("finetune: the training and validation sets must both be non-empty")
+    out = Path(out_dir)
+    _check_signature(out, cfg, n_classes, seed, backbone)
+    if (out / MARKER).is_file():
+        return _load_finished(out, backbone, n_classes, cfg)
+
+    start = time.perf_counter()
+    import lightning.pytorch as pl
+
+    pl.seed_everything(seed, workers=True, verbose=False)
+    net = copy.deepcopy(backbone)
+    net._weights_hash = None
+    model = Classifier(net, n_classes, cfg.dropout, cfg.freeze_bn)
+    if head_init is not None:
+        model.init_head(*head_init)
+    model.train()  # Lightning keeps each module's mode as found; freeze_bn applies here
+    weight = resolve_class_weights(cfg.class_weight, train_ds.labels, n_classes)
+    module = _module_class()(model, cfg, weight)
+
+    pin = _uses_cuda(cfg.accelerator)
+    loaders = [make_loader(ds, model.backbone, train=train, batch_size=cfg.batch_size, augment=augment,
+                           num_workers=cfg.num_workers, pin_memory=pin, seed=seed)
+               for ds, train in ((train_ds, True), (val_ds, False))]
+    last = out / CKPT_DIR / "last.ckpt"
+    deterministic_state = (torch.are_deterministic_algorithms_enabled(),
+                           torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        with warnings.catch_warnings(), _quiet_lightning(not progress):
+            warnings.filterwarnings("ignore", message=r".*(does not have many workers|exists and is not empty"
+                                    r"|module\(s\) in eval mode|treespec, LeafSpec).*")
+            trainer, ckpt_cb = _make_trainer(cfg, out, progress)
+            trainer.fit(module, *loaders, ckpt_path=last if last.is_file() else None, weights_only=True)
+    finally:
+        torch.use_deterministic_algorithms(deterministic_state[0], warn_only=deterministic_state[1])
+
+    best_path = Path(ckpt_cb.best_model_path or out / CKPT_DIR / "best.ckpt")
+    best = torch.load(best_path, map_location="cpu", weights_only=True)
+    module.load_state_dict(best["state_dict"])
+    best_epoch = len(best["transfuse"]["history"])
+    history = module.history
+    model = module.model.to(trainer.strategy.root_device)
+    val_proba = model.predict_proba(val_ds, cfg.batch_size)
+    model = model.cpu()
+    result = FinetuneResult(model=model, history=history, best_epoch=best_epoch,
+                            best_score=float(history[best_epoch - 1][cfg.monitor]), val_proba=val_proba,
+                            seconds=time.perf_counter() - start, initial=module.initial,
+                            resumed_from_epoch=module.resumed_from_epoch)
+    if trainer.is_global_zero:
+        _save_finished(out, result, cfg)
+    return result
+
+
+@contextlib.contextmanager
+def _quiet_lightning(quiet: bool) -> Iterator[None]:
+    """Hide Lightning's start-up chatter (devices found, tips) when no progress is shown."""
+    log = logging.getLogger("lightning.pytorch")
+    level = log.level
+    if quiet:
+        log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _make_trainer(cfg: FinetuneConfig, out: Path, progress: bool) -> tuple[pl.Trainer, Any]:
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    mode = "min" if cfg.monitor == "val_loss" else "max"
+    ckpt_cb = ModelCheckpoint(dirpath=out / CKPT_DIR, filename="best", monitor=cfg.monitor, mode=mode,
+                              save_top_k=1, save_last=True, enable_version_counter=False)
+    callbacks: list = [ckpt_cb]
+    if cfg.patience is not None:
+        callbacks.append(EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience))
+    if progress:
+
+        class ProgressBar(RichProgressBar):
+            def get_metrics(self, trainer: Any, pl_module: Any) -> dict:
+                return {k: v for k, v in super().get_metrics(trainer, pl_module).items() if k != "v_num"}
+
+        callbacks.append(ProgressBar())
+    loggers = [CSVLogger(out, name="logs", version="csv"),
+               TensorBoardLogger(out, name="logs", version="tensorboard", default_hp_metric=False)]
+    trainer = pl.Trainer(
+        max_epochs=cfg.epochs,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=resolve_precision(cfg.precision, cfg.accelerator),
+        deterministic=True if not _uses_cuda(cfg.accelerator) else "warn",
+        gradient_clip_val=cfg.gradient_clip,
+        limit_train_batches=cfg.max_train_batches or 1.0,
+        num_sanity_val_steps=-1,  # a full validation pass before training: the initial scores
+        callbacks=callbacks,
+        logger=loggers,
+        default_root_dir=out,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        plugins=[_safe_checkpoint_io()],
+    )
+    return trainer, ckpt_cb
+
+
+def _signature(cfg: FinetuneConfig, n_classes: int, seed: int, backbone: Backbone) -> dict:
+    return {"config": cfg.model_dump(exclude=set(PLACEMENT_KEYS)), "n_classes": n_classes, "seed": seed,
+            "backbone": backbone.spec or type(backbone).__name__}
+
+
+def _check_signature(out: Path, cfg: FinetuneConfig, n_classes: int, seed: int, backbone: Backbone) -> None:
+    """Refuse to resume or reuse a folder made with other settings; record them for a new fit."""
+    sig = json.loads(json.dumps(_signature(cfg, n_classes, seed, backbone)))
+    path = out / SIGNATURE
+    if path.is_file():
+        old = read_json(path)
+        if old != sig:
+            diff = sorted({k for k in sig["config"] if sig["config"][k] != old.get("config", {}).get(k)}
+                          | {k for k in ("n_classes", "seed", "backbone") if sig[k] != old.get(k)})
+            raise UserError(
+                f"{out}: holds a fine-tune made with other settings (differs in: {', '.join(diff)}); "
+                "use a new output folder or delete this one"
+            )
+    else:
+        atomic_write_json(path, sig)
+
+
+def _save_finished(out: Path, result: FinetuneResult, cfg: FinetuneConfig) -> None:
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in result.model.state_dict().items()}
+    atomic_write_bytes(out / WEIGHTS, save(state))
+    atomic_save_npz(out / VAL_PROBA, val_proba=result.val_proba)
+    atomic_write_json(out / MARKER, {
+        "finished": True, "monitor": cfg.monitor, "best_epoch": result.best_epoch,
+        "best_score": result.best_score, "history": result.history, "initial": result.initial,
+        "seconds": result.seconds, "resumed_from_epoch": result.resumed_from_epoch,
+    })
+
+
+def _load_finished(out: Path, backbone: Backbone, n_classes: int, cfg: FinetuneConfig) -> FinetuneResult:
+    from safetensors.torch import load_file
+
+    info = read_json(out / MARKER)
+    model = Classifier(copy.deepcopy(backbone), n_classes, cfg.dropout, cfg.freeze_bn)
+    model.backbone._weights_hash = None
+    try:
+        model.load_state_dict(load_file(out / WEIGHTS), strict=True)
+        with np.load(out / VAL_PROBA, allow_pickle=False) as z:
+            val_proba = z["val_proba"]
+    except (OSError, RuntimeError, KeyError) as e:
+        raise UserError(f"{out}: finished fine-tune is incomplete or damaged ({e}); delete the folder") from e
+    return FinetuneResult(model=model, history=info["history"], best_epoch=int(info["best_epoch"]),
+                          best_score=float(info["best_score"]), val_proba=val_proba,
+                          seconds=float(info["seconds"]), initial=info.get("initial", {}),
+                          resumed_from_epoch=int(info.get("resumed_from_epoch", 0)))
+
