@@ -355,3 +355,16 @@ def test_killed_fit_resumes_from_last_checkpoint(digits, tmp_path):
     assert res.history[: len(saved)] == saved
     assert res.initial and (out / "finetune.json").is_file()
     assert json.loads((out / "finetune.json").read_text())["history"] == res.history
+
+
+def test_refit_without_validation_trains_fixed_epochs(tmp_path, digits):
+    """val_ds=None: exactly cfg.epochs epochs, no early stopping, history of train losses."""
+    train, _ = digits
+    backbone = TinyConvBackbone()
+    cfg = quick_cfg(epochs=2, patience=1)
+    res = finetune(backbone, train, None, 10, cfg, tmp_path / "refit", progress=False)
+    assert [h["epoch"] for h in res.history] == [1, 2]
+    assert all("val_loss" not in h for h in res.history)
+    assert res.best_epoch == 2 and res.val_proba.shape == (0, 10)
+    again = finetune(backbone, train, None, 10, cfg, tmp_path / "refit", progress=False)
+    assert again.best_epoch == 2

@@ -78,7 +78,11 @@ def prepare_data(cfg: ExperimentConfig, run_dir: Path) -> Prepared:
     quarantined += list(splits.quarantined) + list(splits.test_quarantined)
     train = data.subset(splits.train_idx)
     test = (test_data if test_data is not None else data).subset(splits.test_idx)
-    return Prepared(train=train, test=test, folds=splits.folds, quarantined=quarantined)
+    # fold indices are absolute in ``data``; the candidates index the training part
+    pos = {int(a): i for i, a in enumerate(splits.train_idx)}
+    folds = [(np.array([pos[int(a)] for a in tr]), np.array([pos[int(a)] for a in va]))
+             for tr, va in splits.folds]
+    return Prepared(train=train, test=test, folds=folds, quarantined=quarantined)
 
 
 def backbone_options(cfg: ExperimentConfig, spec_options: dict[str, Any], modality: str) -> dict[str, Any]:

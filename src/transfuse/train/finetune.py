@@ -182,6 +182,7 @@ def _module_class() -> type:
             self.resumed_from_epoch = 0
             self._train = torch.zeros(2)  # loss sum, count
             self._val = torch.zeros(3)  # loss sum, correct, count
+            self.validate = True
 
         def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
             x, y = batch
@@ -195,6 +196,14 @@ def _module_class() -> type:
             loss = self.loss_fn(self.model(x), y)
             self._train += torch.stack([loss.detach().float() * y.numel(), y.new_tensor(y.numel()).float()])
             return loss
+
+        def on_train_epoch_end(self) -> None:
+            if self.validate:
+                return  # the entry is written after validation
+            t_sum, t_n = self.trainer.strategy.reduce(self._train, reduce_op="sum").tolist()
+            entry = {"epoch": self.current_epoch + 1, "train_loss": t_sum / max(t_n, 1.0)}
+            self.log("train_loss", entry["train_loss"], sync_dist=True, prog_bar=True)
+            self.history.append(entry)
 
         def on_validation_epoch_start(self) -> None:
             self._val = torch.zeros(3, device=self.device)
@@ -256,7 +265,7 @@ def _safe_checkpoint_io() -> Any:
 def finetune(
     backbone: Backbone,
     train_ds: Dataset,
-    val_ds: Dataset,
+    val_ds: Dataset | None,
     n_classes: int,
     cfg: FinetuneConfig,
     out_dir: str | Path,
@@ -271,14 +280,16 @@ def finetune(
     weights ``model.safetensors``, ``val_proba.npz`` and the marker ``finetune.json``. An
     interrupted fit resumes from ``last.ckpt``; a finished one is loaded, not retrained. The
     caller's backbone is not modified (a copy is trained). ``head_init=(W, b)`` starts the head
-    from a linear probe (LP-FT).
+    from a linear probe (LP-FT). ``val_ds=None`` trains exactly ``cfg.epochs`` epochs with no
+    validation (a refit on all training data); the last epoch is then the "best".
     """
     if not getattr(backbone, "trainable", True):
         raise UserError(
             f"backbone {backbone.spec or type(backbone).__name__} cannot be fine-tuned (not trainable); "
             "use the 'linear_probe' strategy for it"
         )
-    if len(train_ds) == 0 or len(val_ds) == 0:
+    validate = val_ds is not None
+    if len(train_ds) == 0 or (validate and len(val_ds) == 0):
         raise UserError("finetune: the training and validation sets must both be non-empty")
     out = Path(out_dir)
     _check_signature(out, cfg, n_classes, seed, backbone)
@@ -297,19 +308,20 @@ def finetune(
     model.train()  # Lightning keeps each module's mode as found; freeze_bn applies here
     weight = resolve_class_weights(cfg.class_weight, train_ds.labels, n_classes)
     module = _module_class()(model, cfg, weight)
+    module.validate = validate
 
     pin = _uses_cuda(cfg.accelerator)
     loaders = [make_loader(ds, model.backbone, train=train, batch_size=cfg.batch_size, augment=augment,
                            num_workers=cfg.num_workers, pin_memory=pin, seed=seed)
-               for ds, train in ((train_ds, True), (val_ds, False))]
+               for ds, train in ((train_ds, True), (val_ds, False)) if ds is not None]
     last = out / CKPT_DIR / "last.ckpt"
     deterministic_state = (torch.are_deterministic_algorithms_enabled(),
                            torch.is_deterministic_algorithms_warn_only_enabled())
     try:
         with warnings.catch_warnings(), _quiet_lightning(not progress):
             warnings.filterwarnings("ignore", message=r".*(does not have many workers|exists and is not empty"
-                                    r"|module\(s\) in eval mode|treespec, LeafSpec).*")
-            trainer, ckpt_cb = _make_trainer(cfg, out, progress)
+                                    r"|module\(s\) in eval mode|treespec, LeafSpec|no `val_dataloader`).*")
+            trainer, ckpt_cb = _make_trainer(cfg, out, progress, validate)
             trainer.fit(module, *loaders, ckpt_path=last if last.is_file() else None, weights_only=True)
     finally:
         torch.use_deterministic_algorithms(deterministic_state[0], warn_only=deterministic_state[1])
@@ -320,10 +332,11 @@ def finetune(
     best_epoch = len(best["transfuse"]["history"])
     history = module.history
     model = module.model.to(trainer.strategy.root_device)
-    val_proba = model.predict_proba(val_ds, cfg.batch_size)
+    val_proba = model.predict_proba(val_ds, cfg.batch_size) if validate else np.zeros((0, n_classes), np.float32)
     model = model.cpu()
+    score_key = cfg.monitor if validate else "train_loss"
     result = FinetuneResult(model=model, history=history, best_epoch=best_epoch,
-                            best_score=float(history[best_epoch - 1][cfg.monitor]), val_proba=val_proba,
+                            best_score=float(history[best_epoch - 1][score_key]), val_proba=val_proba,
                             seconds=time.perf_counter() - start, initial=module.initial,
                             resumed_from_epoch=module.resumed_from_epoch)
     if trainer.is_global_zero:
@@ -344,16 +357,17 @@ def _quiet_lightning(quiet: bool) -> Iterator[None]:
         log.setLevel(level)
 
 
-def _make_trainer(cfg: FinetuneConfig, out: Path, progress: bool) -> tuple[pl.Trainer, Any]:
+def _make_trainer(cfg: FinetuneConfig, out: Path, progress: bool,
+                  validate: bool = True) -> tuple[pl.Trainer, Any]:
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     mode = "min" if cfg.monitor == "val_loss" else "max"
-    ckpt_cb = ModelCheckpoint(dirpath=out / CKPT_DIR, filename="best", monitor=cfg.monitor, mode=mode,
-                              save_top_k=1, save_last=True, enable_version_counter=False)
+    ckpt_cb = ModelCheckpoint(dirpath=out / CKPT_DIR, filename="best", monitor=cfg.monitor if validate else None,
+                              mode=mode, save_top_k=1, save_last=True, enable_version_counter=False)
     callbacks: list = [ckpt_cb]
-    if cfg.patience is not None:
+    if cfg.patience is not None and validate:
         callbacks.append(EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience))
     if progress:
 
@@ -374,7 +388,8 @@ def _make_trainer(cfg: FinetuneConfig, out: Path, progress: bool) -> tuple[pl.Tr
         deterministic=True if not _uses_cuda(cfg.accelerator) else "warn",
         gradient_clip_val=cfg.gradient_clip,
         limit_train_batches=cfg.max_train_batches or 1.0,
-        num_sanity_val_steps=-1,  # a full validation pass before training: the initial scores
+        num_sanity_val_steps=-1 if validate else 0,  # a full validation pass first: initial scores
+        limit_val_batches=1.0 if validate else 0,
         callbacks=callbacks,
         logger=loggers,
         default_root_dir=out,

@@ -1,0 +1,162 @@
+"""End to end through the CLI on real images with the real bundled EfficientNet-Lite0."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import write_digits_folder
+
+pytestmark = pytest.mark.real
+
+
+def cli(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-m", "transfuse.cli", *args], capture_output=True, text=True,
+                       timeout=600, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"transfuse {' '.join(args)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    return p
+
+
+def experiment(data: Path, out: Path, strategies: list[str], folds: int = 3, epochs: int = 2) -> dict:
+    return {
+        "name": out.name, "seed": 0,
+        "data": {"source": "folder", "path": str(data), "modality": "image"},
+        "split": {"folds": folds, "test_size": 0.25},
+        "preprocess": {"image_size": 32},
+        "backbones": ["bundled:efficientnet_lite0"],
+        "adapt": {"strategies": strategies},
+        "train": {"finetune": {"epochs": epochs, "batch_size": 8, "lr": 1e-3, "patience": 5,
+                               "num_workers": 0}},
+        "output": {"dir": str(out)},
+    }
+
+
+@pytest.fixture(scope="module")
+def probe_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("probe")
+    data = write_digits_folder(root / "digits", per_class=12)
+    cfg = root / "exp.yaml"
+    cfg.write_text(yaml.safe_dump(experiment(data, root / "run", ["linear_probe"])))
+    cli("run", str(cfg), "--quiet")
+    return root / "run"
+
+
+def test_report_fields_and_run_folder(probe_run: Path):
+    rep = json.loads((probe_run / "report.json").read_text())
+    assert {"config.yaml", "splits.json", "report.json", "report.html", "model"} <= {p.name for p in probe_run.iterdir()}
+    cand = rep["candidates"][0]
+    assert cand["name"] == "efficientnet_lite0/linear_probe" and rep["chosen"] == cand["name"]
+    assert len(cand["cv_scores"]) == 3
+    assert cand["cv_mean"] == pytest.approx(np.mean(cand["cv_scores"]))
+    assert cand["cv_std"] == pytest.approx(np.std(cand["cv_scores"]))
+    for key in ("accuracy", "macro_f1", "log_loss", "ece", "confusion_matrix"):
+        assert key in rep["test"]
+    # 36 images, 25% test: 9 test images, 27 for CV; confusion matrix counts them all
+    assert rep["task"]["n_test"] == 9 and rep["task"]["n_train"] == 27
+    assert np.sum(rep["test"]["confusion_matrix"]) == 9
+    # out-of-fold probabilities exist for every training item and are rows of a distribution
+    with np.load(probe_run / "candidates" / "efficientnet_lite0_linear_probe" / "proba.npz") as z:
+        assert z["oof"].shape == (27, 3) and np.allclose(z["oof"].sum(1), 1, atol=1e-5)
+    # digits are easy for ImageNet features: far above chance (1/3)
+    assert rep["test"]["accuracy"] >= 0.75
+
+
+def test_predict_reproduces_test_probabilities(probe_run: Path):
+    splits = json.loads((probe_run / "splits.json").read_text())
+    cfg = yaml.safe_load((probe_run / "config.yaml").read_text())
+    from transfuse.data.registry import load_dataset
+
+    data = load_dataset("folder", cfg["data"]["path"])
+    files = [data.items[i] for i in splits["test_idx"]]
+    p = cli("predict", str(probe_run), *files, "--json")
+    got = np.array([[row["proba"][c] for c in data.classes] for row in map(json.loads, p.stdout.splitlines())])
+    ref = np.load(probe_run / "model" / "test_proba.npy")
+    assert got.shape == ref.shape == (9, 3)
+    assert np.abs(got - ref).max() < 1e-5
+
+
+def test_rerun_reuses_feature_cache(probe_run: Path, tmp_path: Path):
+    """A new run over the same data and backbone embeds nothing again."""
+    from transfuse.backbones import create_backbone
+    from transfuse.data.registry import load_dataset
+    from transfuse.train.cache import FeatureCache
+
+    cfg = yaml.safe_load((probe_run / "config.yaml").read_text())
+    data = load_dataset("folder", cfg["data"]["path"])
+    cache = FeatureCache()
+    bb = create_backbone("bundled:efficientnet_lite0", image_size=32)
+    feats = cache.embed(bb, data)
+    assert cache.last.n_computed == 0 and cache.last.n_items == 36
+    fresh = FeatureCache(tmp_path / "fresh")
+    again = fresh.embed(bb, data)
+    assert fresh.last.n_computed == 36
+    assert np.abs(feats - again).max() < 1e-4
+
+
+def test_bad_images_are_quarantined_and_run_completes(tmp_path: Path):
+    from PIL import Image
+
+    data = write_digits_folder(tmp_path / "data", per_class=8)
+    good = next((data / "digit0").glob("*.png"))
+    (data / "digit0" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(200))
+    raw = good.read_bytes()
+    (data / "digit1" / "truncated.png").write_bytes(raw[: len(raw) // 2])
+    (data / "digit7" / "notes.png").write_text("this is a text file, not an image")
+    Image.fromarray((np.arange(32 * 32).reshape(32, 32) * 60).astype(np.uint16)).save(data / "digit7" / "deep16.png")
+    (data / "empty_class").mkdir()
+    out = tmp_path / "run"
+    cli("fit", "--data", str(data), "--backbone", "bundled:efficientnet_lite0", "--out", str(out),
+        "--folds", "2", "--set", "preprocess.image_size=32", "--quiet")
+    rep = json.loads((out / "report.json").read_text())
+    reasons = {Path(q["path"]).name: q["reason"] for q in rep["quarantined"]}
+    assert {"corrupt.jpg", "truncated.png", "notes.png", "empty_class"} <= set(reasons), reasons
+    assert "deep16.png" not in reasons  # 16-bit greyscale is converted, not quarantined
+    assert rep["task"]["classes"] == ["digit0", "digit1", "digit7"]
+    assert rep["task"]["n_train"] + rep["task"]["n_test"] == 25
+
+
+def test_kill_during_finetune_then_resume(tmp_path: Path):
+    data = write_digits_folder(tmp_path / "digits", per_class=10)
+    out = tmp_path / "run"
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(yaml.safe_dump(experiment(data, out, ["linear_probe", "finetune"], folds=2, epochs=3)))
+    proc = subprocess.Popen([sys.executable, "-m", "transfuse.cli", "run", str(cfg), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    ckpt = out / "candidates" / "efficientnet_lite0_finetune" / "fold0" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert ckpt.exists(), "fine-tuning never wrote a checkpoint"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "report.json").exists()
+    assert (out / "candidates" / "efficientnet_lite0_linear_probe" / "result.json").exists()
+    p = cli("resume", str(out), "--quiet")
+    assert "resume: efficientnet_lite0/linear_probe already done" in p.stderr + p.stdout
+    rep = json.loads((out / "report.json").read_text())
+    assert [c["name"] for c in rep["candidates"]] == ["efficientnet_lite0/linear_probe",
+                                                      "efficientnet_lite0/finetune"]
+    ft = rep["candidates"][1]
+    assert len(ft["cv_scores"]) == 2 and all(0 <= s <= 1 for s in ft["cv_scores"])
+    assert {h["fold"] for h in ft["history"]} == {0, 1}
+    assert set(rep["test"]) >= {"accuracy", "macro_f1", "log_loss", "ece"}
+    assert (out / "model" / "model.json").exists()
+
+
+def test_run_refuses_a_folder_holding_another_experiment(probe_run: Path, tmp_path: Path):
+    cfg = yaml.safe_load((probe_run / "config.yaml").read_text())
+    cfg["seed"] = 1
+    f = tmp_path / "other.yaml"
+    f.write_text(yaml.safe_dump(cfg))
+    p = cli("run", str(f), check=False)
+    assert p.returncode == 2 and "holds a different experiment" in p.stderr and "Traceback" not in p.stderr
