@@ -196,6 +196,21 @@ def data_fashion(out: Optional[Path] = typer.Option(None, "--out", help="Also ex
         print(samples.export_fashion_mnist_folder(out, per_class=per_class))
 
 
+@data_app.command("speech")
+def data_speech(words: list[str] = typer.Option(..., "--words", help="Words to say (repeatable); 'digits' and 'commands' expand to word lists."),
+                out: Path = typer.Option(..., "--out", help="Output folder (train/, test/, manifest.csv)."),
+                voices: Optional[list[str]] = typer.Option(None, "--voices", help="espeak-ng voices, e.g. en-us+f3 (default: 8 accents x 20 variants)."),
+                pitches: Optional[list[int]] = typer.Option(None, "--pitches"),
+                speeds: Optional[list[int]] = typer.Option(None, "--speeds"),
+                seed: int = typer.Option(0, "--seed"),
+                test_fraction: float = typer.Option(0.25, "--test-fraction"),
+                split_by: str = typer.Option("variant", "--split-by", help="variant | voice: what the test split holds out.")) -> None:
+    """Synthesise spoken words with espeak-ng into a voice-disjoint audio folder (synthetic data)."""
+    from transfuse.data.speech import speech_cli
+
+    speech_cli(words, str(out), voices, pitches, speeds, seed, test_fraction, split_by)
+
+
 @app.command()
 def merge(config: Path = typer.Argument(..., help="Merge YAML (mergekit format plus transfuse extras)."),
           out: Path = typer.Option(..., "--out", help="Output folder (sharded safetensors + card)."),

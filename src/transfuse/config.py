@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from transfuse.errors import UserError
 
@@ -83,18 +90,30 @@ class ImageAugment(Section):
 
 
 class AudioAugment(Section):
-    """Training-time audio augmentation."""
+    """Training-time audio augmentation (config key ``augment.audio``). Each step fires with its
+    probability; set a probability to 0 to switch the step off."""
 
-    enabled: bool = True
-    noise_snr_db: tuple[float, float] | None = (10.0, 30.0)
-    noise_prob: float = Field(0.5, ge=0.0, le=1.0)
-    time_shift_s: float = Field(0.1, ge=0.0)
-    gain_db: tuple[float, float] | None = (-6.0, 6.0)
-    speed: tuple[float, float] | None = (0.9, 1.1)
-    speed_prob: float = Field(0.3, ge=0.0, le=1.0)
-    specaugment: bool = True
-    freq_mask: int = Field(8, ge=0)
-    time_mask: int = Field(10, ge=0)
+    noise_prob: float = Field(0.5, ge=0, le=1, description="chance of adding white noise")
+    snr_db: tuple[float, float] = Field((10.0, 30.0), description="noise SNR range in dB")
+    shift_prob: float = Field(0.5, ge=0, le=1, description="chance of a time shift")
+    shift_seconds: float = Field(0.1, ge=0, description="largest shift, either direction")
+    gain_prob: float = Field(0.5, ge=0, le=1, description="chance of a gain change")
+    gain_db: float = Field(6.0, ge=0, description="largest gain change, up or down, in dB")
+    speed_prob: float = Field(0.3, ge=0, le=1, description="chance of a speed/pitch change")
+    speed: tuple[float, float] = Field((0.9, 1.1), description="speed factor range (pitch moves too)")
+    specaugment_prob: float = Field(0.5, ge=0, le=1, description="chance of SpecAugment masks")
+    freq_masks: int = Field(2, ge=0, description="SpecAugment frequency masks")
+    freq_width: int = Field(8, ge=0, description="widest frequency mask, in mel bins")
+    time_masks: int = Field(2, ge=0, description="SpecAugment time masks")
+    time_width: int = Field(10, ge=0, description="widest time mask, in frames (10 ms each)")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> AudioAugment:
+        if self.snr_db[0] > self.snr_db[1]:
+            raise ValueError(f"snr_db={list(self.snr_db)} must be [low, high] with low <= high")
+        if not 0 < self.speed[0] <= self.speed[1] <= 4:
+            raise ValueError(f"speed={list(self.speed)} must be [low, high] with 0 < low <= high <= 4")
+        return self
 
 
 class AugmentConfig(Section):
@@ -103,14 +122,20 @@ class AugmentConfig(Section):
 
 
 class TextCleaning(Section):
-    """Text normalisation applied when text data is loaded."""
+    """How texts are cleaned before use (config key ``preprocess.text``).
 
-    unicode: Literal["NFKC", "NFC", "none"] = "NFKC"
+    Steps run in this order: e-mail parsing, HTML stripping, Unicode NFKC, whitespace collapse,
+    then the length limit. A text longer than ``max_chars`` is cut to ``max_chars`` (``on_long:
+    truncate``, logged; a tokenizer reads only the first few hundred tokens anyway) or left out
+    (``on_long: quarantine``).
+    """
+
+    unicode_nfkc: bool = True
     collapse_whitespace: bool = True
-    strip_html: bool = True
-    strip_email_headers: bool = True
-    lowercase: bool = False
-    max_chars: int = Field(20000, ge=16)
+    strip_html: bool = False
+    strip_email_headers: bool = False
+    max_chars: int = Field(20_000, ge=1)
+    on_long: Literal["truncate", "quarantine"] = "truncate"
 
 
 class PreprocessConfig(Section):

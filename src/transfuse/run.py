@@ -18,8 +18,13 @@ from typing import Any
 import numpy as np
 
 from transfuse import __version__
-from transfuse.candidates import (CandidateResult, run_finetune, run_linear_probe,
-                                  run_raw_estimator, safe_name)
+from transfuse.candidates import (
+    CandidateResult,
+    run_finetune,
+    run_linear_probe,
+    run_raw_estimator,
+    safe_name,
+)
 from transfuse.config import ExperimentConfig, config_to_yaml, load_config
 from transfuse.data.base import Dataset, Quarantined
 from transfuse.errors import UserError
@@ -52,14 +57,16 @@ def prepare_data(cfg: ExperimentConfig, run_dir: Path) -> Prepared:
 
     d = cfg.data
     opts = dict(d.options)
-    if d.modality == "text":
-        opts.setdefault("cleaning", cfg.preprocess.text)
+    # text cleaning: only when the user set it (sources such as spamassassin have own defaults)
+    cleaning = cfg.preprocess.text if cfg.preprocess.text.model_fields_set else None
+    if d.modality == "text" and cleaning is not None:
+        opts.setdefault("cleaning", cleaning)
     data = load_dataset(d.source, d.path, **opts)
     test_data = None
     if d.test_path is not None or d.test_source is not None:
         topts = dict(d.test_options)
-        if d.modality == "text":
-            topts.setdefault("cleaning", cfg.preprocess.text)
+        if d.modality == "text" and cleaning is not None:
+            topts.setdefault("cleaning", cleaning)
         test_data = load_dataset(d.test_source or d.source, d.test_path, **topts)
     if data.modality != d.modality:
         raise UserError(f"data.source {d.source!r} gives {data.modality} data but data.modality is "

@@ -79,4 +79,6 @@ def _load_builtin_modules() -> None:
 BUILTIN_MODULES: list[str] = [
     "transfuse.backbones.efficientnet",
     "transfuse.backbones.timm_source",
+    "transfuse.backbones.audio",
+    "transfuse.backbones.text",
 ]

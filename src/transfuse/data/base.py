@@ -29,10 +29,11 @@ def _identity(x: Any) -> Any:
     return x
 
 
-def hash_item(item: Any) -> str:
-    """Content hash of one input: file bytes for a path, raw bytes for arrays, UTF-8 for text."""
+def hash_item(item: Any, text: bool = False) -> str:
+    """Content hash of one input: file bytes for a path, raw bytes for arrays, UTF-8 for text
+    (``text=True``: a string is always text, even when it names an existing file)."""
     h = hashlib.sha256()
-    if isinstance(item, Path) or (isinstance(item, str) and _looks_like_file(item)):
+    if isinstance(item, Path) or (isinstance(item, str) and not text and _looks_like_file(item)):
         with open(item, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
@@ -84,7 +85,8 @@ class Dataset:
     def item_hashes(self) -> list[str]:
         """Content hashes of every item (computed once)."""
         if self._hashes is None:
-            self._hashes = [hash_item(it) for it in self.items]
+            text = self.modality == "text"
+            self._hashes = [hash_item(it, text) for it in self.items]
         return self._hashes
 
     def fingerprint(self) -> str:

@@ -17,6 +17,8 @@ DATA_SOURCES: Registry[Callable[..., Any]] = Registry("data source")
 #: Modules whose import registers data sources.
 BUILTIN_MODULES: list[str] = [
     "transfuse.data.images",
+    "transfuse.data.audio",
+    "transfuse.data.text",
 ]
 
 _LOADED = False

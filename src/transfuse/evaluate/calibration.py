@@ -14,7 +14,11 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
-from transfuse.evaluate.metrics import LOG_LOSS_EPS, classification_metrics, reliability_bins
+from transfuse.evaluate.metrics import (
+    LOG_LOSS_EPS,
+    classification_metrics,
+    reliability_bins,
+)
 
 T_MIN, T_MAX = 0.05, 20.0
 

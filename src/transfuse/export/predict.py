@@ -14,7 +14,8 @@ from transfuse.io import read_json
 def load_model(run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
     """The chosen model of ``run_dir`` as a torch ``Classifier`` in eval mode, and its spec."""
     import torch
-    from safetensors.torch import load_file, load_model as st_load_model
+    from safetensors.torch import load_file
+    from safetensors.torch import load_model as st_load_model
 
     from transfuse.backbones.registry import create_backbone
     from transfuse.train.finetune import Classifier
@@ -56,7 +57,9 @@ def load_inputs(paths_or_texts: list[str], modality: str) -> Any:
     if modality == "image":
         from transfuse.data.images import load_image as loader
     else:
-        from transfuse.data.audio import load_audio as loader
+        from transfuse.data.audio import AudioLoader
+
+        loader = AudioLoader()
     return Dataset(modality, list(paths_or_texts), np.zeros(len(paths_or_texts), int), ["?"],
                    list(paths_or_texts), loader=loader)
 

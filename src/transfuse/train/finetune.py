@@ -32,7 +32,12 @@ from transfuse.backbones.base import Backbone
 from transfuse.config import FinetuneConfig
 from transfuse.data.base import Dataset
 from transfuse.errors import UserError
-from transfuse.io import atomic_save_npz, atomic_write_bytes, atomic_write_json, read_json
+from transfuse.io import (
+    atomic_save_npz,
+    atomic_write_bytes,
+    atomic_write_json,
+    read_json,
+)
 from transfuse.train.loaders import make_loader
 from transfuse.train.losses import ClassificationLoss, resolve_class_weights
 
@@ -360,7 +365,11 @@ def _quiet_lightning(quiet: bool) -> Iterator[None]:
 def _make_trainer(cfg: FinetuneConfig, out: Path, progress: bool,
                   validate: bool = True) -> tuple[pl.Trainer, Any]:
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import (
+        EarlyStopping,
+        ModelCheckpoint,
+        RichProgressBar,
+    )
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     mode = "min" if cfg.monitor == "val_loss" else "max"

@@ -27,6 +27,7 @@ from transfuse.config import HeadConfig
 Optimizer = Literal["auto", "lbfgs", "adam"]
 from transfuse.errors import UserError
 
+
 def validate_config(model: type[BaseModel], params: dict, owner: str) -> BaseModel:
     """Build ``model(**params)``, turning a pydantic error into a one-line :class:`UserError`."""
     try:

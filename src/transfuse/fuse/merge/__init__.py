@@ -4,11 +4,22 @@
 ``transfuse merge CONFIG --out DIR``. Methods live in ``METHODS`` (see ``method.merge_method``).
 """
 
+from transfuse.fuse.merge import methods as _methods  # noqa: F401  (registers the built-ins)
 from transfuse.fuse.merge.config import MergeConfig, ModelSpec, load_config
 from transfuse.fuse.merge.engine import MergeResult, merge, run_merge_cli
-from transfuse.fuse.merge.method import METHODS, MergeMethod, TensorContext, get_method, merge_method
-from transfuse.fuse.merge import methods as _methods  # noqa: F401  (registers the built-ins)
-from transfuse.fuse.merge.tune import SearchResult, SoupResult, greedy_soup, search_parameters
+from transfuse.fuse.merge.method import (
+    METHODS,
+    MergeMethod,
+    TensorContext,
+    get_method,
+    merge_method,
+)
+from transfuse.fuse.merge.tune import (
+    SearchResult,
+    SoupResult,
+    greedy_soup,
+    search_parameters,
+)
 
 __all__ = [
     "METHODS", "MergeConfig", "MergeMethod", "MergeResult", "ModelSpec", "SearchResult",
