@@ -28,7 +28,7 @@ def _echo_summary(report: dict[str, Any]) -> None:
 
     table = Table(title=f"{report['name']}: candidates (chosen by CV {report['metric']})")
     for col in ("candidate", "kind", "CV mean ± std", "test acc", "test macro-F1"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=True)
     for c in sorted(report["candidates"], key=lambda c: -c["cv_mean"]):
         t = c.get("test") or {}
         mark = " *" if c["name"] == report["chosen"] else ""

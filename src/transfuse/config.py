@@ -23,6 +23,8 @@ from pydantic import (
 )
 
 from transfuse.errors import UserError
+from transfuse.evaluate.search_config import CalibrationConfig, ExportConfig, SearchConfig
+from transfuse.fuse.config import FuseConfig
 
 _HEAD_LR_MULT = re.compile(r"^\s*(\d+(\.\d*)?|\.\d+)\s*x\s*$")
 Strategy = Literal["linear_probe", "finetune", "lp_ft"]
@@ -253,6 +255,10 @@ class ExperimentConfig(Section):
     adapt: AdaptConfig = AdaptConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    fuse: FuseConfig = FuseConfig()
+    search: SearchConfig = SearchConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+    export: ExportConfig = ExportConfig()
     output: OutputConfig = OutputConfig()
 
     @field_validator("backbones", mode="before")

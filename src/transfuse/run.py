@@ -121,26 +121,30 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None,
         raise UserError(f"data {cfg.data.path!r}: fewer than 2 classes with valid inputs; need at least 2")
     cache = FeatureCache()
     results: list[CandidateResult] = []
+    skipped: list[dict[str, str]] = []
     for bcfg in cfg.backbones:
         opts = backbone_options(cfg, bcfg.options, cfg.data.modality)
-        backbone = None
+        t = time.perf_counter()
+        backbone = create_backbone(bcfg.name, **opts)
+        timings[f"load:{short_name(bcfg.name)}"] = time.perf_counter() - t
+        raw = getattr(backbone, "is_raw_estimator", False)
         feats: tuple[np.ndarray, np.ndarray] | None = None
-        for strategy in cfg.adapt.strategies:
-            t = time.perf_counter()
-            if backbone is None:
-                backbone = create_backbone(bcfg.name, **opts)
-            if getattr(backbone, "is_raw_estimator", False):
-                name = short_name(bcfg.name)
-            else:
-                name = f"{short_name(bcfg.name)}/{strategy}"
+        for strategy in ([None] if raw else cfg.adapt.strategies):
+            name = short_name(bcfg.name) if raw else f"{short_name(bcfg.name)}/{strategy}"
+            if strategy in ("finetune", "lp_ft") and not getattr(backbone, "trainable", True):
+                reason = f"{bcfg.name} cannot be fine-tuned (frozen backbone); only linear_probe applies"
+                console.print(f"[yellow]skip[/yellow] {name}: {reason}")
+                skipped.append({"name": name, "reason": reason})
+                continue
             folder = run_dir / "candidates" / safe_name(name)
             done = CandidateResult.load(folder)
             if done is not None:
                 console.print(f"[dim]resume: {name} already done (cv {done.cv_mean:.4f})[/dim]")
-                if not any(r.name == name for r in results):
-                    results.append(done)
+                results.append(done)
                 continue
-            if getattr(backbone, "is_raw_estimator", False):
+            t = time.perf_counter()
+            console.print(f"[bold]candidate[/bold] {name}")
+            if raw:
                 res = run_raw_estimator(name, backbone, data.train, data.test, data.folds, n_classes, cfg)
             else:
                 if strategy in ("linear_probe", "lp_ft") and feats is None:
@@ -148,7 +152,6 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None,
                     feats = (cache.embed(backbone, data.train, cfg.train.embed_batch_size, progress),
                              cache.embed(backbone, data.test, cfg.train.embed_batch_size, progress))
                     timings[f"embed:{short_name(bcfg.name)}"] = time.perf_counter() - te
-                console.print(f"[bold]candidate[/bold] {name}")
                 if strategy == "linear_probe":
                     res = run_linear_probe(name, backbone, feats[0], feats[1], y, data.folds,
                                            n_classes, cfg, folder)
@@ -162,7 +165,16 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None,
             results.append(res)
             timings[f"candidate:{name}"] = time.perf_counter() - t
             console.print(f"  cv {cfg.evaluate.metric} {res.cv_mean:.4f} ± {res.cv_std:.4f}")
+    if not results:
+        raise UserError("no candidate could run: " + "; ".join(s["reason"] for s in skipped))
+    if cfg.fuse.enabled:
+        from transfuse.fuse.pipeline import run_fusions
+
+        t = time.perf_counter()
+        results += run_fusions(cfg, data, results, run_dir, cache, progress)
+        timings["fusion"] = time.perf_counter() - t
     report = build_report(cfg, run_dir, data, results, timings)
+    report["skipped"] = skipped
     finish_run(run_dir, report, results)
     return report
 

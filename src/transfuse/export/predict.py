@@ -12,7 +12,9 @@ from transfuse.io import read_json
 
 
 def load_model(run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
-    """The chosen model of ``run_dir`` as a torch ``Classifier`` in eval mode, and its spec."""
+    """The chosen model of ``run_dir`` in eval mode, and its spec: a torch ``Classifier`` for a
+    single candidate, or (``kind: fusion``) whatever :mod:`transfuse.fuse.serving` rebuilds; both
+    offer ``predict_proba(dataset, batch_size)``."""
     import torch
     from safetensors.torch import load_file
     from safetensors.torch import load_model as st_load_model
@@ -25,6 +27,10 @@ def load_model(run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
         raise UserError(f"{str(run_dir)!r} has no chosen model (model/model.json); "
                         "finish the run first with 'transfuse resume'")
     info = read_json(folder / "model.json")
+    if info.get("kind") == "fusion":
+        from transfuse.fuse.serving import load_fused_model
+
+        return load_fused_model(folder, info), info
     b = info["backbone"]
     backbone = create_backbone(b["name"], **b.get("options", {}))
     model = Classifier(backbone, len(info["classes"]))
