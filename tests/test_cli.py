@@ -1,0 +1,44 @@
+"""CLI surface: help everywhere, info, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "transfuse.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("cmd", ["run", "fit", "resume", "predict", "demo", "info", "merge", "data"])
+def test_help_everywhere(cmd: str):
+    p = cli(cmd, "--help")
+    assert p.returncode == 0 and "Usage" in p.stdout
+
+
+def test_info_lists_registered_backbones_and_sources():
+    p = cli("info")
+    assert p.returncode == 0, p.stderr
+    for name in ("bundled:efficientnet_lite0", "bundled:minilm_l6", "bundled:whisper_tiny_en_encoder",
+                 "tfidf", "scratch_cnn", "timm:...", "file:..."):
+        assert name in p.stdout
+    for src in ("folder", "manifest", "emoji", "fashion_mnist", "wordnet", "audio_folder"):
+        assert src in p.stdout
+    assert "cache:" in p.stdout and "torch 2.14.1" in p.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["fit", "--data", "/no/such/dir", "--backbone", "bundled:efficientnet_lite0", "--out", "x"],
+     "--data '/no/such/dir' is neither an existing path nor a data source; valid sources:"),
+    (["resume", "/no/such/run"], "is not a transfuse run folder"),
+    (["predict", "/no/such/run", "a.png"], "has no chosen model"),
+    (["demo", "--task", "video"], "unknown demo task 'video'; valid tasks: "),
+])
+def test_user_errors_are_one_line(args: list[str], message: str):
+    p = cli(*args)
+    assert p.returncode == 2
+    assert message in p.stderr
+    assert "Traceback" not in p.stderr and p.stderr.strip().count("\n") == 0
