@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import importlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from transfuse.errors import UserError
@@ -45,3 +46,9 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def import_modules(modules: Iterable[str]) -> None:
+    """Import modules that register entries on import (done lazily: they import heavy libraries)."""
+    for mod in modules:
+        importlib.import_module(mod)  # a no-op after the first time

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from transfuse.errors import UserError
-from transfuse.registry import Registry
+from transfuse.registry import Registry, import_modules
 
 BUNDLED: Registry[Callable[..., Any]] = Registry("bundled backbone")
 SOURCES: Registry[Callable[..., Any]] = Registry("backbone source")
@@ -60,19 +60,8 @@ def create_backbone(spec: str, **options: Any) -> Any:
     return model
 
 
-_LOADED = False
-
-
 def _load_builtin_modules() -> None:
-    """Import the modules that register built-in backbones (lazily: they import heavy libs)."""
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    import importlib
-
-    for mod in BUILTIN_MODULES:
-        importlib.import_module(mod)
+    import_modules(BUILTIN_MODULES)
 
 
 #: Modules whose import registers backbones. Each module registers itself on import.
