@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny settings, to check the script runs")
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--tasks", nargs="*", default=None)
     ap.add_argument("--out", default="benchmarks/out/transfer_image")

@@ -102,7 +102,7 @@ def _curves(ax: Any, history: list[dict], key: str, colour: str, label: str, sty
             per_epoch[x].append(v)
     if per_epoch:
         xs = sorted(per_epoch)
-        ax.plot(xs, [np.mean(per_epoch[x]) for x in xs], style, color=colour, lw=2.2, label=label)
+        ax.plot(xs, [np.mean(per_epoch[x]) for x in xs], style, color=colour, lw=2.2, marker="o", ms=3, label=label)
 
 
 def learning_curves(candidates: list[dict]) -> tuple[bytes, int]:
