@@ -1,5 +1,8 @@
 """Streaming weight merging: soups, task arithmetic, TIES, DARE, SLERP, Model Stock, Fisher, RegMean.
 
+``estimate`` computes Fisher/RegMean statistics from data, ``tune`` searches coefficients on a
+validation score, ``multitask`` rebuilds one model per task from a merge with per-task heads.
+
 ``merge(config, out_dir)`` runs a mergekit-format config (dict or YAML path); ``run_merge_cli`` is
 ``transfuse merge CONFIG --out DIR``. Methods live in ``METHODS`` (see ``method.merge_method``).
 """
@@ -7,6 +10,12 @@
 from transfuse.fuse.merge import methods as _methods  # noqa: F401  (registers the built-ins)
 from transfuse.fuse.merge.config import MergeConfig, ModelSpec, load_config
 from transfuse.fuse.merge.engine import MergeResult, merge, run_merge_cli
+from transfuse.fuse.merge.estimate import (
+    classifier_batches,
+    diagonal_fisher,
+    regmean_grams,
+    save_tensors,
+)
 from transfuse.fuse.merge.method import (
     METHODS,
     MergeMethod,
@@ -14,15 +23,43 @@ from transfuse.fuse.merge.method import (
     get_method,
     merge_method,
 )
+from transfuse.fuse.merge.multitask import (
+    evaluate_tasks,
+    normalized_scores,
+    task_state_dicts,
+)
 from transfuse.fuse.merge.tune import (
     SearchResult,
     SoupResult,
     greedy_soup,
+    load_state_dict,
+    optuna_search,
     search_parameters,
 )
 
 __all__ = [
-    "METHODS", "MergeConfig", "MergeMethod", "MergeResult", "ModelSpec", "SearchResult",
-    "SoupResult", "TensorContext", "get_method", "greedy_soup", "load_config", "merge",
-    "merge_method", "run_merge_cli", "search_parameters",
+    "METHODS",
+    "MergeConfig",
+    "MergeMethod",
+    "MergeResult",
+    "ModelSpec",
+    "SearchResult",
+    "SoupResult",
+    "TensorContext",
+    "classifier_batches",
+    "diagonal_fisher",
+    "evaluate_tasks",
+    "get_method",
+    "greedy_soup",
+    "load_config",
+    "load_state_dict",
+    "merge",
+    "merge_method",
+    "normalized_scores",
+    "optuna_search",
+    "regmean_grams",
+    "run_merge_cli",
+    "save_tensors",
+    "search_parameters",
+    "task_state_dicts",
 ]

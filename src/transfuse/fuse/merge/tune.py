@@ -106,3 +106,44 @@ def search_parameters(config: MergeConfig | Mapping[str, Any] | str | Path,
         raise UserError("search_parameters: the grid is empty; give at least one value per key")
     best, score = max(trials, key=lambda t: t[1])
     return SearchResult(best, score, trials)
+
+
+def optuna_search(config: MergeConfig | Mapping[str, Any] | str | Path,
+                  space: Mapping[str, Sequence[Any] | tuple[float, float]],
+                  evaluate: Callable[[Path], float], n_trials: int = 20, seed: int = 0,
+                  work_dir: str | Path | None = None) -> SearchResult:
+    """As :func:`search_parameters` with Optuna's TPE sampler: ``space`` maps a top-level parameter
+    to a ``(low, high)`` float range (a tuple of two numbers) or a list of choices; ``n_trials``
+    merges are scored by ``evaluate(path)`` (maximised). Seeded: the same seed gives the same trials.
+    """
+    try:
+        import optuna
+    except ImportError:
+        raise UserError("optuna_search needs optuna: pip install optuna (or use search_parameters "
+                        "with a grid)") from None
+    from transfuse.fuse.merge.engine import merge
+
+    cfg = config if isinstance(config, MergeConfig) else load_config(config)
+    if n_trials < 1 or not space:
+        raise UserError("optuna_search: give a non-empty space and n_trials >= 1")
+    trials: list[tuple[dict[str, Any], float]] = []
+
+    def suggest(trial: Any, key: str, spec: Any) -> Any:
+        if isinstance(spec, tuple) and len(spec) == 2 and all(isinstance(v, (int, float)) for v in spec):
+            return trial.suggest_float(key, float(spec[0]), float(spec[1]))
+        return trial.suggest_categorical(key, list(spec))
+
+    with tempfile.TemporaryDirectory(dir=work_dir) as scratch:
+        def objective(trial: Any) -> float:
+            params = {k: suggest(trial, k, v) for k, v in space.items()}
+            out = Path(scratch) / f"trial{trial.number}"
+            merge(cfg.with_parameters(**params), out)
+            score = float(evaluate(out))
+            trials.append((params, score))
+            return score
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+        study.optimize(objective, n_trials=n_trials)
+    best, score = max(trials, key=lambda t: t[1])
+    return SearchResult(best, score, trials)

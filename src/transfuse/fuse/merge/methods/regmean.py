@@ -19,12 +19,21 @@ def scale_off_diagonal(gram: Tensor, alpha: float) -> Tensor:
 def regmean(tensors: list[Tensor], gram: list[Tensor] | None, alpha: float = 0.9) -> Tensor:
     """``W = (sum_i W_i G_i) (sum_i G_i)^-1`` for a linear weight ``W`` (out x in), ``G_i = X_i^T X_i``.
 
+    A 1x1 convolution weight ``(out, in, 1, 1)`` is a linear map over channels and is merged the
+    same way when a Gram matrix is given for it (``regmean_grams`` records those of ungrouped,
+    stride-1, unpadded 1x1 convolutions).
+
     Each model entry names its Gram file (``models[].gram``: safetensors keyed by the linear
     weight's name or its module's name, in x in). Tensors without Gram matrices (biases, norms,
     embeddings) get the plain average, as in the paper. ``alpha`` in [0, 1] scales off-diagonals.
     """
-    if gram is None or tensors[0].dim() != 2:
+    shape = tensors[0].shape
+    pointwise = tensors[0].dim() == 4 and tuple(shape[2:]) == (1, 1)
+    if gram is None or not (tensors[0].dim() == 2 or pointwise):
         return weighted_average(tensors, [1.0] * len(tensors), normalize=True)
+    if pointwise:
+        flat = regmean([t.reshape(shape[0], shape[1]) for t in tensors], gram, alpha)
+        return flat.reshape(shape)
     if not 0.0 <= alpha <= 1.0:
         raise UserError(f"regmean: parameter 'alpha' must be in [0, 1], got {alpha!r}")
     grams = [scale_off_diagonal(g.to(torch.float64), alpha) for g in gram]

@@ -1,0 +1,258 @@
+"""Multi-task model merging, FusionBench's protocol at CPU scale.
+
+One pretrained backbone per modality is fine-tuned separately on 3 tasks (text: MiniLM-L3 on
+WordNet nouns, WordNet verbs, SpamAssassin; images: EfficientNet-Lite0 at a small resolution on
+emoji categories, a Fashion-MNIST subset, sklearn digits). The fine-tuned backbones are merged with
+every method that takes 3 models (heads kept per task), coefficients chosen on a validation split,
+and each task is scored on its test split with the merged backbone and its own head: accuracy,
+average, and normalised accuracy (merged / individually fine-tuned). Reference rows: the
+individually fine-tuned models, and the pretrained backbone with each task's fine-tuned head.
+
+    HF_HUB_OFFLINE=1 nice -n 5 .venv/bin/python benchmarks/merge_multitask.py [--quick] [--modality text]
+
+Fine-tunes are cached under --work (re-runs only merge and evaluate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+from _common import write_results
+from sklearn.model_selection import train_test_split
+
+from transfuse.data.base import Dataset
+from transfuse.fuse.merge import (
+    classifier_batches,
+    diagonal_fisher,
+    evaluate_tasks,
+    merge,
+    normalized_scores,
+    regmean_grams,
+    save_tensors,
+    search_parameters,
+    task_state_dicts,
+)
+from transfuse.train.finetune import Classifier, FinetuneConfig, finetune
+
+LAMBDAS = [0.4, 0.7, 1.0]  # task vectors summed (normalize false)
+MEANS = [1.0, 2.0, 3.0]  # TIES' disjoint mean (normalize true) of vectors trimmed to 20%
+#: method -> (per-model parameters, fixed global parameters, grid searched on validation)
+METHODS: dict[str, tuple[dict, dict, dict]] = {
+    "linear": ({}, {}, {}),
+    "task_arithmetic": ({}, {}, {"lambda": LAMBDAS}),
+    "ties": ({"density": 0.2}, {}, {"lambda": MEANS}),
+    "dare_linear": ({"density": 0.5}, {}, {"lambda": LAMBDAS}),
+    "dare_ties": ({"density": 0.5}, {}, {"lambda": LAMBDAS}),
+    "breadcrumbs": ({"density": 0.9, "gamma": 0.01}, {}, {"lambda": LAMBDAS}),
+    "breadcrumbs_ties": ({"density": 0.9, "gamma": 0.01}, {}, {"lambda": LAMBDAS}),
+    "model_stock": ({}, {}, {}),
+    "fisher": ({}, {}, {}),
+    "regmean": ({}, {}, {"alpha": [0.5, 0.9]}),
+}
+
+
+BN = "running_"  # BatchNorm statistics: averaged, never extrapolated (a summed variance can go negative)
+
+
+def bn_safe(method: str, per_model: dict, grid: dict) -> tuple[dict, dict]:
+    """Filter lists that keep BatchNorm statistics at the plain average of the models: density 1
+    and a lambda that turns the method's sum (or TIES' mean) of task vectors into the mean."""
+    per_model = {k: [{"filter": BN, "value": 1.0}, {"value": v}] if k == "density" else v
+                 for k, v in per_model.items()}
+    if "lambda" in grid:
+        keep = 1.0 if method == "ties" else 1 / 3  # ties normalises; the others sum 3 task vectors
+        grid = {**grid, "lambda": [[{"filter": BN, "value": keep}, {"value": v}] for v in grid["lambda"]]}
+    return per_model, grid
+
+
+def split3(ds: Dataset, n_train: int, n_val: int, n_test: int, seed: int = 0) -> tuple[Dataset, ...]:
+    """Stratified train/val/test subsets of at most the given sizes."""
+    idx = np.arange(len(ds))
+    n_all = min(len(ds), n_train + n_val + n_test)
+    if n_all < len(ds):
+        idx, _ = train_test_split(idx, train_size=n_all, stratify=ds.labels, random_state=seed)
+    f = n_all / (n_train + n_val + n_test)
+    tr, rest = train_test_split(idx, train_size=int(n_train * f), stratify=ds.labels[idx], random_state=seed)
+    va, te = train_test_split(rest, train_size=int(n_val * f), stratify=ds.labels[rest], random_state=seed)
+    return ds.subset(tr), ds.subset(va), ds.subset(te)
+
+
+def text_tasks(n: tuple[int, int, int]) -> dict[str, tuple[Dataset, ...]]:
+    from transfuse.data.registry import load_dataset
+
+    per = sum(n) // 6 + 10
+    nouns = load_dataset("wordnet", pos="noun", supersenses=["animal", "artifact", "person", "plant",
+                                                             "food", "location"], max_per_class=per)
+    verbs = load_dataset("wordnet", pos="verb", supersenses=["motion", "communication", "change",
+                                                             "contact", "cognition", "emotion"],
+                         max_per_class=per)
+    spam = load_dataset("spamassassin")
+    return {"nouns": split3(nouns, *n), "verbs": split3(verbs, *n), "spam": split3(spam, *n)}
+
+
+def image_tasks(n: tuple[int, int, int], work: Path) -> dict[str, tuple[Dataset, ...]]:
+    from conftest import write_digits_folder
+
+    from transfuse.data.images import EMOJI_8_CATEGORIES
+    from transfuse.data.registry import load_dataset
+
+    emoji = load_dataset("emoji", categories=list(EMOJI_8_CATEGORIES))
+    fashion = load_dataset("fashion_mnist", split="train", max_per_class=sum(n) // 10 + 5)
+    digits_dir = work / "digits"
+    if not digits_dir.exists():
+        write_digits_folder(digits_dir, classes=tuple(range(10)), per_class=180, size=32)
+    digits = load_dataset("folder", str(digits_dir))
+    return {"emoji": split3(emoji, *n), "fashion": split3(fashion, *n), "digits": split3(digits, *n)}
+
+
+def accuracy(model: Classifier, ds: Dataset) -> float:
+    return float((model.predict_proba(ds, batch_size=64, num_workers=0).argmax(1) == ds.labels).mean())
+
+
+def run_modality(modality: str, args: argparse.Namespace) -> list[dict]:
+    from transfuse.backbones import create_backbone
+
+    work = Path(args.work) / modality
+    work.mkdir(parents=True, exist_ok=True)
+    if modality == "text":
+        spec, opts, lr = "bundled:minilm_l3", {"max_length": 64}, 1e-4
+        tasks = text_tasks(sizes(args))
+    else:
+        spec, opts, lr = "bundled:efficientnet_lite0", {"image_size": args.image_size}, 1e-3
+        tasks = image_tasks(sizes(args), work)
+    epochs = 1 if args.quick else args.epochs or (3 if modality == "text" else 8)
+    cfg = FinetuneConfig(epochs=epochs, batch_size=32, lr=lr, patience=None,
+                         accelerator="cpu", devices=1, precision="32-true", num_workers=0,
+                         monitor="val_accuracy")
+    t0 = time.perf_counter()
+    backbone = create_backbone(spec, **opts)
+    base_path = work / "base.safetensors"
+    save_tensors({f"backbone.{k}": v for k, v in backbone.state_dict().items()}, base_path)
+    evalers: dict[str, Classifier] = {}
+    files: dict[str, dict[str, str]] = {}
+    individual: dict[str, float] = {}
+    for task, (train, val, test) in tasks.items():
+        res = finetune(create_backbone(spec, **opts), train, val, len(train.classes), cfg,
+                       work / f"ft-{task}", seed=0, progress=False)
+        model = res.model
+        ckpt = work / f"{task}.safetensors"
+        save_tensors(model.state_dict(), ckpt)
+        individual[task] = accuracy(model, test)
+        fisher_path, gram_path = work / f"{task}.fisher.safetensors", work / f"{task}.gram.safetensors"
+        if not (fisher_path.exists() and gram_path.exists()):
+            save_tensors(diagonal_fisher(model, classifier_batches(model, train), max_samples=args.fisher_samples,
+                                         params=lambda n: n.startswith("backbone.")), fisher_path)
+            save_tensors(regmean_grams(model, classifier_batches(model, train), max_samples=args.gram_samples,
+                                       modules=lambda n: n.startswith("backbone.")), gram_path)
+        files[task] = {"model": str(ckpt), "fisher": str(fisher_path), "gram": str(gram_path)}
+        evalers[task] = Classifier(backbone, len(train.classes))  # one shared backbone object
+        print(f"[{modality}] {task}: fine-tuned test acc {individual[task]:.3f} "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    def scorer(split: int) -> dict:
+        def score(task: str):
+            def fn(sd: dict) -> float:
+                evalers[task].load_state_dict(sd)
+                return accuracy(evalers[task], tasks[task][split])
+            return fn
+        return {t: score(t) for t in tasks}
+
+    val_scores, test_scores = scorer(1), scorer(2)
+    rows = [{"modality": modality, "method": "individual fine-tunes", **individual,
+             "average": float(np.mean(list(individual.values()))), "normalized": 1.0}]
+    pre = {}
+    for task in tasks:
+        sd = load_file_dict(files[task]["model"])
+        sd.update({k: v for k, v in load_file_dict(base_path).items()})
+        pre[task] = sd
+    s = evaluate_tasks(pre, test_scores)
+    rows.append({"modality": modality, "method": "pretrained + task heads", **s,
+                 "normalized": normalized_scores(s, individual)["average"]})
+    print(rows[-1], flush=True)
+    for method, (per_model, fixed, grid) in METHODS.items():
+        t = time.perf_counter()
+        per_model, grid = bn_safe(method, per_model, grid)
+        config = {"merge_method": method, "base_model": str(base_path), "heads": ["head"], "dtype": "float32",
+                  "parameters": fixed,
+                  "models": [{"model": f["model"], "name": task, "parameters": dict(per_model),
+                              **({"fisher": f["fisher"]} if method == "fisher" else {}),
+                              **({"gram": f["gram"]} if method == "regmean" else {})}
+                             for task, f in files.items()]}
+        chosen = {}
+        if grid:
+            found = search_parameters(config, grid, lambda p: evaluate_tasks(p, val_scores)["average"],
+                                      work_dir=work)
+            chosen = found.best
+            config["parameters"] = {**fixed, **chosen}
+        out = work / f"merged-{method}"
+        merge(config, out, overwrite=True)
+        s = evaluate_tasks(task_state_dicts(out), test_scores)
+        rows.append({"modality": modality, "method": method, **s,
+                     "normalized": normalized_scores(s, individual)["average"],
+                     "chosen": ", ".join(f"{k}={v[-1]['value'] if isinstance(v, list) else v}"
+                                         for k, v in chosen.items()),
+                     "seconds": time.perf_counter() - t})
+        print(rows[-1], flush=True)
+    for r in rows:
+        r["tasks"] = ", ".join(tasks)
+    return rows
+
+
+def sizes(args: argparse.Namespace) -> tuple[int, int, int]:
+    return (60, 40, 60) if args.quick else (args.n_train, args.n_val, args.n_test)
+
+
+def load_file_dict(path: str | Path) -> dict:
+    from safetensors.torch import load_file
+
+    return dict(load_file(str(path)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--modality", choices=["text", "image", "both"], default="both")
+    ap.add_argument("--epochs", type=int, default=None, help="default: 3 (text), 8 (images)")
+    ap.add_argument("--n-train", type=int, default=150)
+    ap.add_argument("--n-val", type=int, default=45)
+    ap.add_argument("--n-test", type=int, default=120)
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--fisher-samples", type=int, default=48)
+    ap.add_argument("--gram-samples", type=int, default=150)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--work", default="/tmp/transfuse-merge-multitask")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    mods = ["text", "image"] if args.modality == "both" else [args.modality]
+    rows = [r for m in mods for r in run_modality(m, args)]
+    best = {}
+    for m in mods:
+        merged = [r for r in rows if r["modality"] == m and r["method"] not in
+                  ("individual fine-tunes", "pretrained + task heads")]
+        b = max(merged, key=lambda r: r["normalized"])
+        best[m] = f"{b['method']} {100 * b['normalized']:.1f}% normalised"
+    cols = ["modality", "method", "nouns", "verbs", "spam", "emoji", "fashion", "digits", "average",
+            "normalized", "chosen", "seconds"]
+    name = "merge_multitask" + ("" if args.modality == "both" else f"_{args.modality}") + ("_quick" if args.quick else "")
+    md = write_results(name, rows, cols, extra={
+        "best": best, "total_seconds": round(time.perf_counter() - t0, 1),
+        "protocol": (f"train/val/test per task {'/'.join(map(str, sizes(args)))} (stratified), "
+                     f"{1 if args.quick else args.epochs or '3 (text) / 8 (images)'} epochs, Fisher on {args.fisher_samples} and Gram on "
+                     f"{args.gram_samples} training examples, coefficients chosen on val (grid), "
+                     "accuracy on test; slerp (2 models) and greedy_soup (one task) do not apply")})
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
