@@ -92,3 +92,62 @@ def test_speech_cli_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
                    speeds=[160], test_fraction=0.5)
     assert d["n_train"] == 1 and d["n_test"] == 1 and d["synthetic"] is True
     assert "wrote 1 train and 1 test clips of 1 words" in capsys.readouterr().out
+
+
+@needs_espeak
+def test_speech_source_synthesises_once_into_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transfuse.data import speech
+    from transfuse.data.registry import load_dataset
+
+    monkeypatch.setenv("TRANSFUSE_HOME", str(tmp_path / "home"))
+    opts = {"words": ["one", "two"], "voices": ["en-us+m1", "en-us+f2", "en-gb+m3"], "pitches": [50],
+            "speeds": [160], "test_fraction": 0.34}
+    train = load_dataset("speech", None, **opts)
+    test = load_dataset("speech", None, **opts, split="test")
+    assert train.classes == test.classes == ["one", "two"]
+    assert len(train) == 4 and len(test) == 2 and train.quarantined == []  # one variant of 3 held out
+    sets = list((tmp_path / "home" / "data" / "speech").iterdir())
+    assert len(sets) == 1 and (sets[0] / "speech.json").is_file()  # no temporary folder left
+    calls = []
+    monkeypatch.setattr(speech, "synthesize_words", lambda *a, **k: calls.append(a))
+    assert load_dataset("speech", None, **opts).items == train.items and calls == []  # reused
+    with pytest.raises(UserError, match="split='dev' is not valid; give train or test"):
+        load_dataset("speech", None, **opts, split="dev")
+
+
+@needs_espeak
+def test_speech_source_in_a_given_folder_refuses_other_parameters(tmp_path: Path) -> None:
+    from transfuse.data.speech import load_speech
+
+    opts = {"words": ["go"], "voices": ["en-us+m1", "en-us+f2"], "pitches": [50], "speeds": [160],
+            "test_fraction": 0.5}
+    ds = load_speech(tmp_path / "set", **opts)
+    assert len(ds) == 1 and (tmp_path / "set" / "manifest.csv").is_file()
+    assert load_speech(tmp_path / "set", **opts, split="test").classes == ["go"]
+    with pytest.raises(UserError, match="holds a speech set made with other parameters"):
+        load_speech(tmp_path / "set", **{**opts, "speeds": [170]})
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.txt").write_text("x")
+    with pytest.raises(UserError, match="not empty and no speech.json"):
+        load_speech(tmp_path / "other", **opts)
+
+
+def test_espeak_voice_names() -> None:
+    from transfuse.data.speech import espeak_voice
+
+    assert espeak_voice("en-gb+f1") == "en+f1"  # en-gb ignores variants; en is the same voice file
+    assert espeak_voice("en-us+m3") == "en-us+m3" and espeak_voice("en-gb") == "en-gb"
+
+
+@needs_espeak
+def test_every_default_accent_honours_its_variant(tmp_path: Path) -> None:
+    from transfuse.data.speech import ACCENTS
+
+    voices = [f"{a}+{v}" for a in ACCENTS for v in ("m1", "f3")]
+    res = synthesize_words(["up"], tmp_path / "s", voices=voices, pitches=(50,), test_fraction=0.5)
+    audio = {}
+    for p in (tmp_path / "s").rglob("*.wav"):
+        audio[p.name.split("__")[1]] = p.read_bytes()
+    assert len(audio) == len(voices) == res.n_train + res.n_test
+    for a in ACCENTS:
+        assert audio[f"{a}+m1"] != audio[f"{a}+f3"], a

@@ -90,6 +90,19 @@ def test_truncation_matches_tokenizer(tokenizer, side):
     assert b.make_transform()(text)["input_ids"].tolist() == expected
 
 
+@pytest.mark.parametrize("max_length", [6, 12, 64])
+def test_long_text_right_truncation_reads_a_prefix_only(tokenizer, max_length, caplog):
+    words = ["naïve", "Hello,", "world!", "tokenizers'", "x" * 30, "(e-mail)", "3.14", "ok"]
+    text = " ".join(words[i % len(words)] for i in range(3000))  # ~25,000 characters
+    b = backbone(tokenizer, max_length=max_length)
+    expected = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+    with caplog.at_level("WARNING"):
+        assert b.encode(text) == expected
+    assert "longer than the specified maximum" not in caplog.text
+    short = "Hello, world!"
+    assert b.encode(short) == tokenizer(short, truncation=True, max_length=max_length)["input_ids"]
+
+
 def test_head_tail_truncation(tokenizer):
     text = " ".join(["alpha"] * 3 + ["beta"] * 30 + ["gamma"] * 9)
     b = backbone(tokenizer, max_length=14, truncation="head_tail")  # 12 content tokens: 3 head, 9 tail

@@ -261,6 +261,26 @@ def test_spamassassin_package_layout(tmp_path: Path, monkeypatch):
         load_spamassassin(groups=["spam-3"])
 
 
+def test_spamassassin_max_per_class_samples_each_label(tmp_path: Path, monkeypatch):
+    data = tmp_path / "node_modules" / "@stdlib" / "datasets-spam-assassin" / "data"
+    files = {f"{g}/{i:05d}.txt": f"Subject: {g} {i}\n\nbody {i}" for g in ("easy-ham-1", "spam-1")
+             for i in range(6)}
+    for rel, text in files.items():
+        (data / rel).parent.mkdir(parents=True, exist_ok=True)
+        (data / rel.replace(".txt", ".json")).write_text(json.dumps({"id": "x", "group": rel, "text": text}))
+    (data / "file_list.json").write_text(json.dumps(list(files)))
+    (data.parent / "package.json").write_text("{}")
+    monkeypatch.setenv("TRANSFUSE_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    ds = load_spamassassin(max_per_class=2, seed=1)
+    assert ds.class_counts() == {"ham": 2, "spam": 2}
+    assert load_spamassassin(max_per_class=2, seed=1).items == ds.items  # seeded
+    assert any(load_spamassassin(max_per_class=2, seed=s).items != ds.items for s in range(2, 8))
+    assert len(load_spamassassin(max_per_class=100)) == 12
+    with pytest.raises(UserError, match="max_per_class=0 is not valid"):
+        load_spamassassin(max_per_class=0)
+
+
 def test_spamassassin_missing_names_the_install_command(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("TRANSFUSE_HOME", str(tmp_path))
     monkeypatch.delenv("NODE_PATH", raising=False)

@@ -119,10 +119,13 @@ def run_linear_probe(name: str, backbone: Any, feats_train: np.ndarray, feats_te
 
 
 def save_head(folder: Path, head: Any) -> None:
-    """Save a linear head in raw feature space as safetensors."""
+    """Save a linear head in raw feature space as safetensors (MLP heads are not served yet:
+    nothing is saved and ``transfuse predict`` says so)."""
     import torch
     from safetensors.torch import save_file
 
+    if head.kind != "linear":
+        return
     W, b = head.to_linear()
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / ".head.safetensors.tmp"

@@ -139,7 +139,8 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
 def demo(task: str = typer.Option("image", "--task", help="image | text | audio"),
          out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/demo-TASK)."),
          quiet: bool = typer.Option(False, "--quiet")) -> None:
-    """Run the embedded demo (image: emoji categories with EfficientNet-Lite0, probe + LP-FT)."""
+    """Run an embedded demo. image: emoji categories with EfficientNet-Lite0 (probe + LP-FT);
+    text: WordNet supersenses, MiniLM vs TF-IDF; audio: spoken digits on held-out espeak voices."""
     cfg_file = DEMOS / f"{task}.yaml"
     if not cfg_file.exists():
         names = sorted(p.stem for p in DEMOS.glob("*.yaml"))

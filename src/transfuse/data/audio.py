@@ -209,3 +209,7 @@ def load_audio_manifest(path: str | Path | None, *, path_column: str = "path", l
 
 DATA_SOURCES.add("audio_folder", load_audio_folder)
 DATA_SOURCES.add("audio_manifest", load_audio_manifest)
+
+from transfuse.data import speech as _speech  # noqa: E402  (registers the "speech" source)
+
+DATA_SOURCES.add("speech", _speech.load_speech)

@@ -36,6 +36,8 @@ ACCENTS: tuple[str, ...] = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "e
 VARIANTS: tuple[str, ...] = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5",
                              "klatt", "klatt2", "klatt3", "Alex", "Annie", "david", "linda", "steph")
 SPLIT_BY = ("variant", "voice")
+#: Bumped when the generator's output changes for the same parameters (part of the cache key).
+GENERATOR_REVISION = 2
 
 
 @dataclass
@@ -129,9 +131,20 @@ def split_voices(voices: Sequence[str], test_fraction: float, seed: int,
     return ([v for v in voices if key(v) not in test_groups], [v for v in voices if key(v) in test_groups])
 
 
+#: Accents whose espeak-ng name ignores a ``+variant`` suffix, and the name of the same voice file
+#: (gmw/en) that honours it: ``-v en-gb+f1`` speaks exactly like ``-v en-gb`` (espeak-ng 1.51).
+ESPEAK_NAMES: dict[str, str] = {"en-gb": "en"}
+
+
+def espeak_voice(voice: str) -> str:
+    """The ``-v`` argument that makes espeak-ng speak ``voice`` (``accent+variant``)."""
+    accent, plus, variant = voice.partition("+")
+    return ESPEAK_NAMES.get(accent, accent) + plus + variant if variant else voice
+
+
 def _speak(exe: str, word: str, voice: str, pitch: int, speed: int, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    r = subprocess.run([exe, "-v", voice, "-p", str(pitch), "-s", str(speed), "-w", str(tmp), word],
+    r = subprocess.run([exe, "-v", espeak_voice(voice), "-p", str(pitch), "-s", str(speed), "-w", str(tmp), word],
                        capture_output=True, text=True)
     if r.returncode != 0 or not tmp.is_file() or tmp.stat().st_size <= 44:
         tmp.unlink(missing_ok=True)
@@ -199,3 +212,87 @@ def speech_cli(words: list[str], out: str, voices: list[str] | None = None,
     print(f"wrote {res.n_train} train and {res.n_test} test clips of {len(res.words)} words to {res.out_dir} "
           f"({len(res.train_voices)} train voices, {len(res.test_voices)} held-out test voices; synthetic)")
     return res.to_dict()
+
+
+# ----------------------------------------------------------------------------- data source "speech"
+
+def espeak_version() -> str:
+    """``espeak-ng --version`` (part of the cache key: another version speaks differently)."""
+    out = subprocess.run([_espeak(), "--version"], capture_output=True, text=True, check=False).stdout
+    return " ".join(out.split()[:4])
+
+
+def speech_params(words: Sequence[str], voices: Sequence[str] | None, pitches: Sequence[int],
+                  speeds: Sequence[int], seed: int, test_fraction: float, split_by: str,
+                  accents: Sequence[str], variants: Sequence[str]) -> dict[str, Any]:
+    """The parameters that determine a synthesised set (what its cache key is made of)."""
+    return {"words": [_folder_name(w) for w in expand_words(words)],
+            "voices": list(dict.fromkeys(voices or [f"{a}+{v}" for a in accents for v in variants])),
+            "pitches": [int(p) for p in pitches], "speeds": [int(s) for s in speeds], "seed": int(seed),
+            "test_fraction": float(test_fraction), "split_by": split_by, "espeak": espeak_version(),
+            "generator": GENERATOR_REVISION}
+
+
+def ensure_speech_set(params: dict[str, Any], folder: Path | None = None, workers: int = 2) -> Path:
+    """The folder holding the set ``params`` describes, synthesised on first use.
+
+    Default folder: ``$TRANSFUSE_HOME/data/speech/<sha256 of params>``. A folder that already
+    holds a set (``speech.json``) is reused when its parameters match and refused otherwise.
+    The set is written to a temporary sibling and renamed into place, so an interrupted or
+    concurrent synthesis never leaves a half-written set behind."""
+    import hashlib
+    import json
+
+    from transfuse.paths import data_dir
+
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    folder = Path(folder) if folder is not None else data_dir() / "speech" / key
+    meta = folder / "speech.json"
+    if meta.is_file():
+        old = json.loads(meta.read_text())
+        if old.get("params") != params:
+            raise UserError(f"data.path {folder}: holds a speech set made with other parameters "
+                            f"(see {meta}); give another folder or delete it")
+        return folder
+    if folder.exists() and any(folder.iterdir()):
+        raise UserError(f"data.path {folder}: not empty and no speech.json; give an empty or new folder")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        synthesize_words(params["words"], tmp, params["voices"], params["pitches"], params["speeds"],
+                         params["seed"], params["test_fraction"], split_by=params["split_by"],
+                         workers=workers)
+        info = json.loads((tmp / "speech.json").read_text())
+        atomic_write_json(tmp / "speech.json", {**info, "out_dir": str(folder),
+                                                "manifest": str(folder / "manifest.csv"), "params": params})
+        if folder.exists():
+            folder.rmdir()  # empty (checked above); a concurrent writer's set makes this fail
+        os.rename(tmp, folder)
+    except OSError:
+        if not (folder / "speech.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def load_speech(path: str | Path | None = None, *, words: Sequence[str] = ("digits",),
+                split: str = "train", voices: Sequence[str] | None = None,
+                accents: Sequence[str] = ACCENTS, variants: Sequence[str] = VARIANTS,
+                pitches: Sequence[int] = (40, 60), speeds: Sequence[int] = (150,), seed: int = 0,
+                test_fraction: float = 0.25, split_by: str = "variant", **audio_options: Any) -> Any:
+    """Data source ``speech``: espeak-ng spoken words (SYNTHETIC), synthesised on first use.
+
+    The set is cached in ``path`` or ``$TRANSFUSE_HOME/data/speech/<key>`` (key: the parameters
+    and the espeak-ng version) and reused afterwards. ``split`` picks the voice-disjoint ``train``
+    or ``test`` part; give the same parameters to ``data.options`` and ``data.test_options`` (with
+    ``split: test``) for a held-out-voice test set. Other options (``trim_silence``,
+    ``max_seconds``, ...) go to the ``audio_folder`` loader."""
+    from transfuse.data.audio import load_audio_folder
+
+    if split not in ("train", "test"):
+        raise UserError(f"data option split={split!r} is not valid; give train or test")
+    params = speech_params(words, voices, pitches, speeds, seed, test_fraction, split_by, accents, variants)
+    folder = ensure_speech_set(params, Path(path) if path is not None else None)
+    return load_audio_folder(folder / split, name=f"speech-{split}", **audio_options)

@@ -453,20 +453,28 @@ def load_spamassassin(
     path: str | Path | None = None,
     *,
     groups: Sequence[str] | None = None,
+    max_per_class: int | None = None,
+    seed: int = 0,
     cleaning: TextCleaning | Mapping[str, Any] | None = None,
 ) -> Dataset:
     """``spamassassin``: 6,046 e-mails of the SpamAssassin public corpus, ``ham`` vs ``spam``.
 
     Default cleaning keeps the Subject and decoded text body and strips HTML: the raw headers
     leak the label (some ham carries ``X-Spam-Status: No`` added by SpamAssassin itself).
-    ``groups`` keeps a subset of the corpus' five groups.
+    ``groups`` keeps a subset of the corpus' five groups; ``max_per_class`` samples at most that
+    many e-mails of each label (seeded), before reading them.
     """
     keep = list(groups) if groups is not None else list(SPAM_GROUPS)
     unknown = [g for g in keep if g not in SPAM_GROUPS]
     if unknown:
         raise UserError(f"data.options.groups: unknown {unknown}; valid: {', '.join(SPAM_GROUPS)}")
+    if max_per_class is not None and max_per_class < 1:
+        raise UserError(f"data.options.max_per_class={max_per_class!r} is not valid; give an integer >= 1")
     folder = locate_spamassassin(path)
     files = json.loads((folder / "file_list.json").read_text())
+    if max_per_class is not None:
+        files = _sample_per_label(files, lambda rel: "spam" if rel.startswith("spam") else "ham",
+                                  max_per_class, seed)
     cfg = as_cleaning(cleaning, TextCleaning(strip_email_headers=True, strip_html=True))
 
     def records() -> Iterable[Record]:
@@ -484,6 +492,17 @@ def load_spamassassin(
             yield Record(rid, obj.get("text"), label)
 
     return build_dataset(records(), cleaning=cfg, classes=["ham", "spam"], name="spamassassin")
+
+
+def _sample_per_label(items: list[str], label: Any, max_per_class: int, seed: int) -> list[str]:
+    """At most ``max_per_class`` items per ``label(item)``, drawn with ``seed``; order kept."""
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        by_label.setdefault(label(it), []).append(i)
+    chosen = sorted(int(i) for idx in by_label.values()
+                    for i in (idx if len(idx) <= max_per_class else rng.choice(idx, max_per_class, replace=False)))
+    return [items[i] for i in chosen]
 
 
 DATA_SOURCES.add("text_table", load_text_table)

@@ -33,6 +33,7 @@ from transfuse.train.heads import (
     mlp,
     resolve_optimizer,
     smoothed_ce,
+    standardizer,
     validate_config,
 )
 
@@ -195,8 +196,7 @@ class FeatureFusionClassifier(ClassifierMixin, BaseEstimator):
         self.block_dims_ = [a.shape[1] for a in arrays]
         self.classes_, y_idx = encode_labels(y, len(arrays[0]), self.n_classes)
         c = len(self.classes_)
-        self.means_ = [a.mean(axis=0) for a in arrays]
-        self.scales_ = [np.where(a.std(axis=0) > 1e-12, a.std(axis=0), 1.0) for a in arrays]
+        self.means_, self.scales_ = (list(t) for t in zip(*(standardizer(a) for a in arrays), strict=True))
         dev, dt = torch.device(self.device), self._dtype()
         zs = self._tensors(arrays, self.device)
         yt = torch.as_tensor(y_idx, device=dev)

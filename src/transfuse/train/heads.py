@@ -43,6 +43,14 @@ def validate_config(model: type[BaseModel], params: dict, owner: str) -> BaseMod
 # ----------------------------------------------------------------------------- shared helpers
 
 
+def standardizer(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and scales; a (near-)constant column keeps scale 1, as in scikit-learn's
+    StandardScaler, so folding the scale into a linear layer never blows its weights up."""
+    mean = X.mean(axis=0)
+    std = X.std(axis=0)
+    return mean, np.where(std > 1e-6 * np.maximum(1.0, np.abs(mean)), std, 1.0)
+
+
 def check_features(X, name: str = "X", n_features: int | None = None) -> np.ndarray:
     """Return ``X`` as a finite 2-D float array or raise a :class:`UserError` naming ``name``."""
     X = np.asarray(X)
@@ -257,9 +265,7 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
         c = len(self.classes_)
         self.n_features_in_ = X.shape[1]
         if self.standardize:
-            self.mean_ = X.mean(axis=0)
-            std = X.std(axis=0)
-            self.scale_ = np.where(std > 1e-12, std, 1.0)
+            self.mean_, self.scale_ = standardizer(X)
         else:
             self.mean_, self.scale_ = np.zeros(X.shape[1]), np.ones(X.shape[1])
         if sample_weight is not None:

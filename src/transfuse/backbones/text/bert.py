@@ -168,8 +168,8 @@ class Tokenize:
         if self.word_dropout > 0:
             words = text.split()
             text = " ".join([w for w in words if random.random() >= self.word_dropout] or words[:1])
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         budget = self.max_length - len(self.prefix) - len(self.suffix)
+        ids = self._ids(text, budget) if self.truncation == "right" else self._tokens(text)
         if len(ids) > budget:
             if self.truncation == "right":
                 ids = ids[:budget]
@@ -180,6 +180,26 @@ class Tokenize:
                 ids = ids[:head] + ids[len(ids) - (budget - head):]
         t = torch.tensor(self.prefix + list(ids) + self.suffix, dtype=torch.long)
         return {"input_ids": t, "attention_mask": torch.ones_like(t)}
+
+
+    def _tokens(self, text: str) -> list[int]:
+        # verbose=False: the tokenizer would warn that a long text exceeds the model's positions,
+        # but the text is cut to max_length below
+        return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+
+    def _ids(self, text: str, budget: int) -> list[int]:
+        """The first ``budget`` tokens (or all) without tokenizing a long text to its end: tokenize
+        ever longer prefixes cut at whitespace (the tokenizers split there, so a prefix's tokens
+        are a prefix of the text's tokens) until one yields more than ``budget`` tokens."""
+        n = 16 * (budget + 1)
+        while n < len(text):
+            cut = text.rfind(" ", 0, n)
+            if cut > 0:
+                ids = self._tokens(text[:cut])
+                if len(ids) > budget:
+                    return ids
+            n *= 4
+        return self._tokens(text)
 
 
 def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
