@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from transfuse.registry import Registry
+from transfuse.registry import Registry, import_modules
 
 DATA_SOURCES: Registry[Callable[..., Any]] = Registry("data source")
 
@@ -19,20 +19,11 @@ BUILTIN_MODULES: list[str] = [
     "transfuse.data.images",
     "transfuse.data.audio",
     "transfuse.data.text",
+    "transfuse.data.multimodal",
 ]
 
-_LOADED = False
-
-
 def load_builtin_sources() -> None:
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    import importlib
-
-    for mod in BUILTIN_MODULES:
-        importlib.import_module(mod)
+    import_modules(BUILTIN_MODULES)
 
 
 def load_dataset(source: str, path: str | None = None, **options: Any) -> Any:

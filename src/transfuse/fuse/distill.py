@@ -1,0 +1,158 @@
+"""Knowledge distillation: one small student trained on a fused teacher's soft labels.
+
+Loss per example (Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network", 2015,
+https://arxiv.org/abs/1503.02531)::
+
+    alpha * CE(y, softmax(z)) + (1 - alpha) * T^2 * CE(soften(p_teacher, T), softmax(z / T))
+
+``soften(p, T)`` is ``p^(1/T)`` renormalised (the teacher's logits divided by ``T`` when ``p`` is a
+softmax). The teacher is given as probabilities, so any fusion (ensemble, stacking, feature
+fusion) can teach; rows without a label (unlabelled or augmented inputs) take ``y = -1`` and learn
+from the teacher only.
+
+Two students: :class:`DistilledProbe` (a linear head on the student backbone's cached features,
+seconds on a CPU; it saves as an ordinary ``head.safetensors``) and :func:`distill_finetune` (the
+whole backbone plus head).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from transfuse.errors import UserError
+
+
+def soften(p: np.ndarray | torch.Tensor, temperature: float) -> torch.Tensor:
+    """``p^(1/T)`` renormalised per row (computed in log space)."""
+    logp = torch.log(torch.as_tensor(p, dtype=torch.float64).clamp_min(1e-12)) / temperature
+    return torch.softmax(logp, dim=1)
+
+
+def kd_loss(logits: torch.Tensor, soft_t: torch.Tensor, y: torch.Tensor, temperature: float,
+            alpha: float) -> torch.Tensor:
+    """Mean distillation loss; ``soft_t`` is the softened teacher, ``y = -1`` marks unlabelled rows."""
+    soft = -(soft_t.to(logits.dtype) * F.log_softmax(logits / temperature, dim=1)).sum(1)
+    loss = (1 - alpha) * temperature**2 * soft
+    if alpha > 0:
+        labelled = y >= 0
+        hard = F.cross_entropy(logits, y.clamp_min(0), reduction="none")
+        loss = loss + alpha * torch.where(labelled, hard, torch.zeros_like(hard))
+    return loss.mean()
+
+
+def _check(X: np.ndarray, teacher: np.ndarray, y: np.ndarray, n_classes: int) -> None:
+    if teacher.shape != (len(X), n_classes) or not np.isfinite(teacher).all():
+        raise UserError(f"teacher probabilities must be finite with shape ({len(X)}, {n_classes}); "
+                        f"got {teacher.shape}")
+    if y.shape != (len(X),) or y.max(initial=-1) >= n_classes:
+        raise UserError(f"y must hold one class index per row (or -1 for unlabelled); got {y.shape}")
+
+
+class DistilledProbe:
+    """A linear head on the student's features fitted with the distillation loss (full-batch
+    L-BFGS on standardised features, L2 ``weight_decay``). ``alpha=1`` is a plain probe."""
+
+    kind = "linear"  # what :func:`transfuse.candidates.save_head` saves
+
+    def __init__(self, n_classes: int, temperature: float = 2.0, alpha: float = 0.3,
+                 weight_decay: float = 1e-3, max_iter: int = 200, seed: int = 0):
+        self.n_classes, self.temperature, self.alpha = n_classes, temperature, alpha
+        self.weight_decay, self.max_iter, self.seed = weight_decay, max_iter, seed
+
+    def fit(self, X: np.ndarray, teacher: np.ndarray, y: np.ndarray | None = None) -> DistilledProbe:
+        from transfuse.train.heads import cpu_threads, fit_full_batch
+
+        X = np.asarray(X, np.float64)
+        teacher = np.asarray(teacher, np.float64)
+        y = np.full(len(X), -1) if y is None else np.asarray(y, np.int64)
+        _check(X, teacher, y, self.n_classes)
+        self.mean_ = X.mean(0)
+        self.scale_ = np.where(X.std(0) > 1e-12, X.std(0), 1.0)
+        Z = torch.as_tensor((X - self.mean_) / self.scale_)
+        soft, yt = soften(teacher, self.temperature), torch.as_tensor(y)
+        with torch.random.fork_rng(devices=[]), cpu_threads(X.size):
+            torch.manual_seed(self.seed)
+            lin = torch.nn.Linear(X.shape[1], self.n_classes).double()
+            torch.nn.init.zeros_(lin.weight)
+            torch.nn.init.zeros_(lin.bias)
+
+            def loss_fn() -> torch.Tensor:
+                return (kd_loss(lin(Z), soft, yt, self.temperature, self.alpha)
+                        + 0.5 * self.weight_decay * (lin.weight**2).sum())
+
+            self.loss_ = fit_full_batch(lin, loss_fn, optimizer="lbfgs", max_iter=self.max_iter, lr=1.0)
+        self.linear_ = lin.eval()
+        return self
+
+    def to_linear(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(W, b)`` acting on raw features (what ``head.safetensors`` stores)."""
+        from transfuse.train.finetune import fold_standardizer
+
+        return fold_standardizer(self.linear_.weight.detach().numpy(), self.linear_.bias.detach().numpy(),
+                                 self.mean_, self.scale_)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        W, b = self.to_linear()
+        z = np.asarray(X, np.float64) @ W.T + b
+        p = np.exp(z - z.max(1, keepdims=True))
+        return p / p.sum(1, keepdims=True)
+
+
+class _Indexed(torch.utils.data.Dataset):
+    def __init__(self, dataset: Any, transform: Any):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        return self.transform(self.dataset.load(i)), i
+
+
+def distill_finetune(backbone: Any, train: Any, teacher: np.ndarray, n_classes: int, *,
+                     temperature: float = 2.0, alpha: float = 0.3, epochs: int = 3, lr: float = 1e-4,
+                     head_lr: float = 1e-3, batch_size: int = 32, weight_decay: float = 0.01,
+                     head_init: tuple[np.ndarray, np.ndarray] | None = None, augment: Any = None,
+                     seed: int = 0, max_train_batches: int | None = None) -> Any:
+    """Fine-tune ``backbone`` + a linear head on ``teacher`` soft labels (and ``train.labels``,
+    ``-1`` = unlabelled); returns the eval-mode :class:`~transfuse.train.finetune.Classifier`."""
+    from transfuse.train.cache import pick_device
+    from transfuse.train.finetune import Classifier
+
+    y = np.asarray(train.labels, np.int64)
+    _check(np.zeros((len(train), 1)), np.asarray(teacher), y, n_classes)
+    torch.manual_seed(seed)
+    device = pick_device()
+    model = Classifier(copy.deepcopy(backbone), n_classes).to(device)
+    if head_init is not None:
+        model.init_head(*head_init)
+    soft = soften(teacher, temperature).float().to(device)
+    yt = torch.as_tensor(y, device=device)
+    loader = torch.utils.data.DataLoader(
+        _Indexed(train, backbone.make_transform(train=True, augment=augment)), batch_size=batch_size,
+        shuffle=True, generator=torch.Generator().manual_seed(seed),
+        collate_fn=lambda s: (backbone.collate([a for a, _ in s]), torch.tensor([i for _, i in s])))
+    opt = torch.optim.AdamW([{"params": model.backbone.parameters(), "lr": lr},
+                             {"params": model.head.parameters(), "lr": head_lr}], weight_decay=weight_decay)
+    model.train()
+    for _ in range(epochs):
+        for b, (x, idx) in enumerate(loader):
+            if max_train_batches is not None and b >= max_train_batches:
+                break
+            idx = idx.to(device)
+            loss = kd_loss(model(model.backbone.batch_to(x, device)).float(), soft[idx], yt[idx],
+                           temperature, alpha)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def agreement(p: np.ndarray, q: np.ndarray) -> float:
+    """Fraction of rows where two models predict the same class."""
+    return float(np.mean(np.argmax(p, 1) == np.argmax(q, 1)))

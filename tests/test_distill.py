@@ -1,0 +1,101 @@
+"""Distillation on real data (sklearn digits): the loss, the hard-label limit, and the gain from a
+teacher's soft labels on unlabelled rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+
+from transfuse.errors import UserError
+from transfuse.fuse.distill import DistilledProbe, agreement, kd_loss, soften
+
+
+def test_soften_and_kd_loss_match_hand_computation():
+    p = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    s = soften(p, 2.0).numpy()
+    q = np.sqrt(p) / np.sqrt(p).sum(1, keepdims=True)
+    assert np.allclose(s, q)
+    z = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.2, 0.1]], dtype=torch.float64)
+    y = torch.tensor([0, -1])  # the second row is unlabelled: teacher term only
+    T, a = 2.0, 0.25
+    lz = z.numpy() / T
+    log_sm = lz - np.log(np.exp(lz).sum(1, keepdims=True))
+    soft = -(q * log_sm).sum(1) * T**2 * (1 - a)
+    zz = z.numpy()
+    hard0 = -(zz[0, 0] - np.log(np.exp(zz[0]).sum()))
+    want = (soft[0] + a * hard0 + soft[1]) / 2
+    assert kd_loss(z, torch.as_tensor(q), y, T, a).item() == pytest.approx(want, rel=1e-10)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_digits()
+    X = d.data.astype(np.float64)
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(X))
+    return X[idx], d.target[idx]
+
+
+def test_alpha_one_is_logistic_regression(digits):
+    X, y = digits
+    X, y = X[:300], y[:300]
+    wd = 1e-2
+    st = DistilledProbe(10, temperature=3.0, alpha=1.0, weight_decay=wd, max_iter=500).fit(
+        X, np.full((len(X), 10), 0.1), y)
+    Z = (X - X.mean(0)) / np.where(X.std(0) > 1e-12, X.std(0), 1.0)
+    ref = LogisticRegression(C=1 / (wd * len(X)), tol=1e-10, max_iter=5000).fit(Z, y)
+    assert np.abs(st.predict_proba(X) - ref.predict_proba(Z)).max() < 1e-3
+
+
+def test_teacher_soft_labels_on_unlabelled_rows_help_the_student(digits):
+    """A strong teacher (10-NN on 8x8 pixels) labels 900 unlabelled rows; a weak student (linear
+    head on 2x2-pooled 4x4 pixels, 60 labelled rows) learns more from them than from its labels."""
+    X, y = digits
+    lab, unl, test = np.arange(60), np.arange(60, 960), np.arange(960, 1797)
+    teacher = KNeighborsClassifier(10, weights="distance").fit(X[:400], y[:400])  # saw 400 labels
+    pooled = X.reshape(-1, 4, 2, 4, 2).mean(axis=(2, 4)).reshape(len(X), 16)
+    P_unl, P_test = teacher.predict_proba(X[unl]), teacher.predict_proba(X[test])
+    tr = np.concatenate([lab, unl])
+    y_tr = np.concatenate([y[lab], np.full(len(unl), -1)])
+    soft_tr = np.concatenate([np.eye(10)[y[lab]], P_unl])
+    hard = DistilledProbe(10, alpha=1.0).fit(pooled[lab], np.eye(10)[y[lab]], y[lab])
+    student = DistilledProbe(10, temperature=2.0, alpha=0.3).fit(pooled[tr], soft_tr, y_tr)
+    acc = lambda p: float(np.mean(p.argmax(1) == y[test]))
+    ph, ps = hard.predict_proba(pooled[test]), student.predict_proba(pooled[test])
+    assert acc(ps) > acc(ph) + 0.03, (acc(ps), acc(ph))
+    # agreement with the teacher, computed independently
+    assert agreement(ps, P_test) == pytest.approx(np.mean(ps.argmax(1) == P_test.argmax(1)))
+    assert agreement(ps, P_test) > agreement(ph, P_test)
+
+
+def test_bad_teacher_shape_is_refused(digits):
+    X, y = digits
+    with pytest.raises(UserError, match="teacher probabilities"):
+        DistilledProbe(10).fit(X[:20], np.full((20, 3), 1 / 3), y[:20])
+
+
+@pytest.mark.real
+def test_joint_late_fusion_trains_copies_and_predicts(tmp_path):
+    """Joint fine-tuning of two real backbones under one MLP: the caller's backbones are left
+    untouched, the fused model fits its training rows and gives probabilities per row."""
+    from conftest import write_digits_folder
+
+    from transfuse.backbones.registry import create_backbone
+    from transfuse.config import FuseConfig
+    from transfuse.data.registry import load_dataset
+    from transfuse.fuse.joint import fit_joint, predict_joint
+
+    data = load_dataset("folder", str(write_digits_folder(tmp_path, classes=(0, 1), per_class=8)))
+    a = create_backbone("bundled:efficientnet_lite0", image_size=32)
+    b = create_backbone("bundled:efficientnet_lite0", image_size=32)
+    before = {k: v.clone() for k, v in a.state_dict().items()}
+    opts = FuseConfig().joint.model_copy(update={"epochs": 4, "batch_size": 8, "head_lr": 3e-3})
+    net = fit_joint({"a": a, "b": b}, data, 2, opts, seed=0)
+    assert all(torch.equal(before[k], v) for k, v in a.state_dict().items())
+    p = predict_joint(net, data, batch_size=8)
+    assert p.shape == (16, 2) and np.allclose(p.sum(1), 1, atol=1e-5)
+    assert np.mean(p.argmax(1) == data.labels) >= 0.9

@@ -1,0 +1,161 @@
+"""Fusion inside ``transfuse run``: fusions are candidates, chosen by CV, served by ``predict``.
+
+Real data (sklearn digits as PNGs) and the real bundled EfficientNet-Lite0/Lite1 at 32 px."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import write_digits_folder
+
+pytestmark = pytest.mark.real
+
+METHODS = ("mean", "weighted", "greedy", "stacking")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-m", "transfuse.cli", *args], capture_output=True, text=True, check=False,
+                       timeout=600)
+    if p.returncode != 0:
+        raise AssertionError(f"transfuse {' '.join(args)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    return p
+
+
+@pytest.fixture(scope="module")
+def fused_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fuse")
+    data = write_digits_folder(root / "digits", classes=(1, 7, 9), per_class=12)
+    cfg = {
+        "name": "fuse", "seed": 0,
+        "data": {"source": "folder", "path": str(data), "modality": "image"},
+        "split": {"folds": 3, "test_size": 0.25},
+        "preprocess": {"image_size": 32},
+        "backbones": ["bundled:efficientnet_lite0", "bundled:efficientnet_lite1"],
+        "fuse": {"distill": {"enabled": True}},
+        "output": {"dir": str(root / "run")},
+    }
+    from transfuse.config import validate_config
+    from transfuse.run import run_experiment
+
+    run_experiment(validate_config(cfg), progress=False)
+    return root / "run"
+
+
+def _report(run: Path) -> dict:
+    return json.loads((run / "report.json").read_text())
+
+
+def test_fusions_are_candidates_chosen_by_cv(fused_run: Path):
+    rep = _report(fused_run)
+    cands = {c["name"]: c for c in rep["candidates"]}
+    singles = ["efficientnet_lite0/linear_probe", "efficientnet_lite1/linear_probe"]
+    for m in METHODS:
+        c = cands[f"fusion/{m}"]
+        assert c["kind"] == "fusion" and c["method"] == m and sorted(c["members"]) == sorted(singles)
+        assert len(c["cv_scores"]) == 3 and c["cv_mean"] == pytest.approx(np.mean(c["cv_scores"]))
+        assert c["cv_std"] == pytest.approx(np.std(c["cv_scores"]))
+        assert 0.0 <= c["test"]["accuracy"] <= 1.0 and "macro_f1" in c["test"]
+    feat = cands["fusion/features"]
+    assert feat["kind"] == "fusion" and feat["members"] == ["efficientnet_lite0", "efficientnet_lite1"]
+    assert cands["fusion/mean"]["inference_ms_per_example"] == pytest.approx(
+        sum(cands[s]["inference_ms_per_example"] for s in singles))
+    best = max(rep["candidates"], key=lambda c: c["cv_mean"])
+    assert rep["chosen"] == best["name"]
+    assert json.loads((fused_run / "fusion.json").read_text())["members"]
+
+
+def test_mean_fusion_equals_average_of_members(fused_run: Path):
+    """The mean fusion's test probabilities are the members' average (recomputed from their files)."""
+    def proba(name: str) -> dict:
+        with np.load(fused_run / "candidates" / name.replace("/", "_") / "proba.npz") as z:
+            return {"oof": z["oof"], "test": z["test"]}
+
+    a, b = proba("efficientnet_lite0/linear_probe"), proba("efficientnet_lite1/linear_probe")
+    m = proba("fusion/mean")
+    assert np.abs(m["test"] - (a["test"] + b["test"]) / 2).max() < 1e-6
+    assert np.abs(m["oof"] - (a["oof"] + b["oof"]) / 2).max() < 1e-6  # mean has nothing to fit
+
+
+def test_feature_fusion_reproduces_its_test_probabilities(fused_run: Path):
+    """The saved feature fusion, rebuilt by serving.py, predicts the test rows as during the run
+    (the stacking ensemble is checked through 'transfuse predict' below)."""
+    name = "fusion/features"
+    from transfuse.data.registry import load_dataset
+    from transfuse.fuse.serving import load_fused_model
+    from transfuse.io import read_json
+
+    folder = fused_run / "candidates" / name.replace("/", "_")
+    model = load_fused_model(folder, read_json(folder / "model.json"))
+    cfg = yaml.safe_load((fused_run / "config.yaml").read_text())
+    splits = json.loads((fused_run / "splits.json").read_text())
+    test = load_dataset("folder", cfg["data"]["path"]).subset(splits["test_idx"])
+    with np.load(folder / "proba.npz") as z:
+        ref = z["test"]
+    got = model.predict_proba(test, batch_size=8)
+    assert got.shape == ref.shape == (9, 3)
+    assert np.abs(got - ref).max() < 1e-4
+
+
+def test_predict_serves_a_chosen_fusion(fused_run: Path, tmp_path: Path):
+    """``transfuse predict`` on a run whose chosen model is a fusion (model/ as finish_run writes
+    it for a chosen stacking fusion) reproduces the fusion's test probabilities."""
+    import shutil
+
+    from transfuse.data.registry import load_dataset
+
+    run = tmp_path / "run"
+    shutil.copytree(fused_run, run)
+    shutil.rmtree(run / "model")
+    shutil.copytree(run / "candidates" / "fusion_stacking", run / "model")
+    splits = json.loads((run / "splits.json").read_text())
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    data = load_dataset("folder", cfg["data"]["path"])
+    files = [data.items[i] for i in splits["test_idx"]]
+    p = cli("predict", str(run), *files, "--json")
+    got = np.array([[row["proba"][c] for c in data.classes] for row in map(json.loads, p.stdout.splitlines())])
+    with np.load(run / "model" / "proba.npz") as z:
+        ref = z["test"]
+    assert got.shape == ref.shape == (9, 3)
+    assert np.abs(got - ref).max() < 1e-4
+
+
+def test_distilled_student_is_a_candidate(fused_run: Path):
+    rep = _report(fused_run)
+    d = next(c for c in rep["candidates"] if c["kind"] == "distilled")
+    assert d["members"] == ["fusion/features"] and d["strategy"] == "distill"
+    fastest = min((c for c in rep["candidates"] if c["kind"] == "single"),
+                  key=lambda c: c["inference_ms_per_example"])
+    assert d["backbone"] == fastest["backbone"]  # the student is the fastest single backbone
+    single = next(c for c in rep["candidates"] if c["backbone"] == d["backbone"] and c["kind"] == "single")
+    assert d["inference_ms_per_example"] == single["inference_ms_per_example"]
+    assert d["params"] == single["params"]
+
+
+def test_excluded_baseline_and_nan_member_are_reported(tmp_path: Path):
+    """Member selection: a baseline is left out unless asked for; a NaN member is left out with
+    the reason; the rest fuse."""
+    from transfuse.candidates import CandidateResult
+    from transfuse.config import validate_config
+    from transfuse.fuse.pipeline import select_members
+
+    rng = np.random.default_rng(0)
+
+    def cand(name: str, kind: str = "single", nan: bool = False) -> CandidateResult:
+        p = rng.dirichlet(np.ones(3), size=20).astype(np.float32)
+        if nan:
+            p[3] = np.nan
+        return CandidateResult(name, kind, p, p[:5], [0.5])
+
+    cfg = validate_config({"backbones": ["x"]})
+    res = [cand("a"), cand("b"), cand("bad", nan=True), cand("tfidf", kind="baseline")]
+    members, excluded = select_members(cfg, res, tmp_path)
+    assert [m.name for m in members] == ["a", "b"]
+    assert "NaN" in excluded["bad"] and "include_baselines" in excluded["tfidf"]
+    cfg2 = validate_config({"backbones": ["x"], "fuse": {"include_baselines": True}})
+    assert [m.name for m in select_members(cfg2, res, tmp_path)[0]] == ["a", "b", "tfidf"]
