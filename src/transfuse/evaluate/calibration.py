@@ -85,3 +85,19 @@ def temperature_calibration(
         "reliability_before": reliability_bins(test_y, test_proba, n_bins),
         "reliability_after": reliability_bins(test_y, after, n_bins),
     }
+
+
+def calibrate_candidate(oof_y: Any, oof_proba: Any, test_y: Any, test_proba: Any, classes: list[str],
+                        n_bins: int = 15) -> tuple[float, dict[str, Any]]:
+    """:func:`temperature_calibration` plus the out-of-fold ECE before and after (the fit data:
+    an optimistic view) next to the test ECE (the honest one)."""
+    if len(np.asarray(test_y)) == 0:  # no test split: report the out-of-fold view only
+        temperature = fit_temperature(log_proba(oof_proba), oof_y)
+        block: dict[str, Any] = {"method": "temperature", "temperature": temperature}
+    else:
+        temperature, block = temperature_calibration(oof_y, oof_proba, test_y, test_proba, classes, n_bins)
+    oof_after = apply_temperature(oof_proba, temperature)
+    block["oof_ece_before"] = classification_metrics(oof_y, oof_proba, classes)["ece"]
+    block["oof_ece_after"] = classification_metrics(oof_y, oof_after, classes)["ece"]
+    block["fitted_on"] = "out-of-fold probabilities of the chosen candidate"
+    return temperature, block

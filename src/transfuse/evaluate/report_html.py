@@ -178,6 +178,12 @@ def render_report_html(report: dict) -> str:
                 if cal.get("temperature") is not None else "")
         s.append("<h2>Calibration</h2>" + (f"<p>{note}</p>" if note else "")
                  + _img(plots.reliability_diagram(curves), "reliability diagram"))
+    if r.get("search"):
+        srch = r["search"]
+        best = srch.get("best_head") or srch.get("best_params")
+        s.append("<h2>Search</h2><p>Hyperparameter search: <a href='search/search.html'>trials, optimisation "
+                 "history and parameter importances</a>"
+                 + (f"; best head <code>{_e(json.dumps(best, default=str))}</code>" if best else "") + ".</p>")
     quarantined = r.get("quarantined") or []
     s.append(f"<h2>Quarantined inputs ({len(quarantined)})</h2>")
     if quarantined:

@@ -2,28 +2,162 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class ParamSpace(BaseModel):
+    """One searched parameter: a float/int range (``log`` for a log scale, ``step`` for a grid)
+    or a list of ``choices``. YAML: ``{low: 1e-4, high: 10, log: true}`` or ``{choices: [a, b]}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["float", "int", "categorical"] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    choices: tuple[Any, ...] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ParamSpace:
+        kind = self.kind
+        if kind == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty 'choices' list")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give 'low' and 'high' (a range) or 'choices' (a list)")
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low:g}) > high ({self.high:g}); swap them")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range must be > 0 but low is {self.low:g}; "
+                             "raise low (e.g. 1e-6) or set log: false")
+        if self.log and self.step is not None:
+            raise ValueError("'step' and 'log' cannot be combined; drop one")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """``float``, ``int`` or ``categorical`` (inferred when ``type`` is not given)."""
+        if self.type is not None:
+            return self.type
+        return "categorical" if self.choices is not None else "float"
+
+    def grid(self, points: int) -> list[Any]:
+        """The values a grid search visits: the choices, the ``step`` ladder, or ``points``
+        values evenly spaced (geometrically when ``log``) from low to high."""
+        if self.kind == "categorical":
+            return list(self.choices or ())
+        lo, hi = float(self.low), float(self.high)  # type: ignore[arg-type]
+        if self.step is not None or self.kind == "int":
+            step = self.step or 1.0
+            n = math.floor((hi - lo) / step + 1e-9) + 1
+            vals = [lo + i * step for i in range(n)]
+        elif points == 1 or lo == hi:
+            vals = [lo]
+        elif self.log:
+            vals = [math.exp(math.log(lo) + i * (math.log(hi) - math.log(lo)) / (points - 1)) for i in range(points)]
+        else:
+            vals = [lo + i * (hi - lo) / (points - 1) for i in range(points)]
+        vals = [min(max(v, lo), hi) for v in vals]  # no float drift past the bounds
+        return [round(v) for v in vals] if self.kind == "int" else vals
+
+
+def default_head_space() -> dict[str, ParamSpace]:
+    return {
+        "weight_decay": ParamSpace(low=1e-5, high=10.0, log=True),
+        "label_smoothing": ParamSpace(low=0.0, high=0.2),
+        "class_weight": ParamSpace(choices=("none", "balanced")),
+    }
+
+
+def default_finetune_space() -> dict[str, ParamSpace]:
+    return {
+        "lr": ParamSpace(low=1e-5, high=1e-3, log=True),
+        "layer_decay": ParamSpace(low=0.5, high=1.0),
+        "label_smoothing": ParamSpace(low=0.0, high=0.2),
+    }
+
+
+#: Parameters of the fine-tuning space that are not FinetuneConfig fields.
+EXTRA_FINETUNE_PARAMS = ("augment_strength",)
 
 
 class SearchConfig(BaseModel):
-    """Hyperparameter search over the pipeline (Optuna)."""
+    """Hyperparameter search (Optuna): cheap head trials on cached features first, then
+    (optionally) a few fine-tuning trials. The objective is the mean CV score; each fold's score
+    is reported as an intermediate value, so a pruner stops weak trials early."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = False
+    sampler: Literal["grid", "random", "tpe"] = "tpe"
+    n_trials: int = Field(100, ge=1, description="head trials in the study (counted over all workers)")
+    timeout: float | None = Field(None, gt=0, description="seconds per worker; None = no limit")
+    pruner: Literal["none", "median"] = "median"
+    grid_points: int = Field(5, ge=1, description="values per float range for the grid sampler")
+    backbone: str | None = Field(None, description="whose cached features the heads use; default: the first")
+    storage: str | None = Field(None, description="Optuna RDB URL; default sqlite:///RUN_DIR/search/search.db")
+    study_name: str | None = Field(None, description="default: the experiment name")
+    seed: int | None = Field(None, description="sampler seed; default: the experiment seed")
+    heartbeat_s: int = Field(10, ge=1, description="RDB heartbeat; a trial silent for 2x this is retried")
+    space: dict[str, ParamSpace] = Field(default_factory=default_head_space,
+                                         description="head parameters (HeadConfig fields)")
+    finetune_trials: int = Field(0, ge=0, description="fine-tuning trials after the head search; 0 = none")
+    finetune_space: dict[str, ParamSpace] = Field(default_factory=default_finetune_space,
+                                                  description="FinetuneConfig fields (+ augment_strength)")
+    apply_best: bool = Field(True, description="'fit --search' runs the pipeline with the best parameters")
+
+    @field_validator("space")
+    @classmethod
+    def _head_names(cls, v: dict[str, ParamSpace]) -> dict[str, ParamSpace]:
+        from transfuse.config import HeadConfig
+
+        _check_names(v, [n for n in HeadConfig.model_fields if n != "seed"], "head")
+        return v
+
+    @field_validator("finetune_space")
+    @classmethod
+    def _finetune_names(cls, v: dict[str, ParamSpace]) -> dict[str, ParamSpace]:
+        from transfuse.config import FinetuneConfig
+
+        allowed = [n for n in FinetuneConfig.model_fields
+                   if n not in ("accelerator", "devices", "num_nodes", "strategy", "num_workers")]
+        _check_names(v, allowed + list(EXTRA_FINETUNE_PARAMS), "fine-tuning")
+        return v
+
+
+def _check_names(space: dict[str, ParamSpace], allowed: list[str], what: str) -> None:
+    import difflib
+
+    for name in space:
+        if name not in allowed:
+            near = difflib.get_close_matches(name, allowed, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise ValueError(f"unknown {what} parameter {name!r}; {hint}searchable: {', '.join(allowed)}")
 
 
 class CalibrationConfig(BaseModel):
-    """Probability calibration of the chosen model."""
+    """Probability calibration of the chosen model: temperature scaling fitted on its
+    out-of-fold probabilities; the temperature is saved with the model and applied by predict."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    enabled: bool = False
+    enabled: bool = True
+    n_bins: int = Field(15, ge=2, le=100, description="bins of the ECE and the reliability diagram")
 
 
 class ExportConfig(BaseModel):
-    """Export of the chosen model at the end of a run."""
+    """Export of the chosen model at the end of a run (``transfuse export`` does the same later)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = False
+    format: Literal["onnx"] = "onnx"
+    int8: bool = Field(False, description="also write a dynamic int8 ONNX model, accuracy re-measured")
+    tolerance: float = Field(1e-4, gt=0, description="largest allowed |p_onnx - p_torch| on real inputs")
+    opset: int = Field(18, ge=13)
+    parity_samples: int = Field(32, ge=1, description="test inputs used for the parity check")

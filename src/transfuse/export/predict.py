@@ -15,7 +15,6 @@ def load_model(run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
     """The chosen model of ``run_dir`` in eval mode, and its spec: a torch ``Classifier`` for a
     single candidate, or (``kind: fusion``) whatever :mod:`transfuse.fuse.serving` rebuilds; both
     offer ``predict_proba(dataset, batch_size)``."""
-    import torch
     from safetensors.torch import load_file
     from safetensors.torch import load_model as st_load_model
 
@@ -31,6 +30,9 @@ def load_model(run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
         from transfuse.fuse.serving import load_fused_model
 
         return load_fused_model(folder, info), info
+    if not info.get("files"):
+        raise UserError(f"{str(run_dir)!r}: the chosen candidate ({info.get('strategy')} with a non-linear "
+                        "head) cannot be served yet; use train.head.kind: linear or a fine-tuning strategy")
     b = info["backbone"]
     backbone = create_backbone(b["name"], **b.get("options", {}))
     model = Classifier(backbone, len(info["classes"]))
@@ -43,8 +45,24 @@ def load_model(run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
     else:
         st_load_model(model, str(folder / info["files"]["model"]))
     model.eval()
-    torch.set_grad_enabled(False)
     return model, info
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".aiff", ".aif"}
+
+
+def check_modality(paths: list[str], modality: str) -> None:
+    """A one-line error for a file of another modality (e.g. a .wav given to an image model)."""
+    kinds = {"image": IMAGE_SUFFIXES, "audio": AUDIO_SUFFIXES}
+    for s in paths:
+        suffix = Path(s).suffix.lower()
+        other = next((m for m, sfx in kinds.items() if m != modality and suffix in sfx), None)
+        if other is not None:
+            wanted = {"image": "image files (png, jpg, ...)", "audio": "audio files (wav, flac, ...)",
+                      "text": "texts or text files"}[modality]
+            raise UserError(f"input {s!r} is an {other} file but this model takes {modality} inputs; "
+                            f"give {wanted}")
 
 
 def load_inputs(paths_or_texts: list[str], modality: str) -> Any:
@@ -52,6 +70,7 @@ def load_inputs(paths_or_texts: list[str], modality: str) -> Any:
     from transfuse.data.base import Dataset
 
     if modality == "text":
+        check_modality([s for s in paths_or_texts if Path(s).is_file()], modality)
         items = []
         for s in paths_or_texts:
             p = Path(s)
@@ -60,6 +79,7 @@ def load_inputs(paths_or_texts: list[str], modality: str) -> Any:
     missing = [s for s in paths_or_texts if not Path(s).is_file()]
     if missing:
         raise UserError(f"input file {missing[0]!r} does not exist; give paths of {modality} files")
+    check_modality(list(paths_or_texts), modality)
     if modality == "image":
         from transfuse.data.images import load_image as loader
     else:
@@ -70,9 +90,58 @@ def load_inputs(paths_or_texts: list[str], modality: str) -> Any:
                    list(paths_or_texts), loader=loader)
 
 
-def predict(run_dir: str | Path, inputs: list[str], batch_size: int = 32) -> dict[str, Any]:
-    """Class probabilities for raw inputs: ``{"classes": [...], "proba": (n, C) array}``."""
-    model, info = load_model(run_dir)
+class OnnxClassifier:
+    """The exported graph behind the same ``predict_proba(dataset, batch_size)`` as the torch
+    model. The backbone only preprocesses (its transform and collate); onnxruntime computes."""
+
+    def __init__(self, run_dir: str | Path, info: dict[str, Any], meta: dict[str, Any], int8: bool = False):
+        from transfuse.backbones.registry import create_backbone
+        from transfuse.export.onnx import session
+
+        b = info["backbone"]
+        self.backbone = create_backbone(b["name"], **b.get("options", {}))
+        self.names = meta["inputs"]
+        f = meta["int8"]["file"] if int8 and meta.get("int8") else meta["file"]
+        self.session = session(Path(run_dir) / "model" / f)
+
+    def predict_proba(self, dataset: Any, batch_size: int = 32) -> np.ndarray:
+        from transfuse.export.onnx import batched_proba
+
+        return batched_proba(self.session, self.backbone, dataset, self.names, batch_size)
+
+
+def resolve_engine(run_dir: str | Path, engine: str) -> str:
+    """``auto``: onnx when the run has an exported model, else torch."""
+    from transfuse.export.onnx import read_meta
+
+    if engine not in ("auto", "onnx", "torch"):
+        raise UserError(f"--engine {engine!r} is not valid; use onnx, torch or auto")
+    has_onnx = read_meta(run_dir) is not None
+    if engine == "onnx" and not has_onnx:
+        raise UserError(f"{str(run_dir)!r} has no ONNX model; run 'transfuse export {run_dir} --format onnx' "
+                        "first, or use --engine torch")
+    return engine if engine != "auto" else ("onnx" if has_onnx else "torch")
+
+
+def predict(run_dir: str | Path, inputs: list[str], batch_size: int = 32, engine: str = "auto") -> dict[str, Any]:
+    """Class probabilities for raw inputs: ``{"classes", "proba": (n, C) array, "engine"}``.
+
+    The run's calibration temperature (``model.json``) is applied on both engines (the ONNX
+    graph has it folded in)."""
+    from transfuse.export.onnx import read_meta
+
+    if not (Path(run_dir) / "model" / "model.json").exists():
+        load_model(run_dir)  # raises the one-line 'no chosen model' error
+    engine = resolve_engine(run_dir, engine)
+    info = read_json(Path(run_dir) / "model" / "model.json")
     data = load_inputs(inputs, info["modality"])
-    proba = model.predict_proba(data, batch_size=batch_size)
-    return {"classes": info["classes"], "proba": np.asarray(proba)}
+    if engine == "onnx":
+        proba = OnnxClassifier(run_dir, info, read_meta(run_dir) or {}).predict_proba(data, batch_size)
+    else:
+        model, info = load_model(run_dir)
+        proba = np.asarray(model.predict_proba(data, batch_size=batch_size))
+        if info.get("temperature") is not None:
+            from transfuse.evaluate.calibration import apply_temperature
+
+            proba = apply_temperature(proba, float(info["temperature"])).astype(np.float32)
+    return {"classes": info["classes"], "proba": np.asarray(proba), "engine": engine}

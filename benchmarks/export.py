@@ -1,0 +1,148 @@
+"""Export benchmark: torch eager vs ONNX fp32 vs ONNX int8 (dynamic), side by side in one run.
+
+For each modality's main backbone (EfficientNet-Lite0 on emoji categories, MiniLM-L6 on WordNet
+nouns, the Whisper tiny.en encoder on espeak spoken digits): fit a linear probe with the
+pipeline, export the chosen model (parity checked, temperature folded in), then measure the
+median latency of the model on collated inputs at batch 1 and 32 (preprocessing excluded, the
+same inputs for all three engines, one thread each) and test accuracy for each engine. The
+torch row also shows the run's temperature scaling: T and ECE before/after on out-of-fold and
+test predictions.
+
+    .venv/bin/python benchmarks/export.py [--quick] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+from _common import write_results
+
+from transfuse.config import validate_config
+from transfuse.data.images import EMOJI_8_CATEGORIES
+
+
+def tasks(quick: bool) -> dict[str, dict]:
+    common = {"seed": 0, "split": {"folds": 3, "test_size": 0.25}}
+    per = 40 if quick else 150
+    speech = {"words": ["digits"], "accents": ["en-us", "en-gb"], "pitches": [50]}
+    return {
+        "image: EfficientNet-Lite0 (emoji-8)": {
+            **common, "preprocess": {"image_size": 64},  # emoji are 64 px images
+            "data": {"source": "emoji", "modality": "image",
+                               "options": {"categories": list(EMOJI_8_CATEGORIES)}},
+            "backbones": ["bundled:efficientnet_lite0"]},
+        "text: MiniLM-L6 (WordNet nouns)": {
+            **common, "data": {"source": "wordnet", "modality": "text",
+                               "options": {"supersenses": ["animal", "artifact", "food", "plant", "person",
+                                                           "location"], "max_per_class": per}},
+            "backbones": ["bundled:minilm_l6"]},
+        "audio: Whisper tiny.en encoder (spoken digits)": {
+            **common, "data": {"source": "speech", "modality": "audio", "options": {**speech, "split": "train"}},
+            "backbones": ["bundled:whisper_tiny_en_encoder"]},
+    }
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()  # warm up
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return 1000.0 * float(np.median(ts))
+
+
+def run_task(label: str, raw: dict, threads: int, repeats: int) -> list[dict]:
+    import torch
+
+    from transfuse.export.onnx import (
+        INT8_FILE,
+        ONNX_FILE,
+        _proba_module,
+        as_tensors,
+        batched_proba,
+        collate_examples,
+        export_run,
+        session,
+    )
+    from transfuse.export.predict import load_model
+    from transfuse.run import prepare_data, run_experiment
+
+    with tempfile.TemporaryDirectory() as d:
+        run_dir = Path(d)
+        cfg = validate_config({**raw, "name": "export-bench", "output": {"dir": d}})
+        report = run_experiment(cfg, run_dir, progress=False)
+        cal = report.get("calibration") or {}
+        meta = export_run(run_dir, int8=True)
+        model, _ = load_model(run_dir)
+        test = prepare_data(cfg, run_dir).test
+        y = test.labels
+        names = meta["inputs"]
+        wrapped = _proba_module(model, meta["temperature"], names)
+        torch.set_num_threads(threads)
+        sessions = {"ONNX fp32": session(run_dir / "model" / ONNX_FILE, threads),
+                    "ONNX int8": session(run_dir / "model" / INT8_FILE, threads)}
+        batches = {b: collate_examples(model.backbone, test, np.arange(b) % len(test)) for b in (1, 32)}
+        rows = []
+        for engine in ("torch eager", "ONNX fp32", "ONNX int8"):
+            if engine == "torch eager":
+                p = np.load(run_dir / "model" / "test_proba.npy")
+
+                def call(b):
+                    with torch.inference_mode():
+                        return wrapped(*as_tensors(batches[b], names))
+            else:
+                sess = sessions[engine]
+                p = batched_proba(sess, model.backbone, test, names)
+
+                def call(b, sess=sess):
+                    feeds = {n: t.numpy() for n, t in zip(names, as_tensors(batches[b], names))}
+                    return sess.run(["proba"], feeds)
+            rows.append({"model": label, "engine": engine,
+                         "ms @ batch 1": median_ms(lambda: call(1), repeats),
+                         "ms @ batch 32": median_ms(lambda: call(32), max(3, repeats // 4)),
+                         "test accuracy": float((p.argmax(1) == y).mean()), "n_test": len(y)})
+        eager = rows[0]
+        for r in rows:
+            r["speed-up @1 vs eager"] = eager["ms @ batch 1"] / r["ms @ batch 1"]
+            r["accuracy Δ pts"] = 100 * (r["test accuracy"] - eager["test accuracy"])
+        rows[0].update({"T": cal.get("temperature"), "ECE oof before→after":
+                        f"{cal.get('oof_ece_before', float('nan')):.4f}→{cal.get('oof_ece_after', float('nan')):.4f}",
+                        "ECE test before→after":
+                        f"{cal.get('ece_before', float('nan')):.4f}→{cal.get('ece_after', float('nan')):.4f}"})
+        rows[1]["parity max |Δp|"] = meta["parity_max_abs_diff"]
+        rows[2]["size MB"] = meta["int8"]["size_bytes"] / 1e6
+        rows[1]["size MB"] = meta["size_bytes"] / 1e6
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer examples per class")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--only", default=None, help="image | text | audio")
+    args = ap.parse_args()
+    rows = []
+    for label, raw in tasks(args.quick).items():
+        if args.only and not label.startswith(args.only):
+            continue
+        rows += run_task(label, raw, args.threads, args.repeats)
+        for r in rows[-3:]:
+            print(r, flush=True)
+    cols = ["model", "engine", "ms @ batch 1", "ms @ batch 32", "speed-up @1 vs eager", "test accuracy",
+            "accuracy Δ pts", "n_test", "parity max |Δp|", "size MB", "T", "ECE oof before→after", "ECE test before→after"]
+    print(write_results("export", rows, cols, {"threads": args.threads, "load": os.getloadavg()[0]}))
+
+
+if __name__ == "__main__":
+    main()
