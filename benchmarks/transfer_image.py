@@ -34,16 +34,19 @@ def task_configs(args: argparse.Namespace) -> dict[str, dict]:
         "adapt": {"strategies": ["linear_probe", "finetune", "lp_ft"]},
         "train": {"finetune": {"epochs": args.epochs, "batch_size": 32, "lr": args.lr}},
     }
-    fm_train = 30 if args.quick else 200
+    fm_train = 30 if args.quick else args.fashion_per_class
     return {
         "emoji-8": {**common, "name": "emoji-8",
                     "data": {"source": "emoji", "modality": "image",
-                             "options": {"categories": list(EMOJI_8_CATEGORIES)}}},
-        "fashion-mnist-2k": {**common, "name": "fashion-mnist-2k",
+                             "options": {"categories": list(EMOJI_8_CATEGORIES)}},
+                    "fuse": {"enabled": False}},
+        "fashion-mnist": {**common, "name": "fashion-mnist",
+                          "preprocess": {"image_size": args.fashion_image_size},
                              "data": {"source": "fashion_mnist", "modality": "image",
                                       "options": {"split": "train", "max_per_class": fm_train},
                                       "test_source": "fashion_mnist",
-                                      "test_options": {"split": "test", "max_per_class": fm_train // 2}}},
+                                      "test_options": {"split": "test", "max_per_class": fm_train // 2}},
+                          "fuse": {"enabled": False}},
     }
 
 
@@ -76,9 +79,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="tiny settings, to check the script runs")
     ap.add_argument("--folds", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--fashion-image-size", type=int, default=64)
+    ap.add_argument("--fashion-per-class", type=int, default=100)
     ap.add_argument("--tasks", nargs="*", default=None)
     ap.add_argument("--out", default="benchmarks/out/transfer_image")
     args = ap.parse_args()
@@ -106,7 +111,7 @@ def main() -> None:
 
         data = prepare_data(cfg, run_dir)
         bb = create_backbone(cfg.backbones[0].name, image_size=cfg.preprocess.image_size)
-        fc = FeatureCache()
+        fc = FeatureCache()  # the run above filled it: no embedding here
         floor = sklearn_floor(run_dir, fc.embed(bb, data.train), data.train.labels,
                               fc.embed(bb, data.test), data.test.labels)
         rows.append({"task": task, "candidate": "frozen features + sklearn LogisticRegression",

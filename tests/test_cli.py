@@ -13,7 +13,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-@pytest.mark.parametrize("cmd", ["run", "fit", "resume", "predict", "demo", "info", "merge", "data"])
+@pytest.mark.parametrize("cmd", ["run", "fit", "resume", "predict", "demo", "info", "merge", "data", "search", "export"])
 def test_help_everywhere(cmd: str):
     p = cli(cmd, "--help")
     assert p.returncode == 0 and "Usage" in p.stdout

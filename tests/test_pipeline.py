@@ -144,8 +144,9 @@ def test_kill_during_finetune_then_resume(tmp_path: Path):
     p = cli("resume", str(out), "--quiet")
     assert "resume: efficientnet_lite0/linear_probe already done" in p.stderr + p.stdout
     rep = json.loads((out / "report.json").read_text())
-    assert [c["name"] for c in rep["candidates"]] == ["efficientnet_lite0/linear_probe",
-                                                      "efficientnet_lite0/finetune"]
+    singles = [c["name"] for c in rep["candidates"] if c["kind"] == "single"]
+    assert singles == ["efficientnet_lite0/linear_probe", "efficientnet_lite0/finetune"]
+    assert all(c["kind"] == "fusion" for c in rep["candidates"][2:])
     ft = rep["candidates"][1]
     assert len(ft["cv_scores"]) == 2 and all(0 <= s <= 1 for s in ft["cv_scores"])
     assert {h["fold"] for h in ft["history"]} == {0, 1}

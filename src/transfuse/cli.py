@@ -49,8 +49,13 @@ def run(config: Path = typer.Argument(..., help="Experiment YAML file."),
     from transfuse.config import load_config
 
     cfg = load_config(config, set_ or [])
-    from transfuse.run import run_experiment
+    from transfuse.run import run_dir_for, run_experiment
 
+    if cfg.search.enabled:
+        from transfuse.evaluate.search import fit_with_search
+
+        _echo_summary(fit_with_search(cfg, out or run_dir_for(cfg), cfg.search.n_trials, progress=not quiet))
+        return
     _echo_summary(run_experiment(cfg, out, progress=not quiet))
 
 
@@ -86,6 +91,8 @@ def fit(data: str = typer.Option(..., "--data", help="Folder, manifest, SOURCE:P
         folds: int = typer.Option(5, "--folds", help="Cross-validation folds."),
         seed: int = typer.Option(0, "--seed"),
         set_: SetOpt = None,
+        search_trials: Optional[int] = typer.Option(None, "--search", help="First search the head's hyperparameters with N trials (Optuna)."),
+        storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL for --search (default: sqlite in the run folder)."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars.")) -> None:
     """The same pipeline with defaults, for the common case and for scripts."""
     from transfuse.config import apply_overrides, validate_config
@@ -103,6 +110,11 @@ def fit(data: str = typer.Option(..., "--data", help="Folder, manifest, SOURCE:P
         tsource, tpath = infer_source(test_data, modality)
         raw["data"].update({"test_source": tsource, "test_path": tpath})
     cfg = validate_config(apply_overrides(raw, set_ or []), source="fit")
+    if search_trials:
+        from transfuse.evaluate.search import fit_with_search
+
+        _echo_summary(fit_with_search(cfg, out, search_trials, storage, progress=not quiet))
+        return
     from transfuse.run import run_experiment
 
     _echo_summary(run_experiment(cfg, out, progress=not quiet))
@@ -120,11 +132,12 @@ def resume(run_dir: Path = typer.Argument(..., help="A run folder."),
 @app.command()
 def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
             inputs: list[str] = typer.Argument(..., help="Image/audio files, or texts (or text files)."),
-            as_json: bool = typer.Option(False, "--json", help="Print JSON lines with all probabilities.")) -> None:
+            as_json: bool = typer.Option(False, "--json", help="Print JSON lines with all probabilities."),
+            engine: str = typer.Option("auto", "--engine", help="onnx | torch | auto (onnx when exported).")) -> None:
     """Predict with a run's chosen model."""
     from transfuse.export.predict import predict as _predict
 
-    res = _predict(run_dir, inputs)
+    res = _predict(run_dir, inputs, engine=engine)
     classes = res["classes"]
     for inp, p in zip(inputs, res["proba"]):
         k = int(p.argmax())
@@ -195,6 +208,41 @@ def data_fashion(out: Optional[Path] = typer.Option(None, "--out", help="Also ex
     print(samples.ensure_fashion_mnist())
     if out:
         print(samples.export_fashion_mnist_folder(out, per_class=per_class))
+
+
+@app.command()
+def search(config: Path = typer.Argument(..., help="Experiment YAML file (its search: section)."),
+           set_: SetOpt = None,
+           storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL (default: sqlite file in the run folder)."),
+           trials: Optional[int] = typer.Option(None, "--trials", help="Trials in the study, over all workers (default search.n_trials)."),
+           worker: bool = typer.Option(False, "--worker", help="Join an existing study instead of creating it."),
+           quiet: bool = typer.Option(False, "--quiet")) -> None:
+    """Hyperparameter search: heads on cached features, then (optionally) fine-tuning trials."""
+    from transfuse.evaluate.search import search_cli
+    from transfuse.progress import console
+
+    res = search_cli(config, set_ or [], storage, trials, worker, progress=not quiet)
+    for s in res["stages"]:
+        console.print(f"{s['stage']}: {s['n_trials']} trials ({s['n_pruned']} pruned), best CV "
+                      f"{s['best_value']:.4f} with {s['best_params']}" if s["best_value"] is not None
+                      else f"{s['stage']}: no complete trial")
+    console.print(f"search report: {res['html']}")
+
+
+@app.command()
+def export(run_dir: Path = typer.Argument(..., help="A finished run folder."),
+           format: str = typer.Option("onnx", "--format", help="onnx"),
+           int8: bool = typer.Option(False, "--int8", help="Also write a dynamic int8 model (accuracy re-measured).")) -> None:
+    """Export a run's chosen model (ONNX, parity-checked, temperature folded in)."""
+    from transfuse.export.onnx import export_cli
+
+    res = export_cli(run_dir, format, int8)
+    print(f"{run_dir / 'model' / res['file']}: parity max |p_onnx - p_torch| = {res['parity_max_abs_diff']:.2e} "
+          f"on {res['parity_samples']} inputs")
+    if "int8" in res:
+        acc = res.get("test_accuracy") or {}
+        print(f"{run_dir / 'model' / res['int8']['file']}: test accuracy fp32 {acc.get('fp32', float('nan')):.4f}, "
+              f"int8 {acc.get('int8', float('nan')):.4f}")
 
 
 @data_app.command("speech")

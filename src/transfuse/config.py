@@ -42,7 +42,7 @@ class DataConfig(Section):
 
     source: str = "folder"
     path: str | None = None
-    modality: Literal["image", "text", "audio"] = "image"
+    modality: Literal["image", "text", "audio", "multimodal"] = "image"
     options: dict[str, Any] = Field(default_factory=dict)
     #: An external test set (another source or a shifted domain) instead of a split of ``path``.
     test_source: str | None = None

@@ -27,8 +27,9 @@ from transfuse.candidates import (
 )
 from transfuse.config import ExperimentConfig, config_to_yaml, load_config
 from transfuse.data.base import Dataset, Quarantined
+from transfuse.data.multimodal import dataset_for
 from transfuse.errors import UserError
-from transfuse.io import atomic_write_json, atomic_write_text
+from transfuse.io import atomic_write_json, atomic_write_text, read_json
 from transfuse.progress import console
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None,
         backbone = create_backbone(bcfg.name, **opts)
         timings[f"load:{short_name(bcfg.name)}"] = time.perf_counter() - t
         raw = getattr(backbone, "is_raw_estimator", False)
+        train_b = dataset_for(data.train, backbone.modality)  # a multimodal dataset's own column
+        test_b = dataset_for(data.test, backbone.modality)
         feats: tuple[np.ndarray, np.ndarray] | None = None
         for strategy in ([None] if raw else cfg.adapt.strategies):
             name = short_name(bcfg.name) if raw else f"{short_name(bcfg.name)}/{strategy}"
@@ -145,23 +148,23 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None,
             t = time.perf_counter()
             console.print(f"[bold]candidate[/bold] {name}")
             if raw:
-                res = run_raw_estimator(name, backbone, data.train, data.test, data.folds, n_classes, cfg)
+                res = run_raw_estimator(name, backbone, train_b, test_b, data.folds, n_classes, cfg)
             else:
                 if strategy in ("linear_probe", "lp_ft") and feats is None:
                     te = time.perf_counter()
-                    feats = (cache.embed(backbone, data.train, cfg.train.embed_batch_size, progress),
-                             cache.embed(backbone, data.test, cfg.train.embed_batch_size, progress))
+                    feats = (cache.embed(backbone, train_b, cfg.train.embed_batch_size, progress),
+                             cache.embed(backbone, test_b, cfg.train.embed_batch_size, progress))
                     timings[f"embed:{short_name(bcfg.name)}"] = time.perf_counter() - te
                 if strategy == "linear_probe":
                     res = run_linear_probe(name, backbone, feats[0], feats[1], y, data.folds,
                                            n_classes, cfg, folder)
                 else:
-                    res = run_finetune(name, strategy, backbone, data.train, data.test,
+                    res = run_finetune(name, strategy, backbone, train_b, test_b,
                                        feats[0] if feats else None, data.folds, n_classes, cfg,
                                        folder, progress)
-                res.inference_ms_per_example = inference_ms(backbone, data.test)
+                res.inference_ms_per_example = inference_ms(backbone, test_b)
             res.save(folder)
-            save_model_spec(folder, res, bcfg.name, opts, data.train, backbone)
+            save_model_spec(folder, res, bcfg.name, opts, train_b, backbone)
             results.append(res)
             timings[f"candidate:{name}"] = time.perf_counter() - t
             console.print(f"  cv {cfg.evaluate.metric} {res.cv_mean:.4f} ± {res.cv_std:.4f}")
@@ -175,8 +178,61 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None,
         timings["fusion"] = time.perf_counter() - t
     report = build_report(cfg, run_dir, data, results, timings)
     report["skipped"] = skipped
+    if cfg.fuse.enabled and (run_dir / "fusion.json").exists():
+        report["fusion"] = read_json(run_dir / "fusion.json")  # members left out, with reasons
+    temperature = calibrate_chosen(cfg, data, results, report)
     finish_run(run_dir, report, results)
+    if temperature is not None:
+        save_temperature(run_dir, temperature)
+    if cfg.export.enabled:
+        export_chosen(cfg, run_dir, report)
     return report
+
+
+def calibrate_chosen(cfg: ExperimentConfig, data: Prepared, results: list[CandidateResult],
+                     report: dict[str, Any]) -> float | None:
+    """Temperature scaling of the chosen candidate, fitted on its out-of-fold probabilities:
+    adds ``report["calibration"]`` (ECE before/after on OOF and test) and returns T."""
+    if not cfg.calibration.enabled:
+        return None
+    from transfuse.evaluate.calibration import calibrate_candidate
+
+    chosen = next(r for r in results if r.name == report["chosen"])
+    t, block = calibrate_candidate(data.train.labels, chosen.oof, data.test.labels, chosen.test,
+                                   data.train.classes, cfg.calibration.n_bins)
+    report["calibration"] = block
+    return t
+
+
+def save_temperature(run_dir: Path, temperature: float) -> None:
+    """Record T in ``model/model.json`` (predict and export apply it) and keep
+    ``model/test_proba.npy`` equal to what the calibrated model predicts."""
+    import io
+
+    from transfuse.evaluate.calibration import apply_temperature
+    from transfuse.io import atomic_write_bytes, read_json
+
+    info = read_json(run_dir / "model" / "model.json") if (run_dir / "model" / "model.json").exists() else None
+    if info is None:
+        return
+    atomic_write_json(run_dir / "model" / "model.json", {**info, "temperature": temperature})
+    p = np.load(run_dir / "model" / "test_proba.npy")
+    if len(p):
+        buf = io.BytesIO()
+        np.save(buf, apply_temperature(p, temperature).astype(np.float32))
+        atomic_write_bytes(run_dir / "model" / "test_proba.npy", buf.getvalue())
+
+
+def export_chosen(cfg: ExperimentConfig, run_dir: Path, report: dict[str, Any]) -> None:
+    """``export.enabled``: write the ONNX model (and int8) and add ``report["export"]``."""
+    from transfuse.evaluate.report_html import write_report_html
+    from transfuse.export.onnx import export_run
+
+    e = cfg.export
+    report["export"] = export_run(run_dir, int8=e.int8, tolerance=e.tolerance, opset=e.opset,
+                                  parity_samples=e.parity_samples)
+    atomic_write_json(run_dir / "report.json", report)
+    write_report_html(report, run_dir)
 
 
 def start_run_folder(cfg: ExperimentConfig, run_dir: Path) -> None:
@@ -220,6 +276,8 @@ def save_model_spec(folder: Path, res: CandidateResult, spec: str, options: dict
             "weights_hash": backbone.weights_hash(), "feature_dim": backbone.feature_dim,
             "files": {"head": "head.safetensors"} if res.strategy == "linear_probe"
             else {"model": "model.safetensors"}}
+    if not any((folder / f).exists() for f in info["files"].values()):
+        info["files"] = {}  # e.g. an MLP probe head: scored and reported, not served
     atomic_write_json(folder / "model.json", info)
 
 
