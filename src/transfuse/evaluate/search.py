@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,9 @@ def run_study(study: Any, objective: Callable[[Any], float], n_trials: int,
     from optuna.storages import fail_stale_trials
 
     while timeout is None or time.monotonic() - t0 < timeout:
-        fail_stale_trials(study)  # a killed worker's trial must not count as live
+        with warnings.catch_warnings():  # optuna marks it experimental
+            warnings.simplefilter("ignore")
+            fail_stale_trials(study)  # a killed worker's trial must not count as live
         if len(study.get_trials(deepcopy=False, states=live)) >= n_trials:
             break
         study.optimize(guarded, n_trials=1, catch=(_Overflow,))
