@@ -323,7 +323,7 @@ def finetune(
     deterministic_state = (torch.are_deterministic_algorithms_enabled(),
                            torch.is_deterministic_algorithms_warn_only_enabled())
     try:
-        with warnings.catch_warnings(), _quiet_lightning(not progress):
+        with warnings.catch_warnings(), _quiet_lightning(True):
             warnings.filterwarnings("ignore", message=r".*(does not have many workers|exists and is not empty"
                                     r"|module\(s\) in eval mode|treespec, LeafSpec|no `val_dataloader`).*")
             trainer, ckpt_cb = _make_trainer(cfg, out, progress, validate)
@@ -351,7 +351,7 @@ def finetune(
 
 @contextlib.contextmanager
 def _quiet_lightning(quiet: bool) -> Iterator[None]:
-    """Hide Lightning's start-up chatter (devices found, tips) when no progress is shown."""
+    """Hide Lightning's start-up chatter (devices found, tips); the progress bar stays."""
     log = logging.getLogger("lightning.pytorch")
     level = log.level
     if quiet:
