@@ -193,7 +193,7 @@ class FinetuneConfig(Section):
     devices: int | Literal["auto"] = "auto"
     num_nodes: int = Field(1, ge=1)
     strategy: str = "auto"
-    freeze_bn: bool = Field(False, description="keep BatchNorm running statistics fixed")
+    freeze_bn: bool = Field(True, description="keep BatchNorm in eval mode (running statistics fixed); see docs/decisions.md")
     max_train_batches: int | None = Field(None, ge=1, description="cap per epoch (tests, smoke runs)")
     gradient_clip: float | None = Field(None, gt=0)
     num_workers: int | Literal["auto"] = "auto"
