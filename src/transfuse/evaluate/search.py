@@ -146,10 +146,19 @@ def _running(study: Any) -> int:
 
 # ----------------------------------------------------------------------------- objectives
 
+def report_fold(trial: Any, scores: list[float], last: bool) -> None:
+    """Report the running CV mean after a fold; prune (keeping the fold scores) when Optuna says so."""
+    import optuna
+
+    trial.report(float(np.mean(scores)), step=len(scores) - 1)
+    if not last and trial.should_prune():
+        trial.set_user_attr("fold_scores", scores)
+        raise optuna.TrialPruned()
+
+
 def head_objective(X: np.ndarray, y: np.ndarray, folds: list, head_cfg: Any, space: dict[str, ParamSpace],
                    metric: str, seed: int) -> Callable[[Any], float]:
     """CV score of a head (HeadConfig + the trial's parameters) on cached features ``X``."""
-    import optuna
 
     from transfuse.candidates import score
     from transfuse.train.heads import HeadClassifier
@@ -163,10 +172,7 @@ def head_objective(X: np.ndarray, y: np.ndarray, folds: list, head_cfg: Any, spa
         for k, (tr, va) in enumerate(folds):
             head = HeadClassifier.from_config(cfg.model_copy(update={"seed": seed + k}), n_classes=n_classes)
             scores.append(score(y[va], head.fit(X[tr], y[tr]).predict_proba(X[va]), metric))
-            trial.report(float(np.mean(scores)), step=k)
-            if k < len(folds) - 1 and trial.should_prune():
-                trial.set_user_attr("fold_scores", scores)
-                raise optuna.TrialPruned()
+            report_fold(trial, scores, last=k == len(folds) - 1)
         trial.set_user_attr("fold_scores", scores)
         return float(np.mean(scores))
 
@@ -191,7 +197,6 @@ def finetune_objective(backbone: Any, train: Any, folds: list, n_classes: int, c
                        head_init_fn: Callable[[np.ndarray], Any] | None, space: dict[str, ParamSpace],
                        work: Path) -> Callable[[Any], float]:
     """CV score of fine-tuning ``backbone`` with FinetuneConfig + the trial's parameters."""
-    import optuna
 
     from transfuse.candidates import score
     from transfuse.train.finetune import finetune
@@ -210,10 +215,7 @@ def finetune_objective(backbone: Any, train: Any, folds: list, n_classes: int, c
                            work / f"trial{trial.number}" / f"fold{k}", head_init=init, augment=aug,
                            seed=cfg.seed + k, progress=False)
             scores.append(score(y[va], res.val_proba, cfg.evaluate.metric))
-            trial.report(float(np.mean(scores)), step=k)
-            if k < len(folds) - 1 and trial.should_prune():
-                trial.set_user_attr("fold_scores", scores)
-                raise optuna.TrialPruned()
+            report_fold(trial, scores, last=k == len(folds) - 1)
         trial.set_user_attr("fold_scores", scores)
         return float(np.mean(scores))
 
