@@ -162,7 +162,7 @@ def test_killed_search_resumes_to_exactly_n_trials(tmp_path, digits):
     before = optuna.load_study(study_name="s", storage=st)
     done_before = {t.number: t.params for t in before.trials if t.state.name == "COMPLETE"}
     assert 3 <= len(done_before) < 14
-    time.sleep(2.5)  # past the grace period (2 heartbeats): the killed trial is failed and retried
+    time.sleep(4.0)  # well past the grace period (2 heartbeats): the killed trial is failed and retried
     X, y, folds = digits
     sc = SearchConfig(sampler="tpe", heartbeat_s=1, pruner="none")
     study = open_study(st, "s", make_sampler("tpe", sc.space, 0), "none", worker=False)

@@ -23,7 +23,11 @@ from pydantic import (
 )
 
 from transfuse.errors import UserError
-from transfuse.evaluate.search_config import CalibrationConfig, ExportConfig, SearchConfig
+from transfuse.evaluate.search_config import (
+    CalibrationConfig,
+    ExportConfig,
+    SearchConfig,
+)
 from transfuse.fuse.config import FuseConfig
 
 _HEAD_LR_MULT = re.compile(r"^\s*(\d+(\.\d*)?|\.\d+)\s*x\s*$")
@@ -155,10 +159,9 @@ class AdaptConfig(Section):
     strategies: list[Strategy] = Field(default_factory=lambda: ["linear_probe"], min_length=1)
 
 
-class HeadConfig(Section):
-    """Validated hyper-parameters of a :class:`HeadClassifier` (frozen, hashable)."""
+class HeadFit(Section):
+    """What every head fitted on cached features shares (a probe head, a feature-fusion head)."""
 
-    kind: Literal["linear", "mlp"] = "linear"
     hidden: int = Field(256, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     weight_decay: float = Field(1e-3, ge=0.0)
@@ -168,8 +171,14 @@ class HeadConfig(Section):
     lr: float = Field(1e-2, gt=0.0)
     optimizer: Literal["auto", "lbfgs", "adam"] = "auto"
     tol: float = Field(1e-7, gt=0.0)
-    standardize: bool = True
     seed: int = 0
+
+
+class HeadConfig(HeadFit):
+    """Validated hyper-parameters of a :class:`HeadClassifier` (frozen, hashable)."""
+
+    kind: Literal["linear", "mlp"] = "linear"
+    standardize: bool = True
 
 
 class FinetuneConfig(Section):

@@ -17,10 +17,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from transfuse.config import HeadFit
 from transfuse.errors import UserError
 from transfuse.train.heads import (
     Optimizer,
@@ -40,24 +41,13 @@ from transfuse.train.heads import (
 Blocks = Mapping[str, np.ndarray] | Sequence[np.ndarray]
 
 
-class FeatureFusionConfig(BaseModel):
+class FeatureFusionConfig(HeadFit):
     """Validated hyper-parameters of a :class:`FeatureFusionClassifier`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     proj_dim: int | None = Field(None, ge=1)
     gate: bool = False
     head: Literal["linear", "mlp"] = "linear"
-    hidden: int = Field(256, ge=1)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    weight_decay: float = Field(1e-3, ge=0.0)
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    class_weight: Literal["none", "balanced"] = "none"
     max_iter: int = Field(300, ge=1)
-    lr: float = Field(1e-2, gt=0.0)
-    optimizer: Optimizer = "auto"
-    tol: float = Field(1e-7, gt=0.0)
-    seed: int = 0
 
 
 class _FusionNet(torch.nn.Module):
