@@ -7,6 +7,13 @@ nothing else), transfuse's merge and mergekit's (if importable, e.g. ``PYTHONPAT
 merge_vs_mergekit.py). Reports seconds, (bytes read + written) / s, peak RSS and the ratios, all
 side by side in one run. The issue's target job is ``--models 4 --size-gb 2``.
 
+Page cache: with ``--cache cold`` (the default) every run starts with the job's input files
+evicted from the page cache (``posix_fadvise(DONTNEED)`` on those files only, so other processes'
+caches are untouched) and every run's output is flushed to disk and deleted after its clock
+stops, so the floor, transfuse and mergekit each read from disk. ``--cache warm`` reads the inputs
+once before each run instead (only meaningful when they fit in free memory). The 1-minute load
+average before each run is recorded: the machine may be shared.
+
     HF_HUB_OFFLINE=1 PYTHONPATH=/tmp/mk nice -n 5 .venv/bin/python benchmarks/merge_speed.py --size-gb 2
 """
 
@@ -98,12 +105,14 @@ with open(out, 'wb', buffering=0) as f:
     while left > 0:
         left -= f.write(view[:min(left, len(buf))])
 print(time.perf_counter() - t)
+print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')))
 """
 
 TRANSFUSE = """
 import sys, time, yaml
 from transfuse.fuse.merge import merge
 t = time.perf_counter(); merge(yaml.safe_load(open(sys.argv[1])), sys.argv[2]); print(time.perf_counter() - t)
+print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')))
 """
 
 MERGEKIT = """
@@ -115,26 +124,62 @@ t = time.perf_counter()
 run_merge(MergeConfiguration.model_validate(yaml.safe_load(open(sys.argv[1]))), sys.argv[2],
           options=MergeOptions(copy_tokenizer=False, lazy_unpickle=True, low_cpu_memory=False))
 print(time.perf_counter() - t)
+print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')))
 """
 
 
 def run_child(code: str, *args: str) -> tuple[float, float]:
-    """Run ``code`` in a fresh interpreter; (seconds it reports, its own peak RSS in GB via wait4)."""
-    import tempfile
+    """Run ``code`` in a fresh interpreter; (seconds it reports, its own peak RSS in GB).
 
-    with tempfile.TemporaryFile() as err:
-        p = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=err)
-        _, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        out = p.stdout.read().decode() if p.stdout else ""
-        if p.returncode:
-            err.seek(0)
-            raise RuntimeError(err.read().decode()[-2000:])
-    return float(out.strip().splitlines()[-1]), usage.ru_maxrss / 1e6  # ru_maxrss is in KiB on Linux
+    The peak is the child's ``VmHWM`` after exec, which it prints last: ``ru_maxrss`` from
+    ``wait4`` would include this (torch-importing) parent's memory copied at fork.
+    """
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-2000:])
+    *_, seconds, hwm_kib = proc.stdout.split()
+    return float(seconds), int(hwm_kib) * 1024 / 1e9
 
 
 def files_of(folder: Path) -> list[str]:
     return sorted(str(p) for p in folder.glob("*.safetensors"))
+
+
+def set_cache(files: list[str], mode: str) -> None:
+    """Evict ``files`` from the page cache (cold) or read them through it once (warm)."""
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            if mode == "cold":
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            else:
+                while os.read(fd, 1 << 24):
+                    pass
+        finally:
+            os.close(fd)
+
+
+def flush_and_remove(path: Path) -> None:
+    """fsync every file under ``path`` (outside the timed part), then delete it."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()] if path.exists() else []
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    if path.is_file():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def timed(code: str, inputs: list[str], out: Path, cache: str, *args: str) -> tuple[float, float, float]:
+    """(seconds, peak RSS GB, load average before) of one run, the cache prepared as asked."""
+    flush_and_remove(out)
+    set_cache(inputs, cache)
+    load = os.getloadavg()[0]
+    s, rss = run_child(code, *args)
+    flush_and_remove(out)
+    return s, rss, load
 
 
 def main() -> None:
@@ -145,6 +190,10 @@ def main() -> None:
     ap.add_argument("--size-gb", type=float, default=2.0)
     ap.add_argument("--work", default="/tmp/transfuse-merge-speed")
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--mergekit-methods", default=",".join(METHODS),
+                    help="methods also run with mergekit (its TIES takes minutes per GB on 2 cores)")
+    ap.add_argument("--cache", choices=["cold", "warm"], default="cold")
+    ap.add_argument("--name", default="merge_speed", help="results/NAME.{json,md}")
     args = ap.parse_args()
     work = Path(args.work)
     config, shapes = llama_shapes(args.size_gb)
@@ -171,31 +220,34 @@ def main() -> None:
         cfg_path = work / f"{method}.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg))
         out_bytes = sum(os.path.getsize(f) for f in files_of(paths[1]))
-        floor_s, _ = run_child(FLOOR, *[f for p in used for f in files_of(p)],
-                                       str(work / "floor.bin"), str(out_bytes))
-        (work / "floor.bin").unlink()
-        row = {"method": method, "GB read+written": (read + out_bytes) / 1e9,
-               "floor s": floor_s, "floor GB/s": (read + out_bytes) / 1e9 / floor_s}
+        inputs = [f for p in used for f in files_of(p)]
+        floor_s, _, load = timed(FLOOR, inputs, work / "floor.bin", args.cache,
+                                 *inputs, str(work / "floor.bin"), str(out_bytes))
+        gb = (read + out_bytes) / 1e9
+        row = {"method": method, "GB read+written": gb, "floor s": floor_s,
+               "floor GB/s": gb / floor_s, "load before floor": load}
         out = work / f"tf-{method}"
-        shutil.rmtree(out, ignore_errors=True)
-        tf_s, tf_rss = run_child(TRANSFUSE, str(cfg_path), str(out))
-        shutil.rmtree(out, ignore_errors=True)
-        row.update({"transfuse s": tf_s, "transfuse GB/s": (read + out_bytes) / 1e9 / tf_s,
-                    "transfuse peak RSS GB": tf_rss, "vs floor": floor_s / tf_s})
-        if have_mk:
+        tf_s, tf_rss, load = timed(TRANSFUSE, inputs, out, args.cache, str(cfg_path), str(out))
+        row.update({"transfuse s": tf_s, "transfuse GB/s": gb / tf_s, "transfuse peak RSS GB": tf_rss,
+                    "vs floor": floor_s / tf_s, "load before transfuse": load})
+        if have_mk and method in args.mergekit_methods.split(","):
             out = work / f"mk-{method}"
-            shutil.rmtree(out, ignore_errors=True)
-            mk_s, mk_rss = run_child(MERGEKIT, str(cfg_path), str(out))
-            shutil.rmtree(out, ignore_errors=True)
-            row.update({"mergekit s": mk_s, "mergekit peak RSS GB": mk_rss, "mergekit / transfuse time": mk_s / tf_s})
+            mk_s, mk_rss, load = timed(MERGEKIT, inputs, out, args.cache, str(cfg_path), str(out))
+            row.update({"mergekit s": mk_s, "mergekit peak RSS GB": mk_rss,
+                        "mergekit / transfuse time": mk_s / tf_s, "load before mergekit": load})
         rows.append(row)
         print(row, flush=True)
-    md = write_results("merge_speed", rows, ["method", "GB read+written", "floor s", "floor GB/s", "transfuse s",
+    md = write_results(args.name, rows, ["method", "GB read+written", "floor s", "floor GB/s", "transfuse s",
                                              "transfuse GB/s", "vs floor", "transfuse peak RSS GB",
                                              "mergekit s", "mergekit peak RSS GB", "mergekit / transfuse time"],
                        extra={"job": f"{args.models} fine-tunes + base, {in_bytes / 1e9 / len(paths):.2f} GB "
                                      f"each (fp16, {len(shapes)} tensors, 1 GB shards), dtype float16 out",
-                              "rss": "peak RSS of each tool's own process (os.wait4), Python and torch included",
+                              "cache": ("cold: inputs evicted from the page cache before every run, outputs "
+                                        "flushed after the clock stopped" if args.cache == "cold" else
+                                        "warm: inputs read once before every run"),
+                              "load": "1-minute load average before each run in the JSON rows (2 shared cores)",
+                              "transfuse": "default config: sha256 of every input for the model card included",
+                              "rss": "peak RSS (VmHWM) of each tool's own process after exec, Python and torch included",
                               "mergekit": "ran" if have_mk else "not importable (set PYTHONPATH=/tmp/mk)"})
     print(md)
 

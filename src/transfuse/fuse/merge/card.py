@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
 
 import transfuse
-from transfuse.io import atomic_write_text
 
 if TYPE_CHECKING:
     from transfuse.fuse.merge.config import MergeConfig
-    from transfuse.fuse.merge.engine import MergeResult, _Inputs
+    from transfuse.fuse.merge.engine import MergeResult
     from transfuse.fuse.merge.method import MergeMethod
 
 
@@ -42,13 +40,3 @@ def render_card(cfg: MergeConfig, method: MergeMethod, inputs: list[tuple[str, s
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
-
-
-def write_card(folder: Path, cfg: MergeConfig, method: MergeMethod, inp: _Inputs,
-               result: MergeResult) -> None:
-    inputs = []
-    if inp.base is not None:
-        inputs.append(("base model", inp.base.ref, inp.base.sha256() if cfg.hash_inputs else {}))
-    for name, ckpt in zip(inp.names, inp.models):
-        inputs.append((f"model `{name}`", ckpt.ref, ckpt.sha256() if cfg.hash_inputs else {}))
-    atomic_write_text(folder / "README.md", render_card(cfg, method, inputs, result))

@@ -24,7 +24,7 @@ from transfuse.fuse.merge.method import MergeMethod, get_method
 
 MERGEKIT_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out_dtype",
                  "tokenizer_source"}
-TRANSFUSE_KEYS = {"device", "max_shard_size", "seed", "heads", "tied", "hash_inputs"}
+TRANSFUSE_KEYS = {"device", "max_shard_size", "seed", "heads", "tied", "hash_inputs", "bn_stats"}
 UNSUPPORTED = {
     "slices": "slices (layer ranges / frankenmerges) are not supported; list whole models under models:",
     "tokenizer": "the tokenizer block is not supported; tokenizer files are copied from the base model",
@@ -63,6 +63,7 @@ class MergeConfig:
     heads: tuple[str, ...] = ()
     tied: Mapping[str, str] = field(default_factory=dict)
     hash_inputs: bool = True
+    bn_stats: str = "average"  # BatchNorm running mean/var: "average" (uniform) or "method"
     root: Path | None = None  # folder that relative model paths may be relative to
 
     @property
@@ -97,7 +98,7 @@ class MergeConfig:
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key)
         defaults = MergeConfig("linear", ())
-        for key in ("device", "max_shard_size", "seed", "hash_inputs"):
+        for key in ("device", "max_shard_size", "seed", "hash_inputs", "bn_stats"):
             if getattr(self, key) != getattr(defaults, key):
                 d[key] = getattr(self, key)
         if self.heads:
@@ -156,7 +157,7 @@ def _choice(key: str, value: Any, valid: tuple[str, ...]) -> Any:
 
 def _name_for(ref: str, taken: set[str]) -> str:
     stem = Path(ref.rstrip("/")).name
-    stem = stem[: -len(".safetensors")] if stem.endswith(".safetensors") else stem
+    stem = stem.removesuffix(".safetensors")
     base = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_") or "model"
     name, i = base, 2
     while name in taken:
@@ -247,5 +248,6 @@ def load_config(config: Mapping[str, Any] | str | Path, root: Path | None = None
         heads=tuple(heads),
         tied=dict(tied),
         hash_inputs=hash_inputs,
+        bn_stats=_choice("bn_stats", data.get("bn_stats", "average"), ("average", "method")),
         root=root,
     )

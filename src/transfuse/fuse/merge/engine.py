@@ -1,28 +1,33 @@
 """The streaming merge engine: one parameter name at a time from every input, straight to the shards.
 
-For each output tensor the engine reads that tensor from every input (only its bytes), converts
-it to float32 (float64 stays float64) on the chosen device, runs the method, casts to the output
-dtype and appends it to the open output shard. Peak memory is the inputs of one parameter name
-plus the method's temporaries, whatever the model size. Everything is written to a hidden folder
-next to ``out_dir`` and renamed into place at the end: a failure leaves no partial output.
+For each output tensor the engine reads that tensor from every input (only its bytes, see
+``stream.Reader``), converts it to float32 (float64 stays float64) on the chosen device, runs the
+method, casts to the output dtype and writes it at its place in the output shard, whose header is
+laid out up front. Elementwise work (methods registered ``elementwise=True``, BatchNorm statistics, copies) runs in
+blocks of ``chunk_elems`` elements, bit-identical to whole tensors, so peak memory is a few blocks
+plus a bounded read-ahead whatever the tensor or model size; other methods get one whole tensor at
+a time. Reading, computing and writing overlap (``stream.Pipeline``). Everything is written to a
+hidden folder next to ``out_dir`` and renamed into place at the end: a failure leaves no partial
+output.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from transfuse.errors import UserError
 from transfuse.fuse.merge.config import MergeConfig, load_config, resolve_setting
-from transfuse.fuse.merge.method import MergeMethod, TensorContext
+from transfuse.fuse.merge.method import MergeMethod, TensorContext, get_method
 from transfuse.fuse.merge.sources import (
     COPY_FILES,
     INDEX_NAME,
@@ -30,9 +35,9 @@ from transfuse.fuse.merge.sources import (
     open_checkpoint,
     open_tensor_file,
 )
+from transfuse.fuse.merge.stream import Pipeline, Reader, shard_layout
 from transfuse.fuse.merge.tensor_io import (
     OutEntry,
-    ShardWriter,
     TensorEntry,
     plan_shards,
     read_header,
@@ -43,6 +48,16 @@ HEAD_PREFIX = "heads"
 _OUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
                "float64": torch.float64}
 Evaluate = Callable[[Any], float]
+BnStats = Literal["average", "method"]
+#: BatchNorm running statistics: averaged uniformly by default (``bn_stats``), never task-merged.
+BN_STATS = (".running_mean", ".running_var")
+#: Methods whose output element depends only on the same element of the inputs: computed in blocks
+#: of ``chunk_elems`` (bit-identical to whole tensors). Others get whole tensors: TIES, DARE and
+#: breadcrumbs (per-tensor top-k / random masks and norms), SLERP (norms), Model Stock (cosines),
+#: RegMean (matrix solve), Fisher (its extra tensors are read whole).
+CPU_CHUNK = 1 << 18
+CUDA_CHUNK = 1 << 22
+PREFETCH_BYTES = 16 << 20
 
 
 @dataclass
@@ -69,7 +84,7 @@ class _Job:
     """One output tensor: how to make it."""
 
     out: str
-    kind: str  # "merge" | "copy"
+    kind: str  # "merge" | "average" (uniform, BatchNorm statistics) | "copy"
     name: str  # input tensor name
     sources: tuple[int, ...]  # checkpoint indices (merge: the method's inputs; copy: one)
     base: int | None
@@ -121,7 +136,11 @@ def _out_dtype(cfg: MergeConfig, e: TensorEntry) -> torch.dtype:
     return _OUT_DTYPES[key] if key else e.torch_dtype
 
 
-def _plan(inp: _Inputs) -> tuple[list[_Job], dict[str, list[str]]]:
+def _is_bn_stat(name: str) -> bool:
+    return name.endswith(BN_STATS)
+
+
+def _plan(inp: _Inputs, bn_stats: BnStats = "average") -> tuple[list[_Job], dict[str, list[str]]]:
     """Decide every output tensor; all inconsistencies are reported together."""
     cfg, ref = inp.cfg, inp.reference
     ckpts = ([inp.base] if inp.base else []) + inp.models
@@ -158,6 +177,9 @@ def _plan(inp: _Inputs) -> tuple[list[_Job], dict[str, list[str]]]:
             jobs.append(_Job(name, "copy", name, (0,), None, first.torch_dtype, first.shape))
             continue
         sources = tuple(range(offset, len(ckpts)))
+        if bn_stats == "average" and _is_bn_stat(name):
+            jobs.append(_Job(name, "average", name, sources, None, _out_dtype(cfg, first), first.shape))
+            continue
         jobs.append(_Job(name, "merge", name, sources, 0 if inp.base else None,
                          _out_dtype(cfg, first), first.shape))
     if missing or mismatched:
@@ -173,14 +195,85 @@ def _plan(inp: _Inputs) -> tuple[list[_Job], dict[str, list[str]]]:
     return jobs, heads
 
 
-def _load(ckpt_label: str, entry: TensorEntry, device: torch.device) -> Tensor:
-    x = read_tensor(entry)
-    if x.dtype.is_floating_point:
-        if not bool(torch.isfinite(x).all()):
-            raise UserError(f"{entry.file}: tensor {ckpt_label} contains NaN or inf; "
-                            "fix or drop this checkpoint")
-        x = x.to(device=device, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+def _compute_dtype(x: Tensor, device: torch.device, label: str, entry: TensorEntry) -> Tensor:
+    """``x`` in float32 (float64 stays) on ``device``; NaN/inf is a UserError naming the tensor."""
+    x = x.to(device=device, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+    # a sum is finite iff every entry is, unless it overflows (then check entry by entry): one
+    # fast reduction instead of an elementwise isfinite pass over every input
+    if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
+        raise UserError(f"{entry.file}: tensor {label} contains NaN or inf; "
+                        "fix or drop this checkpoint")
     return x
+
+
+def _chunked(inp: _Inputs, job: _Job) -> bool:
+    """Whether ``job`` may be computed block by block (elementwise work only)."""
+    if job.kind in ("copy", "average"):
+        return True
+    return inp.method.elementwise and not inp.method.extras
+
+
+def _units(inp: _Inputs, jobs: list[_Job], chunk: int) -> list[tuple[int, int, int | None]]:
+    """(job index, first element, element count or None for the whole tensor), in write order."""
+    units: list[tuple[int, int, int | None]] = []
+    for i, job in enumerate(jobs):
+        numel = math.prod(job.shape)
+        if _chunked(inp, job) and numel > chunk:
+            units += [(i, lo, min(chunk, numel - lo)) for lo in range(0, numel, chunk)]
+        else:
+            units.append((i, 0, None))
+    return units
+
+
+def _run_jobs(inp: _Inputs, jobs: list[_Job], where: dict[str, tuple[int, int]], reader: Reader,
+              device: torch.device, chunk_elems: int | None) -> dict[str, int]:
+    """Read, compute and write every job's tensor, block by block where the work is elementwise."""
+    cfg, method = inp.cfg, inp.method
+    ckpts = ([inp.base] if inp.base else []) + inp.models
+    labels = (["base_model"] if inp.base else []) + inp.names
+    chunk = chunk_elems or (CUDA_CHUNK if device.type == "cuda" else CPU_CHUNK)
+    entries = [[inp.entry(c, j.name) for c in ckpts] for j in jobs]
+    stats = {"read": 0, "merged": 0, "copied": 0}
+
+    def load(unit: tuple[int, int, int | None]) -> tuple[list[Tensor], int]:
+        i, first, count = unit
+        job = jobs[i]
+        wanted = ([job.base] if job.base is not None else []) + list(job.sources)
+        parts = [reader.read(entries[i][k], first, count) for k in wanted]  # type: ignore[arg-type]
+        return parts, sum(p.nbytes for p in parts)
+
+    linear = get_method("linear")
+    params: dict[str, Any] = {}
+    with Pipeline(_units(inp, jobs, chunk), load, PREFETCH_BYTES) as pipe:
+        for (i, first, count), parts in pipe:
+            job = jobs[i]
+            stats["read"] += sum(p.nbytes for p in parts)
+            fd, offset = where[job.out]
+            if job.kind == "copy":
+                x = parts[0].to(job.dtype)
+            else:
+                names = ([job.base] if job.base is not None else []) + list(job.sources)
+                whole = count is None
+                xs = [_compute_dtype(p.view(job.shape) if whole else p, device,
+                                     f"{job.name!r} of {labels[k]}", entries[i][k])  # type: ignore[arg-type]
+                      for p, k in zip(parts, names)]
+                del parts
+                base = xs.pop(0) if job.base is not None else None
+                if first == 0:
+                    params = _params_for(cfg, inp, job.name) if job.kind == "merge" else {}
+                if job.kind == "average":
+                    x = linear(xs, None, weight=[1.0] * len(xs), normalize=True)
+                else:
+                    extras = {key: _extra(inp, key, job.name, device) for key in method.extras}
+                    ctx = TensorContext(job.name, tuple(inp.names), cfg.seed)
+                    x = method(xs, base, ctx=ctx, extras=extras, **params)
+                del xs, base
+                x = x.to(job.dtype)
+            if count is None or first + count >= math.prod(job.shape):
+                stats["copied" if job.kind == "copy" else "merged"] += 1
+            pipe.write(fd, offset + first * job.dtype.itemsize, x)
+            del x
+    return stats
 
 
 def _params_for(cfg: MergeConfig, inp: _Inputs, name: str) -> dict[str, Any]:
@@ -227,14 +320,17 @@ def merge(
     *,
     evaluate: Evaluate | None = None,
     overwrite: bool = False,
+    bn_stats: BnStats | None = None,
+    chunk_elems: int | None = None,
 ) -> MergeResult:
     """Merge the models of ``config`` (mergekit YAML/dict) into ``out_dir``.
 
     ``evaluate(state_dict) -> score`` is needed by ``greedy_soup`` only (higher is better).
-    ``out_dir`` must be absent or empty unless ``overwrite``.
+    ``out_dir`` must be absent or empty unless ``overwrite``. ``bn_stats`` (default: the config's, ``"average"``) ``"average"`` gives
+    BatchNorm running means and variances the uniform average of the merged models (``"method"``
+    merges them like any weight). ``chunk_elems`` is the block size of elementwise work (elements
+    per input; default 256 Ki on CPU, 4 Mi on GPU): it bounds memory, not the result.
     """
-    from transfuse.fuse.merge import card
-
     t0 = time.perf_counter()
     cfg = config if isinstance(config, MergeConfig) else load_config(config)
     out = Path(out_dir)
@@ -265,66 +361,53 @@ def merge(
                      "files were copied from the base (or first) model")
 
     inp = _Inputs(cfg, method)
-    jobs, heads = _plan(inp)
+    jobs, heads = _plan(inp, bn_stats or cfg.bn_stats)  # type: ignore[arg-type]
     device = _device(cfg)
-    ckpts = ([inp.base] if inp.base else []) + inp.models
-    labels = (["base_model"] if inp.base else []) + inp.names
-    out_entries = [OutEntry(j.out, j.dtype, j.shape) for j in jobs]
-    shards = plan_shards(out_entries, cfg.max_shard_size)
+    shards = plan_shards([OutEntry(j.out, j.dtype, j.shape) for j in jobs], cfg.max_shard_size)
     shard_names = _shard_names(len(shards))
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    bytes_read = bytes_written = merged = copied = 0
+    ckpts = ([inp.base] if inp.base else []) + inp.models
+    reader = Reader([f for c in ckpts for f in c.files] if cfg.hash_inputs else ())
+    fds: list[int] = []
     try:
-        job_iter = iter(jobs)
-        for shard_name, entries in zip(shard_names, shards):
-            writer = ShardWriter(tmp / shard_name, entries)
-            try:
-                for _ in entries:
-                    job = next(job_iter)
-                    if job.kind == "copy":
-                        e = inp.entry(ckpts[job.sources[0]], job.name)
-                        assert e is not None
-                        x = read_tensor(e)
-                        bytes_read += e.nbytes
-                        copied += 1
-                    else:
-                        xs = []
-                        for i in job.sources:
-                            e = inp.entry(ckpts[i], job.name)
-                            assert e is not None
-                            xs.append(_load(f"{job.name!r} of {labels[i]}", e, device))
-                            bytes_read += e.nbytes
-                        base = None
-                        if job.base is not None:
-                            e = inp.entry(ckpts[job.base], job.name)
-                            assert e is not None
-                            base = _load(f"{job.name!r} of base_model", e, device)
-                            bytes_read += e.nbytes
-                        extras = {key: _extra(inp, key, job.name, device) for key in method.extras}
-                        ctx = TensorContext(job.name, tuple(inp.names), cfg.seed)
-                        x = method(xs, base, ctx=ctx, extras=extras, **_params_for(cfg, inp, job.name))
-                        del xs, base
-                        merged += 1
-                    writer.write(job.out, x.to(job.dtype))
-                    del x
-            except BaseException:
-                writer.abort()
-                raise
-            writer.close()
-            bytes_written += (tmp / shard_name).stat().st_size
+        where: dict[str, tuple[int, int]] = {}
+        for name, entries in zip(shard_names, shards):
+            head, offsets = shard_layout(entries)
+            fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fds.append(fd)
+            os.write(fd, head)
+            where.update({e.name: (fd, offsets[e.name]) for e in entries})
+        threads = torch.get_num_threads()
+        if device.type == "cpu":  # blocks are small: intra-op threads only contend with the
+            torch.set_num_threads(1)  # pipeline's reader and writer threads (restored below)
+        try:
+            stats = _run_jobs(inp, jobs, where, reader, device, chunk_elems)
+        finally:
+            torch.set_num_threads(threads)
+        for fd in fds:
+            os.close(fd)
+        fds.clear()
+        bytes_written = sum((tmp / name).stat().st_size for name in shard_names)
         _write_side_files(tmp, cfg, inp, jobs, shard_names, heads)
-        result = MergeResult(out, method.name, len(jobs), merged, copied, heads, shard_names,
-                             bytes_read, bytes_written, 0.0, str(device), notes, scores)
-        card.write_card(tmp, cfg, method, inp, result)
+        result = MergeResult(out, method.name, len(jobs), stats["merged"], stats["copied"], heads,
+                             shard_names, stats["read"], bytes_written, 0.0, str(device), notes,
+                             scores)
+        hashes = [{f.name: reader.sha256(f) for f in c.files} if cfg.hash_inputs else {}
+                  for c in ckpts]
+        _write_card(tmp, cfg, method, inp, result, hashes)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        for fd in fds:
+            os.close(fd)
+        reader.close()
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -339,6 +422,18 @@ def _extra(inp: _Inputs, key: str, name: str, device: torch.device) -> list[Tens
             return None
         found.append(read_tensor(e).to(device=device, dtype=torch.float32))
     return found
+
+
+def _write_card(tmp: Path, cfg: MergeConfig, method: MergeMethod, inp: _Inputs,
+                result: MergeResult, hashes: list[dict[str, str]]) -> None:
+    """README.md with the inputs' sha256, hashed inline while the merge read them."""
+    from transfuse.fuse.merge.card import render_card
+    from transfuse.io import atomic_write_text
+
+    roles = (["base model"] if inp.base else []) + [f"model `{n}`" for n in inp.names]
+    ckpts = ([inp.base] if inp.base else []) + inp.models
+    inputs = [(role, c.ref, h) for role, c, h in zip(roles, ckpts, hashes)]
+    atomic_write_text(tmp / "README.md", render_card(cfg, method, inputs, result))
 
 
 def _write_side_files(tmp: Path, cfg: MergeConfig, inp: _Inputs, jobs: list[_Job],

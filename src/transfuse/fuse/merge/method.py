@@ -102,6 +102,7 @@ class MergeMethod:
     max_models: int | None = None
     order_independent: bool = True
     needs_evaluate: bool = False
+    elementwise: bool = False  # output element i depends on input elements i only: run in blocks
     notes: tuple[str, ...] = field(default=())
 
     @property
@@ -171,7 +172,7 @@ def _parse_signature(func: Callable[..., Tensor]) -> dict[str, Any]:
         if arg == "tensors":
             continue
         ann, optional = _strip_optional(hints.get(arg, p.annotation))
-        key = arg[:-1] if arg.endswith("_") else arg
+        key = arg.removesuffix("_")
         if arg == "base_tensor":
             if ann is not Tensor:
                 raise TypeError("'base_tensor' must be annotated Tensor or Tensor | None")
@@ -205,6 +206,7 @@ def merge_method(
     max_models: int | None = None,
     order_independent: bool = True,
     needs_evaluate: bool = False,
+    elementwise: bool = False,
     notes: Sequence[str] = (),
 ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Register ``func`` as merge method ``name`` (fails loudly on a duplicate name)."""
@@ -227,6 +229,7 @@ def merge_method(
                 max_models=max_models,
                 order_independent=order_independent,
                 needs_evaluate=needs_evaluate,
+                elementwise=elementwise,
                 notes=tuple(notes),
             ),
         )

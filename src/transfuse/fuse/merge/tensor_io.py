@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,39 +108,3 @@ def plan_shards(entries: Iterable[OutEntry], max_shard_bytes: int) -> list[list[
         shards[-1].append(e)
         size += e.nbytes
     return shards if shards[0] else []
-
-
-class ShardWriter:
-    """Writes one safetensors shard whose layout is fixed up front, one tensor at a time, in order."""
-
-    def __init__(self, path: Path, entries: list[OutEntry], metadata: Mapping[str, str] | None = None):
-        self.path = path
-        self.entries = entries
-        self._next = 0
-        header: dict[str, object] = {"__metadata__": dict(metadata or {"format": "pt"})}
-        offset = 0
-        for e in entries:
-            header[e.name] = {"dtype": CODES[e.dtype], "shape": list(e.shape),
-                              "data_offsets": [offset, offset + e.nbytes]}
-            offset += e.nbytes
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)  # align the data to 8 bytes, as safetensors does
-        self._file = open(path, "wb")
-        self._file.write(struct.pack("<Q", len(raw)) + raw)
-        self.nbytes = offset
-
-    def write(self, name: str, tensor: Tensor) -> None:
-        e = self.entries[self._next]
-        if name != e.name or tuple(tensor.shape) != e.shape or tensor.dtype != e.dtype:
-            raise RuntimeError(f"shard layout mismatch at {name!r} (expected {e})")
-        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-        self._file.write(memoryview(data.numpy()))
-        self._next += 1
-
-    def close(self) -> None:
-        self._file.close()
-        if self._next != len(self.entries):
-            raise RuntimeError(f"{self.path}: {len(self.entries) - self._next} tensors not written")
-
-    def abort(self) -> None:
-        self._file.close()

@@ -23,7 +23,8 @@ def weighted_average(tensors: list[Tensor], weight: list[float], normalize: bool
     return out
 
 
-@merge_method("linear", paper="https://arxiv.org/abs/2203.05482", pretty_name="Linear (model soup)")
+@merge_method("linear", paper="https://arxiv.org/abs/2203.05482", pretty_name="Linear (model soup)",
+              elementwise=True)
 def linear(tensors: list[Tensor], weight: list[float] = 1.0, normalize: bool = True) -> Tensor:  # type: ignore[assignment]
     """Weighted average; with the default weights of 1 it is the uniform soup."""
     return weighted_average(tensors, weight, normalize)

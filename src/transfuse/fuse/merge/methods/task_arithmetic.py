@@ -56,7 +56,7 @@ def task_vector_merge(
 
 
 @merge_method("task_arithmetic", paper="https://arxiv.org/abs/2212.04089",
-              pretty_name="Task Arithmetic")
+              pretty_name="Task Arithmetic", elementwise=True)
 def task_arithmetic(tensors: list[Tensor], base_tensor: Tensor, weight: list[float] = 1.0,  # type: ignore[assignment]
                     normalize: bool = False, lambda_: float = 1.0, int8_mask: bool = False) -> Tensor:
     """``base + lambda * sum_i w_i (x_i - base)`` (Ilharco et al. 2023)."""
