@@ -1,11 +1,12 @@
-"""Export benchmark: torch eager vs ONNX fp32 vs ONNX int8 (dynamic), side by side in one run.
+"""Export benchmark: torch eager vs ONNX fp32 vs ONNX int8, side by side in one run.
 
 For each modality's main backbone (EfficientNet-Lite0 on emoji categories, MiniLM-L6 on WordNet
 nouns, the Whisper tiny.en encoder on espeak spoken digits): fit a linear probe with the
 pipeline, export the chosen model (parity checked, temperature folded in), then measure the
 median latency of the model on collated inputs at batch 1 and 32 (preprocessing excluded, the
-same inputs for all three engines, one thread each) and test accuracy for each engine. The
-torch row also shows the run's temperature scaling: T and ECE before/after on out-of-fold and
+same inputs for all three engines, one thread each) and test accuracy for each engine. int8 is
+chosen per model family by the export (static QDQ with calibration for the conv net, dynamic
+MatMul-only for the transformers; docs/export.md). The torch row also shows the run's temperature scaling: T and ECE before/after on out-of-fold and
 test predictions.
 
     .venv/bin/python benchmarks/export.py [--quick] [--threads 1]
@@ -67,14 +68,14 @@ def run_task(label: str, raw: dict, threads: int, repeats: int) -> list[dict]:
     from transfuse.export.onnx import (
         INT8_FILE,
         ONNX_FILE,
-        _proba_module,
-        as_tensors,
         batched_proba,
-        collate_examples,
+        build_graph,
+        collate_parts,
         export_run,
+        feeds,
+        load_folder,
         session,
     )
-    from transfuse.export.predict import load_model
     from transfuse.run import prepare_data, run_experiment
 
     with tempfile.TemporaryDirectory() as d:
@@ -83,15 +84,14 @@ def run_task(label: str, raw: dict, threads: int, repeats: int) -> list[dict]:
         report = run_experiment(cfg, run_dir, progress=False)
         cal = report.get("calibration") or {}
         meta = export_run(run_dir, int8=True)
-        model, _ = load_model(run_dir)
+        model, info = load_folder(run_dir / "model")
+        graph, parts = build_graph(model, info, run_dir / "model")
         test = prepare_data(cfg, run_dir).test
         y = test.labels
-        names = meta["inputs"]
-        wrapped = _proba_module(model, meta["temperature"], names)
         torch.set_num_threads(threads)
         sessions = {"ONNX fp32": session(run_dir / "model" / ONNX_FILE, threads),
                     "ONNX int8": session(run_dir / "model" / INT8_FILE, threads)}
-        batches = {b: collate_examples(model.backbone, test, np.arange(b) % len(test)) for b in (1, 32)}
+        batches = {b: collate_parts(parts, test, np.arange(b) % len(test)) for b in (1, 32)}
         rows = []
         for engine in ("torch eager", "ONNX fp32", "ONNX int8"):
             if engine == "torch eager":
@@ -99,14 +99,13 @@ def run_task(label: str, raw: dict, threads: int, repeats: int) -> list[dict]:
 
                 def call(b):
                     with torch.inference_mode():
-                        return wrapped(*as_tensors(batches[b], names))
+                        return graph(*batches[b])
             else:
                 sess = sessions[engine]
-                p = batched_proba(sess, model.backbone, test, names)
+                p = batched_proba(sess, parts, test)
 
                 def call(b, sess=sess):
-                    feeds = {n: t.numpy() for n, t in zip(names, as_tensors(batches[b], names))}
-                    return sess.run(["proba"], feeds)
+                    return sess.run(["proba"], feeds(parts, batches[b]))
             rows.append({"model": label, "engine": engine,
                          "ms @ batch 1": median_ms(lambda: call(1), repeats),
                          "ms @ batch 32": median_ms(lambda: call(32), max(3, repeats // 4)),
@@ -121,6 +120,7 @@ def run_task(label: str, raw: dict, threads: int, repeats: int) -> list[dict]:
                         f"{cal.get('ece_before', float('nan')):.4f}→{cal.get('ece_after', float('nan')):.4f}"})
         rows[1]["parity max |Δp|"] = meta["parity_max_abs_diff"]
         rows[2]["size MB"] = meta["int8"]["size_bytes"] / 1e6
+        rows[2]["int8 method"] = meta["int8"]["method"]
         rows[1]["size MB"] = meta["size_bytes"] / 1e6
     return rows
 
@@ -140,7 +140,7 @@ def main() -> None:
         for r in rows[-3:]:
             print(r, flush=True)
     cols = ["model", "engine", "ms @ batch 1", "ms @ batch 32", "speed-up @1 vs eager", "test accuracy",
-            "accuracy Δ pts", "n_test", "parity max |Δp|", "size MB", "T", "ECE oof before→after", "ECE test before→after"]
+            "accuracy Δ pts", "n_test", "parity max |Δp|", "size MB", "int8 method", "T", "ECE oof before→after", "ECE test before→after"]
     print(write_results("export", rows, cols, {"threads": args.threads, "load": os.getloadavg()[0]}))
 
 

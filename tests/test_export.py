@@ -44,6 +44,8 @@ def test_onnx_parity_and_temperature(image_run):
     # int8: accuracy re-measured on the run's test split, both engines side by side
     assert set(meta["test_accuracy"]) == {"fp32", "int8"}
     assert meta["int8"]["size_bytes"] < 0.5 * meta["size_bytes"]
+    assert meta["int8"]["method"] == "static" and meta["kind"] == "single"  # a conv net: calibrated QDQ
+    assert meta["int8"]["accuracy_drop"] == pytest.approx(meta["test_accuracy"]["fp32"] - meta["test_accuracy"]["int8"])
 
 
 def test_predict_engines_agree_and_onnx_is_the_default(image_run):
@@ -59,12 +61,14 @@ def test_predict_engines_agree_and_onnx_is_the_default(image_run):
 
 
 def test_export_errors(image_run, tmp_path):
-    from transfuse.export.onnx import export_cli
+    from transfuse.export.onnx import export_cli, export_run
     from transfuse.export.predict import predict
 
     run, files = image_run
     with pytest.raises(UserError, match=r"has no chosen model \(model/model.json\); give a finished run"):
         export_cli(tmp_path, "onnx")
+    with pytest.raises(UserError, match=r"fusion_none' has no model.json; give a finished run folder, or a candidate"):
+        export_run(run, candidate="fusion/none")
     with pytest.raises(UserError, match="--format 'tflite' is not supported; valid formats: onnx"):
         export_cli(run, "tflite")
     wav = tmp_path / "seven.wav"
@@ -87,6 +91,8 @@ def test_text_model_exports_with_input_ids_and_attention_mask(tmp_path):
     run_experiment(validate_config(cfg), tmp_path / "run", progress=False)
     meta = export_cli(tmp_path / "run", "onnx")
     assert meta["inputs"] == ["input_ids", "attention_mask"] and meta["parity_max_abs_diff"] <= 1e-4
+    assert meta["parts"] == [{"backbone": {"name": "bundled:minilm_l6", "options": {}}, "prefix": "",
+                              "inputs": ["input_ids", "attention_mask"]}]
     texts = ["a small furry animal that lives in burrows", "a sweet baked food made of flour and sugar"]
     a, b = predict(tmp_path / "run", texts, engine="onnx"), predict(tmp_path / "run", texts, engine="torch")
     assert np.abs(a["proba"] - b["proba"]).max() < 1e-4

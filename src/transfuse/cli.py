@@ -232,16 +232,19 @@ def search(config: Path = typer.Argument(..., help="Experiment YAML file (its se
 @app.command()
 def export(run_dir: Path = typer.Argument(..., help="A finished run folder."),
            format: str = typer.Option("onnx", "--format", help="onnx"),
-           int8: bool = typer.Option(False, "--int8", help="Also write a dynamic int8 model (accuracy re-measured).")) -> None:
-    """Export a run's chosen model (ONNX, parity-checked, temperature folded in)."""
+           int8: bool = typer.Option(False, "--int8", help="Also write an int8 model (method chosen per model family; accuracy re-measured)."),
+           candidate: Optional[str] = typer.Option(None, "--candidate", help="Export this candidate (e.g. fusion/features) instead of the chosen model.")) -> None:
+    """Export a run's chosen model, or one candidate (ONNX, parity-checked, temperature folded in)."""
+    from transfuse.candidates import safe_name
     from transfuse.export.onnx import export_cli
 
-    res = export_cli(run_dir, format, int8)
-    print(f"{run_dir / 'model' / res['file']}: parity max |p_onnx - p_torch| = {res['parity_max_abs_diff']:.2e} "
+    res = export_cli(run_dir, format, int8, candidate)
+    folder = run_dir / "candidates" / safe_name(candidate) if candidate else run_dir / "model"
+    print(f"{folder / res['file']}: parity max |p_onnx - p_torch| = {res['parity_max_abs_diff']:.2e} "
           f"on {res['parity_samples']} inputs")
     if "int8" in res:
         acc = res.get("test_accuracy") or {}
-        print(f"{run_dir / 'model' / res['int8']['file']}: test accuracy fp32 {acc.get('fp32', float('nan')):.4f}, "
+        print(f"{folder / res['int8']['file']}: test accuracy fp32 {acc.get('fp32', float('nan')):.4f}, "
               f"int8 {acc.get('int8', float('nan')):.4f}")
 
 

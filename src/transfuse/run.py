@@ -230,7 +230,7 @@ def export_chosen(cfg: ExperimentConfig, run_dir: Path, report: dict[str, Any]) 
 
     e = cfg.export
     report["export"] = export_run(run_dir, int8=e.int8, tolerance=e.tolerance, opset=e.opset,
-                                  parity_samples=e.parity_samples)
+                                  parity_samples=e.parity_samples, int8_method=e.int8_method)
     atomic_write_json(run_dir / "report.json", report)
     write_report_html(report, run_dir)
 

@@ -110,6 +110,9 @@ class SearchConfig(BaseModel):
     finetune_space: dict[str, ParamSpace] = Field(default_factory=default_finetune_space,
                                                   description="FinetuneConfig fields (+ augment_strength)")
     apply_best: bool = Field(True, description="'fit --search' runs the pipeline with the best parameters")
+    fast_heads: bool = Field(True, description="linear L-BFGS heads: float32, per-fold features prepared once, "
+                                               "warm starts (false: the pipeline's exact float64 fit per trial)")
+    head_tol: float = Field(1e-5, gt=0, description="gradient tolerance of the fast head fits")
 
     @field_validator("space")
     @classmethod
@@ -157,7 +160,9 @@ class ExportConfig(BaseModel):
 
     enabled: bool = False
     format: Literal["onnx"] = "onnx"
-    int8: bool = Field(False, description="also write a dynamic int8 ONNX model, accuracy re-measured")
+    int8: bool = Field(False, description="also write an int8 ONNX model (static QDQ for conv nets, dynamic "
+                                          "MatMul for transformers), accuracy re-measured")
+    int8_method: Literal["auto", "dynamic", "static"] = Field("auto", description="auto: by model family (docs/export.md)")
     tolerance: float = Field(1e-4, gt=0, description="largest allowed |p_onnx - p_torch| on real inputs")
     opset: int = Field(18, ge=13)
     parity_samples: int = Field(32, ge=1, description="test inputs used for the parity check")

@@ -1,17 +1,24 @@
 """Export a run's chosen model to ONNX, with the temperature folded in and a parity check.
 
-The graph takes the *collated* tensors a backbone's ``make_transform`` + ``collate`` produce
+Every kind of served model is one graph: single models (probe, fine-tuned, LP-FT, distilled
+students), feature fusions (the backbones, the standardisers and the fusion net) and
+prediction-level ensembles (members, then their mean, weights or stacking meta-learner).
+
+The graph takes the *collated* tensors each backbone's ``make_transform`` + ``collate`` produce
 (images: ``input`` (B, 3, H, W); audio: ``input`` (B, ...) features; text: ``input_ids`` and
-``attention_mask`` (B, T)) and returns calibrated probabilities ``proba`` (B, C) =
-softmax(logits / T). Batch (and text length) are dynamic. Parity: the ONNX probabilities on real
-inputs of the run must match torch's within ``tolerance`` (max abs difference), or the export
+``attention_mask`` (B, T)); with several backbones, backbone ``i``'s inputs are prefixed ``m{i}.``.
+It returns calibrated probabilities ``proba`` (B, C). Batch (and text length) are dynamic.
+Parity: on real inputs of the run, the ONNX probabilities must match those the torch serving path
+(:mod:`transfuse.export.predict`) returns within ``tolerance`` (max abs difference), or the export
 fails and leaves no model behind.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,33 +31,33 @@ ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 META_FILE = "onnx.json"
 INT8_MAX_DROP = 0.01  # accuracy an int8 model may lose before the export warns
+CALIBRATION_SAMPLES = 256  # training inputs that calibrate static int8 activation ranges
+EPS = 1e-15  # probabilities are clipped here before a log (as transfuse.evaluate.metrics)
 
 
 class ExportError(UserError):
     """The exported graph does not reproduce the torch model (parity above tolerance)."""
 
 
-def _proba_module(model: Any, temperature: float, names: list[str]) -> Any:
-    import torch
+@dataclass
+class Part:
+    """One backbone's slice of the graph inputs: its preprocessing and input names."""
 
-    class ProbaModule(torch.nn.Module):
-        """Collated tensors -> softmax(logits / T)."""
+    backbone: Any
+    spec: dict[str, Any]  # {"name", "options"}: rebuilds the backbone for preprocessing
+    keys: list[str] = field(default_factory=list)  # the collated batch's keys (["input"] for a tensor)
+    prefix: str = ""
 
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
+    @property
+    def names(self) -> list[str]:
+        return [self.prefix + k for k in self.keys]
 
-        def forward(self, x0: torch.Tensor, x1: torch.Tensor | None = None, x2: torch.Tensor | None = None,
-                    x3: torch.Tensor | None = None) -> torch.Tensor:
-            inputs = (x0, x1, x2, x3)[: len(names)]
-            batch = dict(zip(names, inputs)) if names != ["input"] else x0
-            return torch.softmax(self.model(batch).float() / temperature, dim=-1)
-
-    return ProbaModule().eval()
+    def batch(self, tensors: tuple) -> Any:
+        return dict(zip(self.keys, tensors, strict=True)) if self.keys != ["input"] else tensors[0]
 
 
 def input_names(batch: Any) -> list[str]:
-    """Names of the graph inputs for a collated batch: its keys, or ``input`` for one tensor."""
+    """Names of the inputs for a collated batch: its keys, or ``input`` for one tensor."""
     import torch
 
     if isinstance(batch, dict):
@@ -65,47 +72,172 @@ def as_tensors(batch: Any, names: list[str]) -> tuple:
     return tuple(batch[n] for n in names) if isinstance(batch, dict) else (batch,)
 
 
+def _view(dataset: Any, part: Part) -> Any:
+    from transfuse.data.multimodal import dataset_for
+
+    return dataset_for(dataset, part.backbone.modality)
+
+
 def collate_examples(backbone: Any, dataset: Any, indices: Any) -> Any:
     """Decoded, transformed (eval) and collated inputs, exactly as the torch path feeds them."""
     tf = backbone.make_transform(train=False)
     return backbone.collate([tf(dataset.load(int(i))) for i in indices])
 
 
-def run_datasets(run_dir: Path) -> tuple[Any, Any]:
-    """The run's training and test parts (rebuilt from its saved config and splits)."""
-    from transfuse.config import load_config
-    from transfuse.run import CONFIG_FILE, prepare_data
+def collate_parts(parts: list[Part], dataset: Any, indices: Any) -> list[Any]:
+    """All graph inputs for ``dataset[indices]``, in graph-input order (sets each part's keys)."""
+    out = []
+    for p in parts:
+        batch = collate_examples(p.backbone, _view(dataset, p), indices)
+        p.keys = p.keys or input_names(batch)
+        out.extend(as_tensors(batch, p.keys))
+    return out
 
-    cfg = load_config(run_dir / CONFIG_FILE)
-    data = prepare_data(cfg, run_dir)
-    return data.train, data.test
+
+def feeds(parts: list[Part], tensors: list[Any]) -> dict[str, np.ndarray]:
+    names = [n for p in parts for n in p.names]
+    return {n: np.ascontiguousarray(t.numpy()) for n, t in zip(names, tensors, strict=True)}
 
 
-def export_onnx(model: Any, example: Any, path: Path, temperature: float = 1.0, opset: int = 18) -> list[str]:
-    """Write ``model`` (collated batch -> logits) as an ONNX graph returning probabilities."""
+# ---------------------------------------------------------------------------------- the graph
+
+def _modules() -> dict[str, type]:
+    """The torch wrappers (defined lazily: torch is imported on use only)."""
     import torch
 
-    names = input_names(example)
-    if len(names) > 4:
-        raise UserError(f"export: batches with {len(names)} tensors are not supported (at most 4)")
-    args = as_tensors(example, names)
-    dyn = tuple({0: "batch", 1: "seq"} if names != ["input"] else {0: "batch"} for _ in args)
+    class Graph(torch.nn.Module):
+        """Flat input tensors -> per-backbone batches -> core -> calibrated probabilities."""
+
+        def __init__(self, core: torch.nn.Module, parts: list[Part], temperature: float, logits: bool):
+            super().__init__()
+            self.core, self.parts, self.t, self.logits = core, parts, float(temperature), logits
+
+        def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+            batches, i = [], 0
+            for p in self.parts:
+                batches.append(p.batch(xs[i:i + len(p.keys)]))
+                i += len(p.keys)
+            out = self.core(batches).float()
+            if self.logits:
+                return torch.softmax(out / self.t, dim=-1)
+            if self.t == 1.0:
+                return out
+            return torch.softmax(torch.log(out.clamp(EPS, 1.0)) / self.t, dim=-1)
+
+    class Single(torch.nn.Module):
+        def __init__(self, model: torch.nn.Module):
+            super().__init__()
+            self.model = model
+
+        def forward(self, batches: list[Any]) -> torch.Tensor:
+            return self.model(batches[0])
+
+    class Features(torch.nn.Module):
+        """Backbones -> standardised features -> the fusion net (in float32) -> logits."""
+
+        def __init__(self, backbones: list[torch.nn.Module], means: list, scales: list, net: torch.nn.Module):
+            super().__init__()
+            self.backbones = torch.nn.ModuleList(backbones)
+            self.net = copy.deepcopy(net).float()  # the estimator keeps its own (float64) net
+            for i, (m, s) in enumerate(zip(means, scales, strict=True)):
+                self.register_buffer(f"mean{i}", torch.as_tensor(np.asarray(m), dtype=torch.float32))
+                self.register_buffer(f"scale{i}", torch.as_tensor(np.asarray(s), dtype=torch.float32))
+
+        def forward(self, batches: list[Any]) -> torch.Tensor:
+            zs = [(b(x).float() - getattr(self, f"mean{i}")) / getattr(self, f"scale{i}")
+                  for i, (b, x) in enumerate(zip(self.backbones, batches, strict=True))]
+            return self.net(zs)
+
+    class Ensemble(torch.nn.Module):
+        """Members' probabilities combined as :class:`transfuse.fuse.serving.EnsembleModel` does."""
+
+        def __init__(self, members: list[torch.nn.Module], method: str, params: dict[str, Any],
+                     tensors: dict[str, np.ndarray], n_classes: int):
+            super().__init__()
+            self.members, self.method, self.params = torch.nn.ModuleList(members), method, params
+
+            def buf(name: str, v: Any) -> None:
+                self.register_buffer(name, torch.as_tensor(np.asarray(v), dtype=torch.float32))
+
+            if method in ("weighted", "greedy"):
+                buf("weights", params["weights"])
+            if method == "stacking":
+                buf("coef", tensors["coef"])
+                buf("intercept", tensors["intercept"])
+                self.scaled = "scaler_mean" in tensors
+                if self.scaled:
+                    buf("scaler_mean", tensors["scaler_mean"])
+                    buf("scaler_scale", tensors["scaler_scale"])
+                place = np.zeros((len(params["meta_classes"]), n_classes), np.float32)
+                place[np.arange(len(params["meta_classes"])), params["meta_classes"]] = 1.0
+                buf("place", place)
+
+        def forward(self, batches: list[Any]) -> torch.Tensor:
+            ps = [torch.softmax(m(x).float(), dim=-1) for m, x in zip(self.members, batches, strict=True)]
+            if self.method == "mean":
+                return torch.stack(ps).mean(0)
+            if self.method in ("weighted", "greedy"):
+                return sum(w * p for w, p in zip(self.weights, ps, strict=True))
+            xs = [torch.log(p.clamp(1e-12, 1.0)) for p in ps] if self.params["features"] == "log" else ps
+            x = torch.cat(xs, dim=1)
+            if self.scaled:
+                x = (x - self.scaler_mean) / self.scaler_scale
+            z = x @ self.coef.T + self.intercept
+            q = torch.cat([1 - torch.sigmoid(z), torch.sigmoid(z)], 1) if z.shape[1] == 1 else torch.softmax(z, 1)
+            return q @ self.place
+
+    return {"Graph": Graph, "Single": Single, "Features": Features, "Ensemble": Ensemble}
+
+
+def build_graph(model: Any, info: dict[str, Any], folder: Path) -> tuple[Any, list[Part]]:
+    """The torch module the ONNX graph is traced from, and its input parts, for any served model."""
+    from transfuse.fuse.serving import EnsembleModel, FeatureFusionModel, run_root
+
+    M = _modules()
+    temperature = float(info.get("temperature") or 1.0)
+    if isinstance(model, FeatureFusionModel):
+        est = model.est
+        parts = [Part(b, {"name": m["spec"], "options": m.get("options", {})})
+                 for b, m in zip(model.backbones, info["members"], strict=True)]
+        core = M["Features"](model.backbones, est.means_, est.scales_, est.net_)
+        logits = True
+    elif isinstance(model, EnsembleModel):
+        root = run_root(folder)
+        specs = [read_json(root / m["folder"] / "model.json")["backbone"] for m in info["members"]]
+        parts = [Part(m.backbone, s) for m, s in zip(model.members, specs, strict=True)]
+        core = M["Ensemble"](model.members, model.method, model.params, model.tensors, len(info["classes"]))
+        logits = False
+    else:
+        parts = [Part(model.backbone, dict(info["backbone"]))]
+        core, logits = M["Single"](model), True
+    if len(parts) > 1:
+        for i, p in enumerate(parts):
+            p.prefix = f"m{i}."
+    return M["Graph"](core, parts, temperature, logits).eval(), parts
+
+
+def export_onnx(graph: Any, parts: list[Part], example: list[Any], path: Path, opset: int = 18) -> None:
+    """Write ``graph`` (flat collated tensors -> probabilities) as an ONNX file at ``path``."""
+    import torch
+
+    dyn = tuple({0: "batch", 1: f"seq{i}"} if p.keys != ["input"] else {0: "batch"}
+                for i, p in enumerate(parts) for _ in p.keys)
+    names = [n for p in parts for n in p.names]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name("." + path.name + ".tmp")
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(_proba_module(model, temperature, names), args, str(tmp), dynamo=True,
-                              input_names=names, output_names=["proba"], dynamic_shapes=dyn,
-                              opset_version=opset, verbose=False, external_data=False)
+            torch.onnx.export(graph, tuple(example), str(tmp), dynamo=True, input_names=names,
+                              output_names=["proba"], dynamic_shapes=(dyn,), opset_version=opset,
+                              verbose=False, external_data=False)
     except Exception as e:  # noqa: BLE001 -- torch.export cannot trace this backbone (e.g. it calls onnxruntime)
         tmp.unlink(missing_ok=True)
         first = (str(e).strip().splitlines() or [""])[0][:200]
-        spec = getattr(getattr(model, "backbone", None), "spec", type(model).__name__)
-        raise ExportError(f"export: torch.onnx.export cannot trace backbone {spec!r} ({type(e).__name__}: "
+        specs = ", ".join(p.spec["name"] for p in parts)
+        raise ExportError(f"export: torch.onnx.export cannot trace backbone(s) {specs} ({type(e).__name__}: "
                           f"{first}); use --engine torch for this model") from None
     tmp.replace(path)
-    return names
 
 
 def session(path: Path, threads: int | None = None) -> Any:
@@ -118,69 +250,132 @@ def session(path: Path, threads: int | None = None) -> Any:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def onnx_proba(sess: Any, batch: Any, names: list[str]) -> np.ndarray:
-    feeds = {n: np.ascontiguousarray(t.numpy()) for n, t in zip(names, as_tensors(batch, names))}
-    return sess.run(["proba"], feeds)[0]
-
-
-def batched_proba(sess: Any, backbone: Any, dataset: Any, names: list[str], batch_size: int = 32) -> np.ndarray:
+def batched_proba(sess: Any, parts: list[Part], dataset: Any, batch_size: int = 32) -> np.ndarray:
     """ONNX probabilities over a whole dataset, in order."""
-    out = [onnx_proba(sess, collate_examples(backbone, dataset, range(i, min(i + batch_size, len(dataset)))), names)
+    out = [sess.run(["proba"], feeds(parts, collate_parts(parts, dataset, range(i, min(i + batch_size, len(dataset))))))[0]
            for i in range(0, len(dataset), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
+def parts_from_meta(meta: dict[str, Any], info: dict[str, Any]) -> list[Part]:
+    """The input parts of an exported graph, their backbones rebuilt for preprocessing."""
+    from transfuse.backbones.registry import create_backbone
+
+    specs = meta.get("parts") or [{"backbone": info["backbone"], "inputs": meta["inputs"], "prefix": ""}]
+    out = []
+    for s in specs:
+        b = s["backbone"]
+        prefix = s.get("prefix", "")
+        out.append(Part(create_backbone(b["name"], **b.get("options", {})), b,
+                        [n[len(prefix):] for n in s["inputs"]], prefix))
+    return out
+
+
+# ----------------------------------------------------------------------------------- exporting
+
+def load_folder(folder: Path) -> tuple[Any, dict[str, Any]]:
+    """The served model saved in ``folder`` (``model.json``) and its spec."""
+    from transfuse.fuse.serving import load_fused_model, load_single
+
+    if not (folder / "model.json").is_file():
+        raise UserError(f"{str(folder)!r} has no model.json; give a finished run folder, or a candidate "
+                        "folder of one (candidates/NAME)")
+    info = read_json(folder / "model.json")
+    if info.get("kind") == "fusion":
+        return load_fused_model(folder, info), info
+    if not info.get("files"):
+        raise UserError(f"{str(folder)!r}: the candidate ({info.get('strategy')} with a non-linear head) "
+                        "cannot be served yet; use train.head.kind: linear or a fine-tuning strategy")
+    return load_single(folder, info), info
+
+
+def run_datasets(run_dir: Path) -> tuple[Any, Any]:
+    """The run's training and test parts (rebuilt from its saved config and splits)."""
+    from transfuse.config import load_config
+    from transfuse.run import CONFIG_FILE, prepare_data
+
+    cfg = load_config(run_dir / CONFIG_FILE)
+    data = prepare_data(cfg, run_dir)
+    return data.train, data.test
+
+
+def torch_proba(model: Any, info: dict[str, Any], dataset: Any, batch_size: int = 32) -> np.ndarray:
+    """The torch serving path's calibrated probabilities (what ``predict --engine torch`` returns)."""
+    from transfuse.evaluate.calibration import apply_temperature
+
+    p = np.asarray(model.predict_proba(dataset, batch_size=batch_size))
+    t = info.get("temperature")
+    return apply_temperature(p, float(t)) if t is not None else p
+
+
+def _calibration(parts: list[Part], train: Any, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    idx = np.sort(np.random.default_rng(seed).permutation(len(train))[:n])
+    return [feeds(parts, collate_parts(parts, train, idx[i:i + 32])) for i in range(0, len(idx), 32)]
+
+
 def export_run(run_dir: str | Path, int8: bool = False, tolerance: float = 1e-4, opset: int = 18,
-               parity_samples: int = 32) -> dict[str, Any]:
+               parity_samples: int = 32, int8_method: str = "auto", candidate: str | None = None
+               ) -> dict[str, Any]:
     """``transfuse export RUN_DIR --format onnx [--int8]``: write ``model/model.onnx`` (and
     ``model.int8.onnx``) and ``model/onnx.json``; returns the export report (parity, sizes,
-    accuracies)."""
-    import torch
+    accuracies). ``candidate`` (e.g. ``fusion/features``) exports that candidate's folder instead
+    of the chosen model, into the same folder."""
+    from transfuse.candidates import safe_name
+    from transfuse.fuse.serving import run_root
 
-    from transfuse.export.predict import load_model
-
-    run_dir = Path(run_dir)
-    model, info = load_model(run_dir)
-    if info.get("kind") == "fusion":
-        raise UserError(f"{str(run_dir)!r}: its chosen model is a fusion of several models, which "
-                        "export does not yet write as one graph; export a single-model run instead")
-    folder = run_dir / "model"
-    temperature = float(info.get("temperature", 1.0))
-    train, test = run_datasets(run_dir)
+    folder = Path(run_dir) / "model" if candidate is None else Path(run_dir) / "candidates" / safe_name(candidate)
+    model, info = load_folder(folder)
+    graph, parts = build_graph(model, info, folder)
+    train, test = run_datasets(run_root(folder))
     ref = test if len(test) else train
     idx = np.arange(min(parity_samples, len(ref)))
-    example = collate_examples(model.backbone, ref, idx)
+    example = collate_parts(parts, ref, idx)
     t0 = time.perf_counter()
-    names = export_onnx(model, example, folder / ONNX_FILE, temperature, opset)
+    export_onnx(graph, parts, example, folder / ONNX_FILE, opset)
     seconds = time.perf_counter() - t0
-    with torch.no_grad():
-        p_torch = _proba_module(model, temperature, names)(*as_tensors(example, names)).numpy()
-    p_onnx = onnx_proba(session(folder / ONNX_FILE), example, names)
+    p_torch = torch_proba(model, info, ref.subset(idx))
+    p_onnx = session(folder / ONNX_FILE).run(["proba"], feeds(parts, example))[0]
     diff = float(np.abs(p_onnx - p_torch).max())
     if not diff <= tolerance:
         (folder / ONNX_FILE).unlink(missing_ok=True)
         raise ExportError(f"export: ONNX probabilities differ from torch by {diff:.2e} on {len(idx)} real "
                           f"inputs (tolerance {tolerance:g}); raise export.tolerance or report the backbone")
+    names = [n for p in parts for n in p.names]
     out: dict[str, Any] = {"format": "onnx", "file": ONNX_FILE, "inputs": names, "opset": opset,
-                           "temperature": temperature, "parity_max_abs_diff": diff, "parity_samples": len(idx),
-                           "tolerance": tolerance, "export_seconds": seconds,
-                           "size_bytes": (folder / ONNX_FILE).stat().st_size}
+                           "kind": _kind(info), "temperature": float(info.get("temperature") or 1.0),
+                           "parity_max_abs_diff": diff, "parity_samples": len(idx), "tolerance": tolerance,
+                           "export_seconds": seconds, "size_bytes": (folder / ONNX_FILE).stat().st_size,
+                           "parts": [{"backbone": p.spec, "inputs": p.names, "prefix": p.prefix} for p in parts]}
     if int8:
-        from transfuse.export.quantize import quantize_int8
-
-        quantize_int8(folder / ONNX_FILE, folder / INT8_FILE)
-        out["int8"] = {"file": INT8_FILE, "size_bytes": (folder / INT8_FILE).stat().st_size}
-        if len(test):
-            y = test.labels
-            for key, f in (("fp32", ONNX_FILE), ("int8", INT8_FILE)):
-                p = batched_proba(session(folder / f), model.backbone, test, names)
-                out.setdefault("test_accuracy", {})[key] = float((p.argmax(1) == y).mean())
-            drop = out["test_accuracy"]["fp32"] - out["test_accuracy"]["int8"]
-            out["int8"]["accuracy_drop"] = drop
-            if drop > INT8_MAX_DROP:
-                out["int8"]["warning"] = (f"int8 loses {100 * drop:.1f} points of test accuracy; "
-                                          f"ship {ONNX_FILE} (fp32) instead")
+        out.update(_int8(folder, parts, train, test, int8_method))
     atomic_write_json(folder / META_FILE, out)
+    return out
+
+
+def _kind(info: dict[str, Any]) -> str:
+    if info.get("kind") == "fusion":
+        return "feature fusion" if info.get("method") == "features" else f"ensemble ({info.get('method')})"
+    return "distilled student" if info.get("strategy") == "distill" else "single"
+
+
+def _int8(folder: Path, parts: list[Part], train: Any, test: Any, method: str) -> dict[str, Any]:
+    """Quantise, then re-measure test accuracy for fp32 and int8 side by side."""
+    from transfuse.export.quantize import quantize_int8
+
+    calib = _calibration(parts, train, CALIBRATION_SAMPLES)
+    done = quantize_int8(folder / ONNX_FILE, folder / INT8_FILE, method=method, calibration=calib)
+    q: dict[str, Any] = {"file": INT8_FILE, "size_bytes": (folder / INT8_FILE).stat().st_size, **done}
+    if done["method"] == "static":
+        q["calibration_samples"] = min(CALIBRATION_SAMPLES, len(train))
+    out: dict[str, Any] = {"int8": q}
+    if len(test):
+        acc = {k: float((batched_proba(session(folder / f), parts, test).argmax(1) == test.labels).mean())
+               for k, f in (("fp32", ONNX_FILE), ("int8", INT8_FILE))}
+        out["test_accuracy"] = acc
+        q["accuracy_drop"] = acc["fp32"] - acc["int8"]
+        if q["accuracy_drop"] > INT8_MAX_DROP:
+            q["warning"] = (f"int8 loses {100 * q['accuracy_drop']:.1f} points of test accuracy (more than "
+                            f"{100 * INT8_MAX_DROP:g}); ship {ONNX_FILE} (fp32) instead")
     return out
 
 
@@ -189,18 +384,22 @@ def read_meta(run_dir: str | Path) -> dict[str, Any] | None:
     return read_json(p) if p.exists() and (p.parent / ONNX_FILE).exists() else None
 
 
-def export_cli(run_dir: str | Path, format: str = "onnx", int8: bool = False) -> dict[str, Any]:
-    """``transfuse export RUN_DIR --format onnx [--int8]`` (settings from the run's export: section)."""
+def export_cli(run_dir: str | Path, format: str = "onnx", int8: bool = False, candidate: str | None = None
+               ) -> dict[str, Any]:
+    """``transfuse export RUN_DIR --format onnx [--int8]`` (settings from the run's export: section);
+    ``candidate`` exports that candidate of the run instead of its chosen model."""
     if format != "onnx":
         raise UserError(f"--format {format!r} is not supported; valid formats: onnx")
     run_dir = Path(run_dir)
     if not (run_dir / "model" / "model.json").exists():
         raise UserError(f"{str(run_dir)!r} has no chosen model (model/model.json); give a finished run "
                         "folder, or finish this one with 'transfuse resume'")
-    tol, opset, n = 1e-4, 18, 32
+    tol, opset, n, method = 1e-4, 18, 32, "auto"
     if (run_dir / "config.yaml").exists():
         from transfuse.config import load_config
 
         e = load_config(run_dir / "config.yaml").export
         tol, opset, n = e.tolerance, e.opset, e.parity_samples
-    return export_run(run_dir, int8=int8, tolerance=tol, opset=opset, parity_samples=n)
+        method = getattr(e, "int8_method", "auto")
+    return export_run(run_dir, int8=int8, tolerance=tol, opset=opset, parity_samples=n, int8_method=method,
+                      candidate=candidate)

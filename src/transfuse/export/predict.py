@@ -15,37 +15,12 @@ def load_model(run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
     """The chosen model of ``run_dir`` in eval mode, and its spec: a torch ``Classifier`` for a
     single candidate, or (``kind: fusion``) whatever :mod:`transfuse.fuse.serving` rebuilds; both
     offer ``predict_proba(dataset, batch_size)``."""
-    from safetensors.torch import load_file
-    from safetensors.torch import load_model as st_load_model
+    from transfuse.export.onnx import load_folder
 
-    from transfuse.backbones.registry import create_backbone
-    from transfuse.train.finetune import Classifier
-
-    folder = Path(run_dir) / "model"
-    if not (folder / "model.json").exists():
+    if not (Path(run_dir) / "model" / "model.json").exists():
         raise UserError(f"{str(run_dir)!r} has no chosen model (model/model.json); "
                         "finish the run first with 'transfuse resume'")
-    info = read_json(folder / "model.json")
-    if info.get("kind") == "fusion":
-        from transfuse.fuse.serving import load_fused_model
-
-        return load_fused_model(folder, info), info
-    if not info.get("files"):
-        raise UserError(f"{str(run_dir)!r}: the chosen candidate ({info.get('strategy')} with a non-linear "
-                        "head) cannot be served yet; use train.head.kind: linear or a fine-tuning strategy")
-    b = info["backbone"]
-    backbone = create_backbone(b["name"], **b.get("options", {}))
-    model = Classifier(backbone, len(info["classes"]))
-    if "head" in info["files"]:
-        if backbone.weights_hash() != info["weights_hash"]:
-            raise UserError(f"backbone {b['name']!r} now has different weights than when "
-                            f"{str(run_dir)!r} was trained; reinstall the version it used")
-        head = load_file(str(folder / info["files"]["head"]))
-        model.init_head(head["weight"].numpy(), head["bias"].numpy())
-    else:
-        st_load_model(model, str(folder / info["files"]["model"]))
-    model.eval()
-    return model, info
+    return load_folder(Path(run_dir) / "model")
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -92,22 +67,19 @@ def load_inputs(paths_or_texts: list[str], modality: str) -> Any:
 
 class OnnxClassifier:
     """The exported graph behind the same ``predict_proba(dataset, batch_size)`` as the torch
-    model. The backbone only preprocesses (its transform and collate); onnxruntime computes."""
+    model. The backbones only preprocess (transform and collate); onnxruntime computes."""
 
     def __init__(self, run_dir: str | Path, info: dict[str, Any], meta: dict[str, Any], int8: bool = False):
-        from transfuse.backbones.registry import create_backbone
-        from transfuse.export.onnx import session
+        from transfuse.export.onnx import parts_from_meta, session
 
-        b = info["backbone"]
-        self.backbone = create_backbone(b["name"], **b.get("options", {}))
-        self.names = meta["inputs"]
+        self.parts = parts_from_meta(meta, info)
         f = meta["int8"]["file"] if int8 and meta.get("int8") else meta["file"]
         self.session = session(Path(run_dir) / "model" / f)
 
     def predict_proba(self, dataset: Any, batch_size: int = 32) -> np.ndarray:
         from transfuse.export.onnx import batched_proba
 
-        return batched_proba(self.session, self.backbone, dataset, self.names, batch_size)
+        return batched_proba(self.session, self.parts, dataset, batch_size)
 
 
 def resolve_engine(run_dir: str | Path, engine: str) -> str:
