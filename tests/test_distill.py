@@ -99,3 +99,80 @@ def test_joint_late_fusion_trains_copies_and_predicts(tmp_path):
     p = predict_joint(net, data, batch_size=8)
     assert p.shape == (16, 2) and np.allclose(p.sum(1), 1, atol=1e-5)
     assert np.mean(p.argmax(1) == data.labels) >= 0.9
+
+
+def _image_data(n: int = 6):
+    from transfuse.data.base import Dataset
+    from transfuse.data.images import array_to_image
+
+    rng = np.random.default_rng(0)
+    items = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(n)]
+    return Dataset(modality="image", items=items, labels=np.arange(n) % 2, classes=["a", "b"],
+                   ids=[f"img{i}" for i in range(n)], loader=array_to_image)
+
+
+def test_augmented_views_keep_labels_and_depend_on_content_only():
+    from transfuse.fuse.distill import augmented_views
+
+    data = _image_data()
+    views, src = augmented_views(data, 2, seed=0)
+    assert len(views) == 12 and src.tolist() == [0, 1, 2, 3, 4, 5] * 2
+    assert views.labels.tolist() == data.labels[src].tolist()
+    assert views.load(0).size == (16, 16)
+    assert not np.array_equal(views.items[0], data.items[0])  # an actual change
+    assert not np.array_equal(views.items[0], views.items[6])  # two different views
+    # the same image in another dataset, at another row, gets the same views (cache reuse)
+    rev, src_rev = augmented_views(data.subset([5, 4, 3, 2, 1, 0]), 2, seed=0)
+    assert np.array_equal(rev.items[5], views.items[0]) and src_rev[5] == 5
+    assert set(rev.item_hashes()) == set(views.item_hashes())
+
+
+def test_augmented_views_refuse_text():
+    from transfuse.data.base import Dataset
+    from transfuse.fuse.distill import augmented_views
+
+    text = Dataset(modality="text", items=["x", "y"], labels=[0, 1], classes=["a", "b"], ids=["0", "1"])
+    with pytest.raises(UserError, match="needs image inputs"):
+        augmented_views(text, 1)
+
+
+def test_unlabelled_inputs_leave_out_every_train_and_test_item():
+    from transfuse.data.base import Dataset
+    from transfuse.fuse.distill import unlabelled_inputs
+
+    words = [f"gloss number {i}" for i in range(30)]
+    pool = Dataset(modality="text", items=words, labels=np.arange(30) % 5, classes=list("vwxyz"),
+                   ids=[str(i) for i in range(30)])
+    train, test = pool.subset(range(10)), pool.subset(range(25, 30))
+    unl = unlabelled_inputs(pool, [train, test], ["a", "b"], max_items=8, seed=1)
+    assert len(unl) == 8 and len(set(unl.items)) == 8
+    assert not set(unl.items) & set(words[:10] + words[25:])
+    assert (unl.labels == -1).all() and unl.classes == ["a", "b"]
+    assert len(unlabelled_inputs(pool, [train, test], ["a", "b"], max_items=None)) == 15
+
+
+def test_teacher_refit_uses_only_its_rows(digits):
+    """The refitted mean-ensemble teacher equals its members fitted on ``fit_rows`` alone (an
+    independent computation), and the labels of every other row cannot change it."""
+    from sklearn.model_selection import KFold, cross_val_predict
+    from sklearn.naive_bayes import GaussianNB
+
+    from transfuse.fuse.pipeline import teacher_probs
+
+    X, y = digits
+    X1, X2 = X[:400, :32], X[:400, 32:]
+    make = lambda seed: GaussianNB(var_smoothing=1e-2)
+    fit_rows, pred_rows = np.arange(0, 200), np.arange(300, 400)
+    folds = list(KFold(3, shuffle=True, random_state=0).split(fit_rows))
+    inputs = {"kind": "ensemble", "method": "mean", "members": [(X1, make), (X2, make)]}
+    y = y[:400].copy()
+    soft, pred = teacher_probs(None, inputs, y, fit_rows, pred_rows, folds, 10, seed=0)
+    want = np.mean([GaussianNB(var_smoothing=1e-2).fit(Z[:200], y[:200]).predict_proba(Z[300:])
+                    for Z in (X1, X2)], axis=0)
+    assert np.allclose(pred, want, atol=1e-6)
+    want_soft = np.mean([cross_val_predict(GaussianNB(var_smoothing=1e-2), Z[:200], y[:200], cv=folds,
+                                           method="predict_proba") for Z in (X1, X2)], axis=0)
+    assert np.allclose(soft, want_soft, atol=1e-6)
+    y[200:] = (y[200:] + 1) % 10  # other rows' labels are never read
+    soft2, pred2 = teacher_probs(None, inputs, y, fit_rows, pred_rows, folds, 10, seed=0)
+    assert np.array_equal(pred, pred2) and np.array_equal(soft, soft2)

@@ -128,10 +128,10 @@ def test_predict_serves_a_chosen_fusion(fused_run: Path, tmp_path: Path):
 def test_distilled_student_is_a_candidate(fused_run: Path):
     rep = _report(fused_run)
     d = next(c for c in rep["candidates"] if c["kind"] == "distilled")
-    assert d["members"] == ["fusion/features"] and d["strategy"] == "distill"
-    fastest = min((c for c in rep["candidates"] if c["kind"] == "single"),
-                  key=lambda c: c["inference_ms_per_example"])
-    assert d["backbone"] == fastest["backbone"]  # the student is the fastest single backbone
+    teacher = max((c for c in rep["candidates"] if c["kind"] == "fusion"), key=lambda c: c["cv_mean"])
+    assert d["members"] == [teacher["name"]] and d["strategy"] == "distill"  # the best fusion by CV
+    best = max((c for c in rep["candidates"] if c["kind"] == "single"), key=lambda c: c["cv_mean"])
+    assert d["backbone"] == best["backbone"]  # the student is the best single candidate's backbone
     single = next(c for c in rep["candidates"] if c["backbone"] == d["backbone"] and c["kind"] == "single")
     assert d["inference_ms_per_example"] == single["inference_ms_per_example"]
     assert d["params"] == single["params"]

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 EnsembleName = Literal["mean", "weighted", "greedy", "stacking"]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+UnitFloat = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UnlabelledSource(_Section):
+    """Extra unlabelled inputs for distillation: any data source (its labels are never read)."""
+
+    source: str
+    path: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class FeatureFusionOptions(_Section):
@@ -27,16 +37,25 @@ class FeatureFusionOptions(_Section):
 
 
 class DistillOptions(_Section):
-    """Distil the best fusion into one backbone (``fuse.distill``; off by default).
+    """Distil a fusion into one backbone (``fuse.distill``; off by default).
 
-    ``mode: probe`` trains a linear head on the student's cached features against the teacher's
-    soft labels (seconds); ``finetune`` trains the whole student backbone (costly on a CPU)."""
+    The teacher (the best fusion by CV, or the feature fusion) labels the training rows
+    (cross-fitted) and a transfer set: ``transfer_views`` augmented copies of each training image
+    and up to ``max_unlabelled`` inputs from ``unlabelled`` (a data source; rows also in the run's
+    train or test set are dropped). ``mode: probe`` trains a linear head on the student's cached
+    features against the teacher's soft labels; ``finetune`` the whole student (costly on a CPU).
+    A list of temperatures/alphas is searched by the student's nested CV."""
 
     enabled: bool = False
-    student: str | None = Field(None, description="backbone name; null = the fastest single candidate's")
+    student: str | None = Field(None, description="backbone name; null = the best single candidate's by CV")
+    teacher: Literal["chosen", "features"] = Field(
+        "chosen", description="chosen: the best fusion by CV; features: the feature fusion")
     mode: Literal["probe", "finetune"] = "probe"
-    temperature: float = Field(2.0, gt=0.0)
-    alpha: float = Field(0.3, ge=0.0, le=1.0, description="weight of the hard-label loss (1 = no teacher)")
+    temperature: PositiveFloat | list[PositiveFloat] = 2.0
+    alpha: UnitFloat | list[UnitFloat] = Field(0.3, description="weight of the hard-label loss (1 = no teacher)")
+    transfer_views: int = Field(0, ge=0, description="augmented views per training image (image inputs)")
+    unlabelled: UnlabelledSource | None = None
+    max_unlabelled: int | None = Field(5000, ge=1, description="seeded sample of the unlabelled inputs")
     epochs: int = Field(3, ge=1, description="finetune mode only")
     lr: float = Field(1e-4, gt=0.0, description="finetune mode only")
     batch_size: int = Field(32, ge=1, description="finetune mode only")

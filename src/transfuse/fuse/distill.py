@@ -156,3 +156,70 @@ def distill_finetune(backbone: Any, train: Any, teacher: np.ndarray, n_classes: 
 def agreement(p: np.ndarray, q: np.ndarray) -> float:
     """Fraction of rows where two models predict the same class."""
     return float(np.mean(np.argmax(p, 1) == np.argmax(q, 1)))
+
+
+# ----------------------------------------------------------------------------- transfer set
+
+def _augment_image(seed: int) -> Any:
+    """Random resized crop (60-100 % of the area, original size), horizontal flip, colour jitter."""
+    from torchvision import transforms as T
+
+    def aug(img: Any) -> Any:
+        torch.manual_seed(seed)
+        return T.Compose([T.RandomResizedCrop(img.size[::-1], scale=(0.6, 1.0), antialias=True),
+                          T.RandomHorizontalFlip(), T.ColorJitter(0.3, 0.3, 0.3)])(img)
+    return aug
+
+
+def augmented_views(data: Any, n_views: int, seed: int = 0) -> tuple[Any, np.ndarray]:
+    """``n_views`` augmented copies of every image of ``data`` (an image or multimodal dataset;
+    text columns are copied unchanged) as in-memory uint8 arrays, so the feature cache embeds each
+    view once. Returns ``(views, source)``: ``source[j]`` is the row of ``data`` view ``j`` comes
+    from (views keep their source's label)."""
+    import dataclasses
+
+    from transfuse.data.images import array_to_image
+
+    if n_views < 0:
+        raise UserError(f"fuse.distill.transfer_views={n_views} is not valid; give an integer >= 0")
+    multimodal = hasattr(data, "loaders")
+    if not (data.modality == "image" or (multimodal and "image" in data.modalities)):
+        raise UserError(f"fuse.distill.transfer_views needs image inputs; {data.name!r} is "
+                        f"{data.modality} (set transfer_views: 0)")
+    from transfuse.data.base import hash_item
+
+    # each view's randomness comes from its image's content, so the same image gets the same
+    # views in every dataset that holds it (and the feature cache embeds them once)
+    keys = [int(hash_item(it["image"] if multimodal else it)[:8], 16) for it in data.items]
+    items, source = [], []
+    for v in range(n_views):
+        for i in range(len(data)):
+            raw = data.load(i)
+            img = raw["image"] if multimodal else raw
+            arr = np.asarray(_augment_image(seed * 1_000_003 + v * 100_003 + keys[i])(img), np.uint8)
+            items.append({**data.items[i], "image": arr} if multimodal else arr)
+            source.append(i)
+    src = np.asarray(source, np.int64)
+    ids = [f"{data.ids[i]}#view{v}" for v in range(n_views) for i in range(len(data))]
+    extra = {"loaders": {**data.loaders, "image": array_to_image}} if multimodal else \
+        {"loader": array_to_image}
+    views = dataclasses.replace(data, items=items, labels=data.labels[src] if len(src) else
+                                np.zeros(0, np.int64), ids=ids, quarantined=[], _hashes=None,
+                                name=f"{data.name}:views", **extra)
+    return views, src
+
+
+def unlabelled_inputs(pool: Any, exclude: list[Any], classes: list[str], max_items: int | None,
+                      seed: int = 0) -> Any:
+    """Rows of ``pool`` whose content appears in none of ``exclude`` (e.g. the run's train and
+    test sets), at most ``max_items`` of them (seeded sample), with label ``-1`` and the run's
+    ``classes`` (the pool's own labels are never read)."""
+    import dataclasses
+
+    seen = {h for d in exclude for h in d.item_hashes()}
+    keep = [i for i, h in enumerate(pool.item_hashes()) if h not in seen]
+    if max_items is not None and len(keep) > max_items:
+        keep = sorted(np.random.default_rng(seed).choice(keep, max_items, replace=False).tolist())
+    sub = pool.subset(keep)
+    return dataclasses.replace(sub, labels=np.full(len(sub), -1, np.int64), classes=list(classes),
+                               quarantined=[], _hashes=sub._hashes)

@@ -8,8 +8,9 @@
   applied to the members' test probabilities.
 - ``fusion/features``: one :class:`~transfuse.fuse.features.FeatureFusionClassifier` over the cached
   features of the run's backbones (several modalities for multimodal data), CV on the run's folds.
-- ``distill/<backbone>`` (``fuse.distill.enabled``): the feature fusion distilled into one backbone
-  (its CV nests the teacher's cross-fitting inside each fold: see :func:`distill_candidate`).
+- ``distill/<backbone>`` (``fuse.distill.enabled``): the CV-chosen fusion distilled into the best
+  single candidate's backbone, on the training rows plus a teacher-labelled transfer set (its CV
+  refits the teacher inside each fold: see :func:`distill_candidate`).
 - ``fusion/joint`` (``fuse.joint.enabled``): all backbones fine-tuned under one late-fusion MLP.
 
 Each is saved under ``candidates/<name>/`` (``result.json``, ``proba.npz``, ``model.json`` and
@@ -25,7 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from transfuse.candidates import CandidateResult, safe_name, save_head, score
+from transfuse.candidates import (
+    CandidateResult,
+    head_from_config,
+    safe_name,
+    save_head,
+    score,
+)
 from transfuse.io import atomic_write_json
 from transfuse.progress import console
 
@@ -151,8 +158,21 @@ def feature_candidate(cfg: Any, data: Any, results: list[CandidateResult], cache
     return cand, final
 
 
+def distill_settings(do: Any) -> dict[str, Any]:
+    """``fuse.distill`` resolved (see :class:`transfuse.fuse.config.DistillOptions`): ``unlabelled``
+    as a plain dict and ``temperature``/``alpha`` as lists (a pair is then picked by the student's CV)."""
+    u = do.unlabelled
+    return {"teacher": do.teacher,
+            "transfer_views": do.transfer_views,
+            "unlabelled": u.model_dump() if u is not None else None,
+            "max_unlabelled": do.max_unlabelled,
+            "temperatures": [float(t) for t in np.atleast_1d(do.temperature)],
+            "alphas": [float(a) for a in np.atleast_1d(do.alpha)]}
+
+
 def pick_student(cfg: Any, results: list[CandidateResult], backbones: list) -> tuple:
-    """``fuse.distill.student``, or the backbone of the fastest single candidate."""
+    """``fuse.distill.student``, or the backbone of the best single candidate by CV (a student
+    costs one backbone; the best one has the most to start from)."""
     from transfuse.errors import UserError
 
     names = {n: (n, s, o, bb) for n, s, o, bb in backbones}
@@ -163,12 +183,13 @@ def pick_student(cfg: Any, results: list[CandidateResult], backbones: list) -> t
             raise UserError(f"fuse.distill.student {student!r} is not a backbone of this run; "
                             f"valid: {', '.join(names)}")
         return names[key]
-    singles = [r for r in results if r.kind == "single" and r.inference_ms_per_example is not None]
+    specs = {bb.spec for *_, bb in backbones}
+    singles = [r for r in results if r.kind == "single" and r.backbone in specs]
     if not singles:
-        raise UserError("fuse.distill: no single candidate with a measured inference time; "
+        raise UserError("fuse.distill: no single candidate on a backbone with features; "
                         "set fuse.distill.student")
-    fastest = min(singles, key=lambda r: r.inference_ms_per_example)
-    return next(v for v in names.values() if v[3].spec == fastest.backbone)
+    best = max(singles, key=lambda r: r.cv_mean)
+    return next(v for v in names.values() if v[3].spec == best.backbone)
 
 
 def inner_folds(y: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -181,50 +202,192 @@ def inner_folds(y: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarra
     return list(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
 
 
+def transfer_set(cfg: Any, data: Any, opts: dict[str, Any]) -> tuple[list[Any], np.ndarray]:
+    """The teacher-labelled extra inputs: ``(parts, source)``, ``parts`` a list of datasets
+    (augmented views, then unlabelled inputs), ``source[j]`` the training row transfer row ``j``
+    was made from (``-1``: unlabelled, from no training row)."""
+    from transfuse.data.registry import load_dataset
+    from transfuse.errors import UserError
+    from transfuse.fuse.distill import augmented_views, unlabelled_inputs
+
+    parts, source = [], []
+    if opts["transfer_views"]:
+        views, src = augmented_views(data.train, opts["transfer_views"], cfg.seed)
+        parts.append(views)
+        source.append(src)
+    u = opts["unlabelled"]
+    if u:
+        u = dict(u)
+        pool = load_dataset(u["source"], u.get("path"), **dict(u.get("options") or {}))
+        if pool.modality != data.train.modality:
+            raise UserError(f"fuse.distill.unlabelled gives {pool.modality} inputs but the run's data "
+                            f"is {data.train.modality}; use a source of the same modality")
+        unl = unlabelled_inputs(pool, [data.train, data.test], list(data.train.classes),
+                                opts["max_unlabelled"], cfg.seed)
+        parts.append(unl)
+        source.append(np.full(len(unl), -1, np.int64))
+    return parts, (np.concatenate(source) if source else np.zeros(0, np.int64))
+
+
+def _take(X: Any, idx: np.ndarray) -> Any:
+    return X[idx] if isinstance(X, np.ndarray) else [X[int(i)] for i in idx]
+
+
+class _RawMember:
+    """A raw-estimator baseline (e.g. TF-IDF) with ``predict_proba`` over all ``n_classes``."""
+
+    def __init__(self, estimator: Any, n_classes: int):
+        self.estimator, self.n_classes = estimator, n_classes
+
+    def fit(self, X: list, y: np.ndarray) -> _RawMember:
+        from sklearn.base import clone
+
+        self.fitted_ = clone(self.estimator).fit(X, y)
+        return self
+
+    def predict_proba(self, X: list) -> np.ndarray:
+        p = np.zeros((len(X), self.n_classes))
+        p[:, self.fitted_.classes_] = self.fitted_.predict_proba(X)
+        return p
+
+
+def teacher_inputs(cfg: Any, data: Any, teacher: CandidateResult, results: list[CandidateResult],
+                   parts: list[Any], cache: Any, backbones: list, progress: bool) -> dict[str, Any]:
+    """What :func:`teacher_probs` refits the teacher from, over the training rows followed by the
+    transfer rows: per member (ensembles: each member candidate; feature fusion: each backbone)
+    its inputs and an unfitted model. Raises UserError for a member that cannot be refitted."""
+    from transfuse.backbones.registry import create_backbone
+    from transfuse.data.multimodal import dataset_for
+    from transfuse.errors import UserError
+    from transfuse.run import backbone_options, short_name
+
+    c, bs = len(data.train.classes), cfg.train.embed_batch_size
+
+    def feats(bb: Any) -> np.ndarray:
+        return np.concatenate([cache.embed(bb, dataset_for(d, bb.modality), bs, progress)
+                               for d in [data.train, *parts]])
+
+    if teacher.method == "features":
+        return {"kind": "features", "blocks": {n: feats(bb) for n, _, _, bb in backbones}}
+    by_spec = {bb.spec: bb for *_, bb in backbones}
+    by_name = {r.name: r for r in results}
+    members = []
+    for m in teacher.members:
+        r = by_name[m]
+        if r.kind == "single" and r.strategy == "linear_probe" and r.backbone in by_spec:
+            members.append((feats(by_spec[r.backbone]),
+                            lambda seed: head_from_config(cfg, c, seed)))
+        elif r.kind == "baseline":
+            b = next(b for b in cfg.backbones if short_name(b.name) == r.name)
+            est = create_backbone(b.name, **backbone_options(cfg, b.options, cfg.data.modality))
+            X = [v.load(i) for d in [data.train, *parts] for v in [dataset_for(d, est.modality)]
+                 for i in range(len(v))]
+            members.append((X, lambda seed, est=est: _RawMember(est, c)))
+        else:
+            raise UserError(f"fuse.distill: teacher {teacher.name} member {m} ({r.strategy}) cannot be "
+                            "refitted on cached features; set fuse.distill.teacher: features")
+    return {"kind": "ensemble", "method": teacher.method, "members": members}
+
+
+def teacher_probs(cfg: Any, inputs: dict[str, Any], y: np.ndarray, fit_rows: np.ndarray,
+                  pred_rows: np.ndarray, folds: list, n_classes: int, seed: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The teacher refitted on ``fit_rows`` only: its cross-fitted probabilities on ``fit_rows``
+    (over ``folds``, indices into ``fit_rows``) and its probabilities on ``pred_rows``."""
+    from transfuse.fuse.cv import cross_val_features
+    from transfuse.fuse.ensemble import make_ensemble
+
+    yf = y[fit_rows]
+    if inputs["kind"] == "features":
+        blocks = inputs["blocks"]
+        est = feature_estimator(cfg, n_classes)
+        soft = cross_val_features(est, {n: b[fit_rows] for n, b in blocks.items()}, yf, folds,
+                                  n_classes=n_classes)["oof_probs"]
+        pred = est.fit({n: b[fit_rows] for n, b in blocks.items()}, yf).predict_proba(
+            {n: b[pred_rows] for n, b in blocks.items()}) if len(pred_rows) else np.zeros((0, n_classes))
+        return soft, pred
+    oofs, preds = [], []
+    for X, make in inputs["members"]:
+        oof = np.zeros((len(fit_rows), n_classes))
+        for k, (tr, va) in enumerate(folds):
+            oof[va] = make(seed + k).fit(_take(X, fit_rows[tr]), yf[tr]).predict_proba(_take(X, fit_rows[va]))
+        oofs.append(oof)
+        full = make(seed).fit(_take(X, fit_rows), yf)
+        preds.append(full.predict_proba(_take(X, pred_rows)) if len(pred_rows) else np.zeros((0, n_classes)))
+    params = {"seed": seed} if inputs["method"] == "stacking" else {}
+    comb = make_ensemble(inputs["method"], **params).fit(oofs, yf)
+    pred = comb.predict_proba(preds) if len(pred_rows) else np.zeros((0, n_classes))
+    return comb.predict_proba(oofs), pred
+
+
+def pick_teacher(out: list[CandidateResult], setting: str) -> CandidateResult | None:
+    """``features``: the feature fusion; ``chosen``: the best fusion by CV."""
+    fusions = [r for r in out if r.kind == "fusion" and r.method != "joint"]
+    if setting == "features":
+        return next((r for r in fusions if r.method == "features"), None)
+    return max(fusions, key=lambda r: r.cv_mean, default=None)
+
+
 def distill_candidate(cfg: Any, data: Any, teacher: CandidateResult, results: list[CandidateResult],
                       cache: Any, student: tuple, backbones: list, progress: bool
                       ) -> tuple[CandidateResult, Any]:
-    """The feature-fusion teacher distilled into one backbone's linear head, scored honestly.
+    """The teacher distilled into one backbone's linear head, scored honestly.
 
-    A student learns from cross-fitted teacher probabilities (each row predicted by a teacher fitted
-    without it). Its CV must not see the validation fold at all, not even through the teacher: a
-    teacher fitted with fold k's rows hands the student their labels (measured: CV 0.96 vs 0.46
-    honest). So for fold k the teacher is cross-fitted again on fold k's training rows only
-    (inner folds); the shipped student learns from the run's own cross-fitted teacher
-    probabilities (``teacher.oof``) on all rows."""
+    The student learns from the teacher's probabilities on the training rows (cross-fitted: each
+    row predicted by a teacher fitted without it) and on the transfer rows (:func:`transfer_set`).
+    Its CV must not see the validation fold at all, not even through the teacher: a teacher fitted
+    with fold k's rows hands the student their labels (measured: CV 0.96 vs 0.46 honest). So for
+    fold k the teacher is refitted on fold k's training rows only (cross-fitted again on inner
+    folds), and augmented views of fold k's validation rows are left out. With several
+    temperatures/alphas, the pair with the best CV mean is kept (its OOF is the candidate's)."""
     from transfuse.data.multimodal import dataset_for
     from transfuse.errors import UserError
-    from transfuse.fuse.cv import cross_val_features
     from transfuse.fuse.distill import DistilledProbe
 
     do = cfg.fuse.distill
+    opts = distill_settings(do)
     if do.mode != "probe":
         raise UserError("fuse.distill.mode: only 'probe' runs inside the pipeline for now; use "
                         "transfuse.fuse.distill.distill_finetune from Python for a fine-tuned student")
     name, _, _, bb = student
     t0 = time.perf_counter()
     y, c, bs = data.train.labels, len(data.train.classes), cfg.train.embed_batch_size
-    X = cache.embed(bb, dataset_for(data.train, bb.modality), bs, progress)
+    n = len(y)
+    parts, source = transfer_set(cfg, data, opts)
+    y_all = np.concatenate([y, *[p.labels for p in parts]]).astype(np.int64)
+    X = np.concatenate([cache.embed(bb, dataset_for(d, bb.modality), bs, progress)
+                        for d in [data.train, *parts]])
     Xt = cache.embed(bb, dataset_for(data.test, bb.modality), bs, progress)
-    blocks, _ = feature_blocks(data, backbones, cache, bs, progress)
-    oof = np.zeros((len(y), c), np.float32)
+    inputs = teacher_inputs(cfg, data, teacher, results, parts, cache, backbones, progress)
+    transfer = np.arange(n, n + len(source))
+    grid = [(t, a) for t in opts["temperatures"] for a in opts["alphas"]]
     wd = cfg.train.head.weight_decay
+    oofs = {g: np.zeros((n, c), np.float32) for g in grid}
     for k, (tr, va) in enumerate(data.folds):
-        soft = cross_val_features(feature_estimator(cfg, c), {n: b[tr] for n, b in blocks.items()}, y[tr],
-                                  inner_folds(y[tr], len(data.folds), cfg.seed + k), n_classes=c)["oof_probs"]
-        st = DistilledProbe(c, do.temperature, do.alpha, wd, seed=cfg.seed + k)
-        oof[va] = st.fit(X[tr], soft, y[tr]).predict_proba(X[va])
-    final = DistilledProbe(c, do.temperature, do.alpha, wd, seed=cfg.seed).fit(X, teacher.oof, y)
+        tf = transfer[(source == -1) | np.isin(source, tr)]
+        soft, pt = teacher_probs(cfg, inputs, y_all, tr, tf, inner_folds(y[tr], len(data.folds), cfg.seed + k),
+                                 c, cfg.seed + k)
+        rows = np.concatenate([tr, tf])
+        for t, a in grid:
+            st = DistilledProbe(c, t, a, wd, seed=cfg.seed + k).fit(X[rows], np.concatenate([soft, pt]),
+                                                                    y_all[rows])
+            oofs[(t, a)][va] = st.predict_proba(X[va])
+    cv = {g: [score(y[va], o[va], cfg.evaluate.metric) for _, va in data.folds] for g, o in oofs.items()}
+    best = max(grid, key=lambda g: float(np.mean(cv[g])))
+    soft, pt = teacher_probs(cfg, inputs, y_all, np.arange(n), transfer, data.folds, c, cfg.seed)
+    final = DistilledProbe(c, best[0], best[1], wd, seed=cfg.seed).fit(X, np.concatenate([soft, pt]), y_all)
     test = final.predict_proba(Xt) if len(Xt) else np.zeros((0, c))
     single = next((r for r in results if r.kind == "single" and r.backbone == bb.spec
                    and r.inference_ms_per_example is not None), None)
     cand = CandidateResult(
-        name=f"distill/{name}", kind="distilled", oof=oof, test=np.asarray(test, np.float32),
-        cv_scores=[score(y[va], oof[va], cfg.evaluate.metric) for _, va in data.folds],
-        backbone=bb.spec, strategy="distill", method="distill", members=[teacher.name],
-        fit_seconds=time.perf_counter() - t0,
+        name=f"distill/{name}", kind="distilled", oof=oofs[best], test=np.asarray(test, np.float32),
+        cv_scores=cv[best], backbone=bb.spec, strategy="distill", method="distill",
+        members=[teacher.name], fit_seconds=time.perf_counter() - t0,
         params=sum(int(p.numel()) for p in bb.parameters()) + X.shape[1] * c + c,
         inference_ms_per_example=single.inference_ms_per_example if single else None)
+    final.settings_ = {"temperature": best[0], "alpha": best[1], "n_transfer": len(source),
+                       "n_views": int((source >= 0).sum()), "n_unlabelled": int((source < 0).sum()),
+                       "grid_cv": {f"T={t},alpha={a}": float(np.mean(s)) for (t, a), s in cv.items()}}
     return cand, final
 
 
@@ -274,9 +437,9 @@ def run_fusions(cfg: Any, data: Any, results: list[CandidateResult], run_dir: Pa
             keep(cand)
         else:
             excluded["fusion/features"] = "needs at least 2 backbones with features"
-    teacher = next((r for r in out if r.name == "fusion/features"), None)
+    teacher = pick_teacher(out, distill_settings(fc.distill)["teacher"]) if fc.distill.enabled else None
     if fc.distill.enabled and teacher is None:
-        excluded["distill"] = "the teacher is the feature fusion (fuse.features), which did not run"
+        excluded["distill"] = "no fusion ran to teach a student (fuse.ensembles / fuse.features)"
     elif fc.distill.enabled:
         backbones = backbones or _backbones(cfg, data, results)
         student = pick_student(cfg, results, backbones)
@@ -289,7 +452,8 @@ def run_fusions(cfg: Any, data: Any, results: list[CandidateResult], run_dir: Pa
             atomic_write_json(folder / "model.json", {
                 "kind": "single", "modality": bb.modality, "classes": classes,
                 "backbone": {"name": spec, "options": opts}, "strategy": "distill",
-                "teacher": teacher.name, "weights_hash": bb.weights_hash(),
+                "teacher": teacher.name, "distill": getattr(head, "settings_", {}),
+                "weights_hash": bb.weights_hash(),
                 "feature_dim": bb.feature_dim, "files": {"head": "head.safetensors"}})
             keep(cand)
     if fc.joint.enabled and not done("fusion/joint"):
