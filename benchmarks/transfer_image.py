@@ -31,8 +31,9 @@ def task_configs(args: argparse.Namespace) -> dict[str, dict]:
         "split": {"folds": args.folds, "test_size": 0.2},
         "preprocess": {"image_size": args.image_size},
         "backbones": ["bundled:efficientnet_lite0"],
-        "adapt": {"strategies": ["linear_probe", "finetune", "lp_ft"]},
-        "train": {"finetune": {"epochs": args.epochs, "batch_size": 32, "lr": args.lr}},
+        "adapt": {"strategies": args.strategies},
+        "train": {"finetune": {"epochs": args.epochs, "batch_size": 32, "lr": args.lr,
+                               "patience": args.patience}},
     }
     fm_train = 30 if args.quick else args.fashion_per_class
     return {
@@ -81,7 +82,9 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--image-size", type=int, default=224, help="EfficientNet-Lite0's pretrained size")
+    ap.add_argument("--strategies", nargs="+", default=["linear_probe", "lp_ft", "finetune"])
+    ap.add_argument("--patience", type=int, default=2)
     ap.add_argument("--fashion-image-size", type=int, default=64)
     ap.add_argument("--fashion-per-class", type=int, default=100)
     ap.add_argument("--tasks", nargs="*", default=None)

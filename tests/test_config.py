@@ -75,3 +75,15 @@ def test_demo_configs_validate():
     assert "image" in names
     for n in names:
         load_config(Path(cli.DEMOS) / f"{n}.yaml")
+
+
+def test_head_lr_auto_is_10x_for_a_fresh_head_and_1x_for_lp_ft():
+    from transfuse.config import FinetuneConfig
+
+    cfg = FinetuneConfig(lr=3e-4)
+    assert cfg.head_lr == "auto"
+    assert cfg.resolved_head_lr() == pytest.approx(3e-3)
+    assert cfg.resolved_head_lr(head_trained=True) == pytest.approx(3e-4)
+    assert FinetuneConfig(lr=3e-4, head_lr="5x").resolved_head_lr(head_trained=True) == pytest.approx(1.5e-3)
+    with pytest.raises(ValueError, match="or 'auto'"):
+        FinetuneConfig(head_lr="fast")

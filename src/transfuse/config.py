@@ -187,7 +187,8 @@ class FinetuneConfig(Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-4, ge=0, description="peak lr of the backbone's last layer")
-    head_lr: float | str = Field("10x", description="absolute lr (0.001) or a multiple of lr ('10x')")
+    head_lr: float | str = Field("auto", description="absolute lr (0.001), a multiple of lr ('10x'), or 'auto': "
+                                                    "10x for a fresh head, 1x for LP-FT's trained head")
     weight_decay: float = Field(0.05, ge=0)
     layer_decay: float = Field(1.0, gt=0, le=1, description="lr ratio between successive layers; 1 = off")
     warmup: float = Field(0.1, ge=0, lt=1, description="fraction of the steps with a linear lr warm-up")
@@ -211,13 +212,13 @@ class FinetuneConfig(Section):
     @classmethod
     def _check_head_lr(cls, v: Any) -> float | str:
         if isinstance(v, str):
-            if _HEAD_LR_MULT.match(v):
+            if v == "auto" or _HEAD_LR_MULT.match(v):
                 return v.replace(" ", "")
             try:
                 v = float(v)
             except ValueError:
                 raise ValueError(
-                    f"head_lr must be a learning rate (e.g. 0.001) or a multiple of lr like '10x'; got {v!r}"
+                    f"head_lr must be a learning rate (e.g. 0.001), a multiple of lr like '10x', or 'auto'; got {v!r}"
                 ) from None
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise ValueError(f"head_lr must be a non-negative number or a multiple like '10x'; got {v!r}")
@@ -230,8 +231,10 @@ class FinetuneConfig(Section):
             raise ValueError(f"devices must be 'auto' or an integer >= 1; got {v}")
         return v
 
-    def resolved_head_lr(self) -> float:
-        """The head's learning rate as a number."""
+    def resolved_head_lr(self, head_trained: bool = False) -> float:
+        """The head's learning rate as a number (``auto``: 1x if ``head_trained`` else 10x)."""
+        if self.head_lr == "auto":
+            return (1.0 if head_trained else 10.0) * self.lr
         if isinstance(self.head_lr, str):
             return float(self.head_lr[:-1]) * self.lr
         return float(self.head_lr)
