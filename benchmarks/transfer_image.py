@@ -88,6 +88,7 @@ def main() -> None:
     ap.add_argument("--fashion-image-size", type=int, default=64)
     ap.add_argument("--fashion-per-class", type=int, default=100)
     ap.add_argument("--tasks", nargs="*", default=None)
+    ap.add_argument("--name", default="transfer_image", help="results file name (benchmarks/results/NAME.*)")
     ap.add_argument("--out", default="benchmarks/out/transfer_image")
     args = ap.parse_args()
     if args.quick:
@@ -123,7 +124,7 @@ def main() -> None:
         extra[f"{task} train/test"] = f"{report['task']['n_train']}/{report['task']['n_test']}"
         if task == "emoji-8":
             extra["feature cache (emoji-8)"] = cache_speedup(cfg)
-    md = write_results("transfer_image" + ("_quick" if args.quick else ""), rows,
+    md = write_results(args.name + ("_quick" if args.quick else ""), rows,
                        ["task", "candidate", "cv_mean", "cv_std", "test_accuracy", "test_macro_f1",
                         "fit_seconds", "chosen"], extra)
     print(md)
