@@ -2,8 +2,8 @@
 (EfficientNet-Lite0) and WordNet nouns (MiniLM-L6).
 
 Per task: CV score of the best trial after 10/25/50/100 trials, wall time for the head search
-(target: >= 100 trials in < 60 s on emoji; wall and process CPU seconds, since the
-machines are shared), the cost of one cached-head trial against one
+(target: >= 100 trials in < 60 s on emoji; wall and process CPU seconds and the load average
+before the search, since the machines are shared), the cost of one cached-head trial against one
 fine-tuning trial (the latter measured on a few batches and extrapolated to folds x epochs x
 samples), and the searched configuration against the default one: CV and test accuracy.
 
@@ -96,6 +96,7 @@ def run_task(label: str, raw: dict, trials: int, measure_ft: bool) -> dict:
         X = cache.embed(backbone, data.train, 64, progress=False)
         Xt = cache.embed(backbone, data.test, 64, progress=False)
         y, yt = data.train.labels, data.test.labels
+        load_before = os.getloadavg()[0]
         t, c = time.perf_counter(), time.process_time()
         res = run_search(cfg, run_dir)
         secs, cpu = time.perf_counter() - t, time.process_time() - c
@@ -112,6 +113,7 @@ def run_task(label: str, raw: dict, trials: int, measure_ft: bool) -> dict:
     head_trial = secs / stage["n_trials"]
     return {"task": label, "n_train": len(y), "trials": stage["n_trials"], "pruned": stage["n_pruned"],
             "search_s": secs, "search_cpu_s": cpu, "s_per_head_trial": head_trial,
+            "cpu_s_per_head_trial": cpu / stage["n_trials"], "load_before": load_before,
             "est_s_per_finetune_trial": ft_secs,
             "finetune/head cost": None if ft_secs is None else ft_secs / head_trial,
             **{f"best CV @{n}": v for n, v in best_at.items()},
@@ -129,7 +131,8 @@ def main() -> None:
     rows = [run_task(label, raw, args.trials, not args.no_finetune) for label, raw in tasks(args.quick).items()]
     for r in rows:
         print(r, flush=True)
-    cols = ["task", "n_train", "trials", "pruned", "search_s", "search_cpu_s", "s_per_head_trial", "est_s_per_finetune_trial",
+    cols = ["task", "n_train", "trials", "pruned", "load_before", "search_s", "search_cpu_s", "s_per_head_trial",
+            "cpu_s_per_head_trial", "est_s_per_finetune_trial",
             "finetune/head cost", "best CV @10", "best CV @25", "best CV @50", "best CV @100",
             "default CV", "searched CV", "default test", "searched test", "best params"]
     print(write_results("search", rows, cols, {"load": os.getloadavg()[0]}))

@@ -11,7 +11,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from transfuse.errors import UserError
-from transfuse.train.heads import HeadClassifier, HeadConfig, smoothed_ce
+from transfuse.train.heads import (
+    HeadClassifier,
+    HeadConfig,
+    LinearHeadProblem,
+    lbfgs,
+    smoothed_ce,
+)
 
 
 def three_class(n=240, d=6, seed=0):
@@ -171,3 +177,68 @@ def test_input_errors():
     head = HeadClassifier().fit(X, y)
     with pytest.raises(UserError, match="has 5 features but the model was fitted with 6"):
         head.predict(X[:, :5])
+
+
+def wide(n=60, d=150, seed=1):
+    """Fewer samples than features (the triangular path of LinearHeadProblem), 4 classes."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n + 40, d)) * rng.uniform(0.5, 3.0, size=d) + rng.normal(size=d)
+    y = (X[:, :8] @ rng.normal(size=(8, 4)) + rng.normal(size=(n + 40, 4))).argmax(1)
+    return X[:n], y[:n], X[n:]
+
+
+def test_lbfgs_solves_a_quadratic_exactly():
+    rng = np.random.default_rng(0)
+    M = rng.normal(size=(30, 30))
+    A, b = M @ M.T + 0.1 * np.eye(30), rng.normal(size=30)
+    x, evals = lbfgs(lambda x: (0.5 * x @ A @ x - b @ x, A @ x - b), np.zeros(30), 500, 1e-6, ftol=0.0)
+    assert np.abs(A @ x - b).max() <= 1e-6 and evals < 300  # scipy's L-BFGS-B: 158 evaluations
+    np.testing.assert_allclose(x, np.linalg.solve(A, b), atol=1e-4)
+    x3, capped = lbfgs(lambda x: (0.5 * x @ A @ x - b @ x, A @ x - b), np.zeros(30), 3, 1e-6)
+    assert capped <= 1 + 3 * 30 and np.abs(A @ x3 - b).max() > 1e-3  # max_iter caps the iterations
+
+
+@pytest.mark.parametrize("data", ["tall", "wide"])
+@pytest.mark.parametrize("class_weight", ["none", "balanced"])
+def test_linear_problem_matches_sklearn(data, class_weight):
+    if data == "tall":
+        X, y = three_class()
+        Xv = X[:60]
+    else:
+        X, y, Xv = wide()
+    wd = 0.05
+    prob = LinearHeadProblem(X, y, Xv, int(y.max()) + 1, dtype=np.float64, tol=1e-9)
+    assert prob.triangular == (data == "wide")
+    p = prob.fit_proba(wd, class_weight=class_weight, max_iter=5000)
+    sc = StandardScaler().fit(X)
+    ref = LogisticRegression(C=1 / (wd * len(X)), class_weight=None if class_weight == "none" else "balanced",
+                             tol=1e-10, max_iter=10_000).fit(sc.transform(X), y)
+    np.testing.assert_allclose(p, ref.predict_proba(sc.transform(Xv)), atol=1e-5)
+    # float32: rounding alone moves the probabilities by < 2e-4, the default tolerance by < 5e-3
+    p32 = LinearHeadProblem(X, y, Xv, int(y.max()) + 1, tol=1e-6).fit_proba(wd, class_weight=class_weight)
+    assert np.abs(p32 - p).max() < 2e-4
+    p32 = LinearHeadProblem(X, y, Xv, int(y.max()) + 1).fit_proba(wd, class_weight=class_weight)
+    assert np.abs(p32 - p).max() < 5e-3
+
+
+@pytest.mark.parametrize("standardize", [True, False])
+def test_linear_problem_matches_head_with_label_smoothing(standardize):
+    X, y, Xv = wide()
+    head = HeadClassifier(weight_decay=0.1, label_smoothing=0.15, standardize=standardize, tol=1e-10,
+                          max_iter=5000).fit(X, y)
+    prob = LinearHeadProblem(X, y, Xv, 4, standardize=standardize, dtype=np.float64, tol=1e-9)
+    np.testing.assert_allclose(prob.fit_proba(0.1, 0.15, max_iter=5000), head.predict_proba(Xv), atol=2e-5)
+
+
+def test_linear_problem_warm_starts_from_the_nearest_solution():
+    X, y, Xv = wide()
+    prob = LinearHeadProblem(X, y, Xv, 4)
+    first = prob.fit_proba(0.3)
+    cold = prob.n_evals
+    again = prob.fit_proba(0.3)  # starts at its own optimum: converged at once
+    assert prob.n_evals - cold <= 2 and cold > 10
+    np.testing.assert_allclose(again, first, atol=1e-6)
+    fresh = LinearHeadProblem(X, y, Xv, 4)
+    np.testing.assert_allclose(prob.fit_proba(0.5), fresh.fit_proba(0.5), atol=1e-3)
+    with pytest.raises(UserError, match="X_val has 5 features but the model was fitted with 150"):
+        LinearHeadProblem(X, y, Xv[:, :5], 4)

@@ -47,7 +47,15 @@ WORKER = textwrap.dedent("""
     def slow_obj(trial):
         time.sleep(slow)
         return obj(trial)
-    study = S.open_study(S.make_storage(url, sc.heartbeat_s), "s", S.make_sampler(sampler, sc.space, 0), "none", worker)
+    storage, deadline = S.make_storage(url, sc.heartbeat_s), time.monotonic() + 60
+    while True:  # a worker started together with the first process waits for its study
+        try:
+            study = S.open_study(storage, "s", S.make_sampler(sampler, sc.space, 0), "none", worker)
+            break
+        except S.UserError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
     print(S.run_study(study, slow_obj, n), flush=True)
 """)
 
@@ -121,9 +129,9 @@ def _worker(url: str, n: int, sampler: str, worker: bool, slow: float = 0.0) -> 
 
 def test_two_workers_share_one_storage_without_losing_or_duplicating(tmp_path):
     url = f"sqlite:///{tmp_path / 'shared.db'}"
-    first = _worker(url, 12, "random", worker=False, slow=0.1)
-    time.sleep(2)  # the first one creates the study; the second joins it as a worker
-    second = _worker(url, 12, "random", worker=True, slow=0.1)
+    # started together (the imports take seconds): the first creates the study, the second joins it
+    first = _worker(url, 12, "random", worker=False, slow=0.2)
+    second = _worker(url, 12, "random", worker=True, slow=0.2)
     outs = [p.communicate(timeout=120) for p in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, outs
     ran = [int(o[0].strip().splitlines()[-1]) for o in outs]
@@ -162,7 +170,7 @@ def test_killed_search_resumes_to_exactly_n_trials(tmp_path, digits):
     before = optuna.load_study(study_name="s", storage=st)
     done_before = {t.number: t.params for t in before.trials if t.state.name == "COMPLETE"}
     assert 3 <= len(done_before) < 14
-    time.sleep(4.0)  # well past the grace period (2 heartbeats): the killed trial is failed and retried
+    # no sleep: run_study waits for the killed trial to go stale (2 heartbeats), fails and retries it
     X, y, folds = digits
     sc = SearchConfig(sampler="tpe", heartbeat_s=1, pruner="none")
     study = open_study(st, "s", make_sampler("tpe", sc.space, 0), "none", worker=False)
@@ -171,6 +179,48 @@ def test_killed_search_resumes_to_exactly_n_trials(tmp_path, digits):
     assert finished_count(study) == 14
     assert {t.number: t.params for t in after if t.number in done_before} == done_before
     assert not [t for t in after if t.state.name == "RUNNING"]
+
+
+def test_trial_orphaned_before_its_first_heartbeat_is_retried(tmp_path, digits):
+    # a worker killed between creating its trial and the first heartbeat leaves a RUNNING trial that
+    # optuna never fails (the killed-search flake); run_study waits, fails it and retries it
+    import optuna
+
+    sc = SearchConfig(sampler="random", heartbeat_s=1, pruner="none")
+    st = make_storage(f"sqlite:///{tmp_path / 'orphan.db'}", sc.heartbeat_s)
+    study = open_study(st, "s", make_sampler("random", sc.space, 0), "none", worker=False)
+    with pytest.warns(UserWarning, match="Heartbeat"):
+        orphan = study.ask()  # RUNNING, no heartbeat, its process "gone"
+    X, y, folds = digits
+    t0 = time.monotonic()
+    assert run_study(study, head_objective(X, y, folds, HeadConfig(max_iter=30), sc.space, "accuracy", 0), 3) == 3
+    trials = optuna.load_study(study_name="s", storage=st).trials
+    assert [t.state.name for t in trials].count("COMPLETE") == 3 == finished_count(study)
+    assert trials[orphan.number].state.name == "FAIL" and time.monotonic() - t0 >= 2.0  # after the grace period
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == orphan.number]  # set by the retry
+    assert len(retried) == 1 and retried[0].state.name == "COMPLETE"
+
+
+def test_sqlite_storage_commits_without_waiting_for_the_disk(tmp_path):
+    st = make_storage(f"sqlite:///{tmp_path / 'wal.db'}", 10)
+    with st.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+
+
+def test_fast_heads_score_like_the_pipelines_heads(digits):
+    # the fast path (float32, one prepared problem per fold, warm starts) against a HeadClassifier
+    # per fold, on the same trials: the same CV accuracy up to one digit in 300
+    import optuna
+
+    X, y, folds = digits
+    sc = SearchConfig()
+    fast = head_objective(X, y, folds, HeadConfig(), sc.space, "accuracy", 0)
+    exact = head_objective(X, y, folds, HeadConfig(), sc.space, "accuracy", 0, fast=False)
+    for wd, ls, cw in [(1e-3, 0.0, "none"), (0.05, 0.1, "balanced"), (0.8, 0.02, "none"), (3.0, 0.15, "balanced")]:
+        params = {"weight_decay": wd, "label_smoothing": ls, "class_weight": cw}
+        a, b = (f(optuna.trial.FixedTrial(params)) for f in (fast, exact))
+        assert abs(a - b) <= 1 / 300 + 1e-12, (params, a, b)
 
 
 @pytest.mark.parametrize("space, message", [
@@ -210,7 +260,8 @@ def test_fit_with_search_applies_the_best_head_and_reports_it(tmp_path, digits_f
     assert report["search"]["best_head"] == best["params"] == res["best_head"]
     head = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["head"]
     assert {k: head[k] for k in best["params"]} == best["params"]
-    # the pipeline's CV of the chosen head is the search's best trial (same folds, same seeds)
-    assert report["candidates"][0]["cv_mean"] == pytest.approx(best["value"], abs=1e-9)
+    # the pipeline's CV of the chosen head is the search's best trial (same folds; the search's
+    # float32 fits may differ by a validation sample)
+    assert report["candidates"][0]["cv_mean"] == pytest.approx(best["value"], abs=0.05)
     html = (tmp_path / "run" / "search" / "search.html").read_text()
     assert "optimisation history" in html or "data:image/png" in html

@@ -112,7 +112,7 @@ class SearchConfig(BaseModel):
     apply_best: bool = Field(True, description="'fit --search' runs the pipeline with the best parameters")
     fast_heads: bool = Field(True, description="linear L-BFGS heads: float32, per-fold features prepared once, "
                                                "warm starts (false: the pipeline's exact float64 fit per trial)")
-    head_tol: float = Field(1e-5, gt=0, description="gradient tolerance of the fast head fits")
+    head_tol: float = Field(1e-4, gt=0, description="gradient tolerance of the fast head fits (scikit-learn's default)")
 
     @field_validator("space")
     @classmethod
