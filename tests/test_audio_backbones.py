@@ -385,3 +385,7 @@ def test_real_speech_embedding(tmp_path: Path) -> None:
     torch.testing.assert_close(f, torch.from_numpy(win).mean(1))
     clone = pickle.loads(pickle.dumps(b))
     torch.testing.assert_close(clone(x), f)
+    # a clip's features do not depend on its batch-mates (the mel model floors its dB at the
+    # loudest value of its whole input): "seven" alone == "seven" next to a 20 dB louder "two"
+    loud = b.collate([t(_espeak_word(tmp_path, "two"))]) * 10.0
+    torch.testing.assert_close(b(torch.cat([x[:1], loud.clamp(-1, 1)])), torch.cat([b(x[:1]), b(loud.clamp(-1, 1))]))

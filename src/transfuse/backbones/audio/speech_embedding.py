@@ -55,7 +55,10 @@ class SpeechEmbeddingBackbone(AudioBackbone):
     def window_embeddings(self, waves: np.ndarray) -> np.ndarray:
         """``(B, samples)`` float audio in [-1, 1] -> ``(B, windows, 96)``."""
         x = np.ascontiguousarray(waves * 32767.0, dtype=np.float32)
-        mel = self._mel.run(None, {"input": x})[0][:, 0] / 10.0 + 2.0  # (B, frames, 32)
+        # one clip per run: the mel model floors its dB at (max over the WHOLE input - 80 dB), so
+        # batching clips together would make a clip's features depend on its batch-mates
+        mel = np.concatenate([self._mel.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
+        mel = mel[:, 0] / 10.0 + 2.0  # (B, frames, 32)
         n_win = (mel.shape[1] - WINDOW) // STRIDE + 1
         idx = np.arange(WINDOW)[None, :] + STRIDE * np.arange(n_win)[:, None]  # (windows, 76)
         windows = mel[:, idx]  # (B, windows, 76, 32)
@@ -78,7 +81,7 @@ class SpeechEmbeddingBackbone(AudioBackbone):
 
     def preprocess_config(self) -> dict[str, Any]:
         return {**self.base_preprocess(), "pooling": self.pooling, "window": WINDOW, "stride": STRIDE,
-                "scale": "int16"}
+                "scale": "int16", "mel": "per-clip"}
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle (and deepcopy) without the onnxruntime sessions; they are reopened on load."""
