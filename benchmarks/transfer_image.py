@@ -33,7 +33,8 @@ def task_configs(args: argparse.Namespace) -> dict[str, dict]:
         "backbones": ["bundled:efficientnet_lite0"],
         "adapt": {"strategies": args.strategies},
         "train": {"finetune": {"epochs": args.epochs, "batch_size": 32, "lr": args.lr,
-                               "patience": args.patience}},
+                               "patience": args.patience, "monitor": args.monitor},
+                  **({"head": {"weight_decay": args.head_wd}} if args.head_wd is not None else {})},
     }
     fm_train = 30 if args.quick else args.fashion_per_class
     return {
@@ -85,6 +86,9 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=224, help="EfficientNet-Lite0's pretrained size")
     ap.add_argument("--strategies", nargs="+", default=["linear_probe", "lp_ft", "finetune"])
     ap.add_argument("--patience", type=int, default=2)
+    ap.add_argument("--monitor", default="val_loss", choices=["val_loss", "val_accuracy"])
+    ap.add_argument("--head-wd", type=float, default=None,
+                    help="the probe head's weight decay (also LP-FT's starting head); default: the schema's")
     ap.add_argument("--fashion-image-size", type=int, default=64)
     ap.add_argument("--fashion-per-class", type=int, default=100)
     ap.add_argument("--tasks", nargs="*", default=None)

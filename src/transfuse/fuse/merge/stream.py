@@ -1,10 +1,11 @@
 """Bounded-memory I/O for the merge engine: ranged reads, inline hashing, pre-laid-out shard writes.
 
 - :class:`Reader` reads any element range of a tensor with ``os.preadv`` into fresh memory (no
-  memory map, so nothing read stays in the process's resident set) and, when asked, feeds the
-  bytes to a per-file sha256 as they go by: the engine reads every file front to back, so the
-  hashes for the model card cost no second pass over the inputs (bytes skipped, such as headers,
-  are read and hashed on the way; whatever is left is read at the end).
+  memory map, so nothing read stays in the process's resident set) and, when asked, hashes each
+  file (sha256) in a thread that follows the reads: the engine reads every file front to back, so
+  the hasher reads the bytes again from the page cache right after, never from disk twice, and
+  runs on a second core (bytes skipped, such as headers, are hashed on the way; whatever is
+  left is hashed at the end).
 - :func:`shard_layout` fixes every output shard's header from known names, dtypes and shapes, so
   each piece of a tensor is written at its final offset as soon as it is computed.
 - :class:`Pipeline` overlaps reading (a prefetch thread, bounded by a byte budget) and writing (a
@@ -31,23 +32,15 @@ from transfuse.errors import UserError
 from transfuse.fuse.merge.tensor_io import CODES, OutEntry, TensorEntry
 
 _GAP_PIECE = 1 << 24
+_DONE = object()  # end-of-queue marker of the hashing and writing threads
 
 
 class _SeqHash:
-    """sha256 of one file, fed with the byte ranges the engine reads (in any order)."""
+    """sha256 of one file, hashed front to back up to the furthest offset asked for so far."""
 
     def __init__(self) -> None:
         self.h = hashlib.sha256()
         self.pos = 0
-
-    def feed(self, fd: int, start: int, data: memoryview) -> None:
-        end = start + len(data)
-        if end <= self.pos:
-            return  # read before (or out of order): already hashed
-        if start > self.pos:
-            self.fill(fd, start)
-        self.h.update(data[self.pos - start:])
-        self.pos = end
 
     def fill(self, fd: int, upto: int) -> None:
         while self.pos < upto:
@@ -59,18 +52,44 @@ class _SeqHash:
 
 
 class Reader:
-    """Reads tensor slices by element range; keeps one descriptor per file; optional inline sha256."""
+    """Reads tensor slices by element range; keeps one descriptor per file; optional sha256.
+
+    With ``hash_files``, a hashing thread follows the reads: each read queues its file's end
+    offset and the thread hashes the file up to there from the page cache (the bytes were just
+    read), so hashing overlaps the merge on a second core instead of adding to the read thread's
+    time, and no buffer handed to the caller is shared with the hasher."""
 
     def __init__(self, hash_files: Iterable[Path] = ()):
         self._fds: dict[Path, int] = {}
         self._hashes = {Path(p): _SeqHash() for p in hash_files}
         self._lock = threading.Lock()
+        self._hash_jobs: queue.Queue[Any] = queue.Queue()
+        self._hash_error: BaseException | None = None
+        self._hasher: threading.Thread | None = None
+        if self._hashes:
+            self._hasher = threading.Thread(target=self._hash_all, name="merge-hash", daemon=True)
+            self._hasher.start()
 
     def _fd(self, path: Path) -> int:
-        fd = self._fds.get(path)
-        if fd is None:
-            fd = self._fds[path] = os.open(path, os.O_RDONLY)
-        return fd
+        with self._lock:
+            fd = self._fds.get(path)
+            if fd is None:
+                fd = self._fds[path] = os.open(path, os.O_RDONLY)
+            return fd
+
+    def _hash_all(self) -> None:
+        while True:
+            job = self._hash_jobs.get()
+            try:
+                if job is _DONE:
+                    return
+                if self._hash_error is None:
+                    h, fd, end = job
+                    h.fill(fd, end)
+            except BaseException as e:  # noqa: BLE001  (raised by sha256())
+                self._hash_error = e
+            finally:
+                self._hash_jobs.task_done()
 
     def read(self, entry: TensorEntry, first: int = 0, count: int | None = None) -> Tensor:
         """Elements ``[first, first + count)`` of ``entry`` (flat, in its dtype), in fresh memory."""
@@ -81,8 +100,7 @@ class Reader:
         buf = torch.empty(nbytes, dtype=torch.uint8)
         start = entry.start + first * size
         view = memoryview(buf.numpy()) if nbytes else memoryview(b"")
-        with self._lock:
-            fd = self._fd(entry.file)
+        fd = self._fd(entry.file)
         got = 0
         while got < nbytes:
             n = os.preadv(fd, [view[got:]], start + got)
@@ -92,18 +110,23 @@ class Reader:
             got += n
         h = self._hashes.get(entry.file)
         if h is not None and nbytes:
-            with self._lock:
-                h.feed(fd, start, view)
+            self._hash_jobs.put((h, fd, start + nbytes))
         return buf.view(entry.torch_dtype)
 
     def sha256(self, path: Path) -> str:
-        """The finished sha256 of ``path`` (reads whatever part of it was never read)."""
+        """The finished sha256 of ``path`` (hashes whatever part of it was never read)."""
+        self._hash_jobs.join()
+        if self._hash_error is not None:
+            raise self._hash_error
         h = self._hashes[Path(path)]
-        with self._lock:
-            h.fill(self._fd(Path(path)), os.path.getsize(path))
+        h.fill(self._fd(Path(path)), os.path.getsize(path))
         return h.h.hexdigest()
 
     def close(self) -> None:
+        if self._hasher is not None:
+            self._hash_jobs.put(_DONE)
+            self._hasher.join()
+            self._hasher = None
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
@@ -152,7 +175,6 @@ class _Budget:
             self.cond.notify_all()
 
 
-_DONE = object()
 
 
 class Pipeline:
