@@ -143,10 +143,13 @@ def run_study(study: Any, objective: Callable[[Any], float], n_trials: int,
     storage = study._storage
     interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
     adopted: set[int] = set()
+    overflowed = [False]  # whether THIS process's last trial overflowed (the study's last trial
+    #                       may be another worker's)
 
     def guarded(trial: Any) -> float:
         before = [t for t in study.get_trials(deepcopy=False, states=live) if t.number < trial.number]
-        if len(before) >= n_trials:
+        overflowed[0] = len(before) >= n_trials
+        if overflowed[0]:
             trial.set_user_attr("overflow", True)
             raise _Overflow()
         return objective(trial)
@@ -165,8 +168,7 @@ def run_study(study: Any, objective: Callable[[Any], float], n_trials: int,
             time.sleep(min(1.0, interval / 2))  # the last trials run elsewhere: wait for them
             continue
         study.optimize(guarded, n_trials=1, catch=(_Overflow,))
-        last = study.get_trials(deepcopy=False)[-1:]
-        if not (last and last[0].user_attrs.get("overflow")):
+        if not overflowed[0]:
             done_here += 1
     return done_here
 
