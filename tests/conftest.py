@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,3 +39,27 @@ def write_digits_folder(root: Path, classes: tuple[int, ...] = (0, 1, 7), per_cl
 @pytest.fixture(scope="session")
 def digits_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_digits_folder(tmp_path_factory.mktemp("digits"))
+
+
+def cli(*args: str, check: bool = True, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+    """Run ``transfuse ARGS`` in a fresh interpreter; with ``check``, a non-zero exit fails the test."""
+    p = subprocess.run([sys.executable, "-m", "transfuse.cli", *args], capture_output=True, text=True,
+                       timeout=timeout, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"transfuse {' '.join(args)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    return p
+
+
+def predict_test_split(run: Path) -> np.ndarray:
+    """``transfuse predict RUN <the run's test images> --json`` as an (n, classes) probability array
+    (a run over a ``folder`` source; columns in the dataset's class order)."""
+    import yaml
+
+    from transfuse.data.registry import load_dataset
+
+    splits = json.loads((run / "splits.json").read_text())
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    data = load_dataset("folder", cfg["data"]["path"])
+    files = [data.items[i] for i in splits["test_idx"]]
+    p = cli("predict", str(run), *files, "--json")
+    return np.array([[row["proba"][c] for c in data.classes] for row in map(json.loads, p.stdout.splitlines())])

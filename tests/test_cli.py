@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
+from conftest import cli as run_cli
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "transfuse.cli", *args], capture_output=True, text=True,
-                          timeout=300)
+    return run_cli(*args, check=False, timeout=300)
 
 
 @pytest.mark.parametrize("cmd", ["run", "fit", "resume", "predict", "demo", "info", "merge", "data", "search", "export"])

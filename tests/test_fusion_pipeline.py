@@ -5,26 +5,16 @@ Real data (sklearn digits as PNGs) and the real bundled EfficientNet-Lite0/Lite1
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import write_digits_folder
+from conftest import predict_test_split, write_digits_folder
 
 pytestmark = pytest.mark.real
 
 METHODS = ("mean", "weighted", "greedy", "stacking")
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    p = subprocess.run([sys.executable, "-m", "transfuse.cli", *args], capture_output=True, text=True, check=False,
-                       timeout=600)
-    if p.returncode != 0:
-        raise AssertionError(f"transfuse {' '.join(args)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    return p
 
 
 @pytest.fixture(scope="module")
@@ -107,18 +97,11 @@ def test_predict_serves_a_chosen_fusion(fused_run: Path, tmp_path: Path):
     it for a chosen stacking fusion) reproduces the fusion's test probabilities."""
     import shutil
 
-    from transfuse.data.registry import load_dataset
-
     run = tmp_path / "run"
     shutil.copytree(fused_run, run)
     shutil.rmtree(run / "model")
     shutil.copytree(run / "candidates" / "fusion_stacking", run / "model")
-    splits = json.loads((run / "splits.json").read_text())
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    data = load_dataset("folder", cfg["data"]["path"])
-    files = [data.items[i] for i in splits["test_idx"]]
-    p = cli("predict", str(run), *files, "--json")
-    got = np.array([[row["proba"][c] for c in data.classes] for row in map(json.loads, p.stdout.splitlines())])
+    got = predict_test_split(run)
     with np.load(run / "model" / "proba.npz") as z:
         ref = z["test"]
     assert got.shape == ref.shape == (9, 3)

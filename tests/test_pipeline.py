@@ -13,18 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
-from conftest import write_digits_folder
+from conftest import cli, predict_test_split, write_digits_folder
 
 pytestmark = pytest.mark.real
-
-
-def cli(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    p = subprocess.run([sys.executable, "-m", "transfuse.cli", *args], capture_output=True, text=True,
-                       timeout=600, **kw)
-    if check and p.returncode != 0:
-        raise AssertionError(f"transfuse {' '.join(args)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    return p
 
 
 def experiment(data: Path, out: Path, strategies: list[str], folds: int = 3, epochs: int = 2) -> dict:
@@ -72,14 +63,7 @@ def test_report_fields_and_run_folder(probe_run: Path):
 
 
 def test_predict_reproduces_test_probabilities(probe_run: Path):
-    splits = json.loads((probe_run / "splits.json").read_text())
-    cfg = yaml.safe_load((probe_run / "config.yaml").read_text())
-    from transfuse.data.registry import load_dataset
-
-    data = load_dataset("folder", cfg["data"]["path"])
-    files = [data.items[i] for i in splits["test_idx"]]
-    p = cli("predict", str(probe_run), *files, "--json")
-    got = np.array([[row["proba"][c] for c in data.classes] for row in map(json.loads, p.stdout.splitlines())])
+    got = predict_test_split(probe_run)
     ref = np.load(probe_run / "model" / "test_proba.npy")
     assert got.shape == ref.shape == (9, 3)
     assert np.abs(got - ref).max() < 1e-5
