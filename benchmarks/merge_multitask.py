@@ -61,20 +61,6 @@ METHODS: dict[str, tuple[dict, dict, dict]] = {
 }
 
 
-BN = "running_"  # BatchNorm statistics: averaged, never extrapolated (a summed variance can go negative)
-
-
-def bn_safe(method: str, per_model: dict, grid: dict) -> tuple[dict, dict]:
-    """Filter lists that keep BatchNorm statistics at the plain average of the models: density 1
-    and a lambda that turns the method's sum (or TIES' mean) of task vectors into the mean."""
-    per_model = {k: [{"filter": BN, "value": 1.0}, {"value": v}] if k == "density" else v
-                 for k, v in per_model.items()}
-    if "lambda" in grid:
-        keep = 1.0 if method == "ties" else 1 / 3  # ties normalises; the others sum 3 task vectors
-        grid = {**grid, "lambda": [[{"filter": BN, "value": keep}, {"value": v}] for v in grid["lambda"]]}
-    return per_model, grid
-
-
 def split3(ds: Dataset, n_train: int, n_val: int, n_test: int, seed: int = 0) -> tuple[Dataset, ...]:
     """Stratified train/val/test subsets of at most the given sizes."""
     idx = np.arange(len(ds))
@@ -181,7 +167,6 @@ def run_modality(modality: str, args: argparse.Namespace) -> list[dict]:
     print(rows[-1], flush=True)
     for method, (per_model, fixed, grid) in METHODS.items():
         t = time.perf_counter()
-        per_model, grid = bn_safe(method, per_model, grid)
         config = {"merge_method": method, "base_model": str(base_path), "heads": ["head"], "dtype": "float32",
                   "parameters": fixed,
                   "models": [{"model": f["model"], "name": task, "parameters": dict(per_model),
