@@ -190,6 +190,14 @@ def save_weights(path: Path, module: Any) -> None:
     tmp.replace(path)
 
 
+def full_proba(est: Any, X: list, n_classes: int) -> np.ndarray:
+    """``est.predict_proba(X)`` over all ``n_classes`` columns (classes a training fold lacked: 0)."""
+    p = np.zeros((len(X), n_classes), np.float32)
+    if len(X):
+        p[:, est.classes_] = est.predict_proba(X)
+    return p
+
+
 def run_raw_estimator(name: str, estimator: Any, train: Dataset, test: Dataset, folds: list,
                       n_classes: int, cfg: ExperimentConfig) -> CandidateResult:
     """A baseline fitted on raw inputs (e.g. TF-IDF + logistic regression)."""
@@ -201,10 +209,7 @@ def run_raw_estimator(name: str, estimator: Any, train: Dataset, test: Dataset, 
     Xt = [test.load(i) for i in range(len(test))]
 
     def proba_full(est: Any, data: list) -> np.ndarray:
-        p = np.zeros((len(data), n_classes), np.float32)
-        if data:
-            p[:, est.classes_] = est.predict_proba(data)
-        return p
+        return full_proba(est, data, n_classes)
 
     oof = np.zeros((len(y), n_classes), np.float32)
     scores = []

@@ -28,6 +28,7 @@ import numpy as np
 
 from transfuse.candidates import (
     CandidateResult,
+    full_proba,
     head_from_config,
     safe_name,
     save_head,
@@ -246,9 +247,7 @@ class _RawMember:
         return self
 
     def predict_proba(self, X: list) -> np.ndarray:
-        p = np.zeros((len(X), self.n_classes))
-        p[:, self.fitted_.classes_] = self.fitted_.predict_proba(X)
-        return p
+        return full_proba(self.fitted_, X, self.n_classes)
 
 
 def teacher_inputs(cfg: Any, data: Any, teacher: CandidateResult, results: list[CandidateResult],
