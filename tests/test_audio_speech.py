@@ -35,12 +35,29 @@ def test_split_by_variant_never_shares_a_variant() -> None:
     assert any(split_voices(voices, 0.4, seed=s) != (train, test) for s in range(4, 10))
 
 
+def test_split_by_accent_and_by_accent_and_variant() -> None:
+    accents, variants = ("en-us", "en-gb", "en-029", "en-us-nyc", "en-gb-x-rp"), ("m1", "m2", "f1", "f2")
+    voices = [f"{a}+{v}" for a in accents for v in variants]
+    acc = lambda vs: {v.partition("+")[0] for v in vs}  # noqa: E731
+    var = lambda vs: {v.partition("+")[2] for v in vs}  # noqa: E731
+    train, test = split_voices(voices, 0.4, seed=1, split_by="accent")
+    assert sorted(train + test) == sorted(voices)
+    assert not acc(train) & acc(test) and len(acc(test)) == 2 and var(test) == set(variants)
+    tr, te = split_voices(voices, 0.4, seed=1, split_by="accent_and_variant")
+    held_acc = acc(test)  # the same accents are held out (same seed and fraction)
+    held_var = var(split_voices(voices, 0.4, seed=1)[1])
+    assert len(held_var) == 2  # round(0.4 * 4)
+    # test = 2 held-out accents x 2 held-out variants; train = 3 x 2; the 8 mixed voices are in neither
+    assert acc(te) == held_acc and var(te) == held_var and len(te) == 4
+    assert not acc(tr) & held_acc and not var(tr) & held_var and len(tr) == 6
+
+
 def test_split_errors() -> None:
     with pytest.raises(UserError, match="at least 2 distinct variants"):
         split_voices(["en-us+m1", "en-gb+m1"], 0.5, 0)
     with pytest.raises(UserError, match="test_fraction=1.0 must lie strictly between 0 and 1"):
         split_voices(["en-us+m1", "en-us+m2"], 1.0, 0)
-    with pytest.raises(UserError, match="split_by='speaker' is not valid; give one of variant, voice"):
+    with pytest.raises(UserError, match="split_by='speaker' is not valid; give one of variant, voice, accent, accent_and_variant"):
         split_voices(["en-us+m1", "en-us+m2"], 0.5, 0, split_by="speaker")
 
 

@@ -27,7 +27,7 @@ def fused_run(tmp_path_factory) -> Path:
         "split": {"folds": 3, "test_size": 0.25},
         "preprocess": {"image_size": 32},
         "backbones": ["bundled:efficientnet_lite0", "bundled:efficientnet_lite1"],
-        "fuse": {"distill": {"enabled": True}},
+        "fuse": {"distill": {"enabled": True, "weight_decay": [1e-3, 1.0]}},
         "output": {"dir": str(root / "run")},
     }
     from transfuse.config import validate_config
@@ -118,6 +118,12 @@ def test_distilled_student_is_a_candidate(fused_run: Path):
     single = next(c for c in rep["candidates"] if c["backbone"] == d["backbone"] and c["kind"] == "single")
     assert d["inference_ms_per_example"] == single["inference_ms_per_example"]
     assert d["params"] == single["params"]
+    # the weight-decay list is a grid searched by the student's CV: the kept one has the best CV mean
+    settings = json.loads(next((fused_run / "candidates").glob("distill*/model.json")).read_text())["distill"]
+    grid = settings["grid_cv"]
+    assert sorted(grid) == ["T=2.0,alpha=0.3,wd=0.001", "T=2.0,alpha=0.3,wd=1.0"]
+    assert grid[f"T=2.0,alpha=0.3,wd={settings['weight_decay']}"] == pytest.approx(max(grid.values()))
+    assert d["cv_mean"] == pytest.approx(max(grid.values()))
 
 
 def test_excluded_baseline_and_nan_member_are_reported(tmp_path: Path):

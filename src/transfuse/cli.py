@@ -256,7 +256,7 @@ def data_speech(words: list[str] = typer.Option(..., "--words", help="Words to s
                 speeds: Optional[list[int]] = typer.Option(None, "--speeds"),
                 seed: int = typer.Option(0, "--seed"),
                 test_fraction: float = typer.Option(0.25, "--test-fraction"),
-                split_by: str = typer.Option("variant", "--split-by", help="variant | voice: what the test split holds out.")) -> None:
+                split_by: str = typer.Option("variant", "--split-by", help="variant | voice | accent | accent_and_variant: what the test split holds out.")) -> None:
     """Synthesise spoken words with espeak-ng into a voice-disjoint audio folder (synthetic data)."""
     from transfuse.data.speech import speech_cli
 

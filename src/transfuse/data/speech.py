@@ -35,7 +35,10 @@ ACCENTS: tuple[str, ...] = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "e
 #: a default set of human-sounding voice variants (``espeak-ng --voices=variant``)
 VARIANTS: tuple[str, ...] = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5",
                              "klatt", "klatt2", "klatt3", "Alex", "Annie", "david", "linda", "steph")
-SPLIT_BY = ("variant", "voice")
+#: How :func:`split_voices` groups voices: ``variant`` (all accents of a variant), ``voice`` (one
+#: accent+variant), ``accent`` (all variants of an accent), ``accent_and_variant`` (test voices pair a
+#: held-out accent with a held-out variant; voices mixing held-out and training parts are left out).
+SPLIT_BY = ("variant", "voice", "accent", "accent_and_variant")
 #: Bumped when the generator's output changes for the same parameters (part of the cache key).
 GENERATOR_REVISION = 2
 
@@ -112,15 +115,26 @@ def _check_voices(voices: Sequence[str]) -> None:
 
 def split_voices(voices: Sequence[str], test_fraction: float, seed: int,
                  split_by: str = "variant") -> tuple[list[str], list[str]]:
-    """Voice-disjoint split: groups (a voice, or all accents of one variant) are shuffled with
-    ``seed`` and ``round(test_fraction * groups)`` of them (at least one, never all) go to test."""
+    """Voice-disjoint split: groups (see :data:`SPLIT_BY`) are shuffled with ``seed`` and
+    ``round(test_fraction * groups)`` of them (at least one, never all) go to test.
+
+    ``accent_and_variant`` holds out accents and variants at once (each drawn as above): a test
+    voice has an accent and a variant training never heard; voices with one held-out part only are
+    in neither split."""
     if split_by not in SPLIT_BY:
         raise UserError(f"split_by={split_by!r} is not valid; give one of {', '.join(SPLIT_BY)}")
     if not 0 < test_fraction < 1:
         raise UserError(f"test_fraction={test_fraction} must lie strictly between 0 and 1")
+    if split_by == "accent_and_variant":
+        accents = {v.partition("+")[0] for v in split_voices(voices, test_fraction, seed, "accent")[1]}
+        variants = {v.partition("+")[2] for v in split_voices(voices, test_fraction, seed, "variant")[1]}
+        train = [v for v in voices if v.partition("+")[0] not in accents and v.partition("+")[2] not in variants]
+        test = [v for v in voices if v.partition("+")[0] in accents and v.partition("+")[2] in variants]
+        return train, test
 
     def key(v: str) -> str:
-        return v.partition("+")[2] if split_by == "variant" else v
+        accent, _, variant = v.partition("+")
+        return {"variant": variant, "accent": accent}.get(split_by, v)
 
     groups = sorted({key(v) for v in voices})
     if len(groups) < 2:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 EnsembleName = Literal["mean", "weighted", "greedy", "stacking"]
 PositiveFloat = Annotated[float, Field(gt=0.0)]
 UnitFloat = Annotated[float, Field(ge=0.0, le=1.0)]
+NonNegFloat = Annotated[float, Field(ge=0.0)]
 
 
 class _Section(BaseModel):
@@ -44,7 +45,7 @@ class DistillOptions(_Section):
     and up to ``max_unlabelled`` inputs from ``unlabelled`` (a data source; rows also in the run's
     train or test set are dropped). ``mode: probe`` trains a linear head on the student's cached
     features against the teacher's soft labels; ``finetune`` the whole student (costly on a CPU).
-    A list of temperatures/alphas is searched by the student's nested CV."""
+    A list of temperatures/alphas/weight decays is searched by the student's nested CV."""
 
     enabled: bool = False
     student: str | None = Field(None, description="backbone name; null = the best single candidate's by CV")
@@ -53,6 +54,8 @@ class DistillOptions(_Section):
     mode: Literal["probe", "finetune"] = "probe"
     temperature: PositiveFloat | list[PositiveFloat] = 2.0
     alpha: UnitFloat | list[UnitFloat] = Field(0.3, description="weight of the hard-label loss (1 = no teacher)")
+    weight_decay: NonNegFloat | list[NonNegFloat] | None = Field(
+        None, description="L2 of the student's head; null = train.head.weight_decay")
     transfer_views: int = Field(0, ge=0, description="augmented views per training image (image inputs)")
     unlabelled: UnlabelledSource | None = None
     max_unlabelled: int | None = Field(5000, ge=1, description="seeded sample of the unlabelled inputs")

@@ -159,16 +159,19 @@ def feature_candidate(cfg: Any, data: Any, results: list[CandidateResult], cache
     return cand, final
 
 
-def distill_settings(do: Any) -> dict[str, Any]:
+def distill_settings(do: Any, head_weight_decay: float) -> dict[str, Any]:
     """``fuse.distill`` resolved (see :class:`transfuse.fuse.config.DistillOptions`): ``unlabelled``
-    as a plain dict and ``temperature``/``alpha`` as lists (a pair is then picked by the student's CV)."""
+    as a plain dict and ``temperature``/``alpha``/``weight_decay`` as lists (one combination is then
+    picked by the student's CV; weight decay defaults to ``head_weight_decay``)."""
     u = do.unlabelled
+    wd = head_weight_decay if do.weight_decay is None else do.weight_decay
     return {"teacher": do.teacher,
             "transfer_views": do.transfer_views,
             "unlabelled": u.model_dump() if u is not None else None,
             "max_unlabelled": do.max_unlabelled,
             "temperatures": [float(t) for t in np.atleast_1d(do.temperature)],
-            "alphas": [float(a) for a in np.atleast_1d(do.alpha)]}
+            "alphas": [float(a) for a in np.atleast_1d(do.alpha)],
+            "weight_decays": [float(w) for w in np.atleast_1d(wd)]}
 
 
 def pick_student(cfg: Any, results: list[CandidateResult], backbones: list) -> tuple:
@@ -344,7 +347,7 @@ def distill_candidate(cfg: Any, data: Any, teacher: CandidateResult, results: li
     from transfuse.fuse.distill import DistilledProbe
 
     do = cfg.fuse.distill
-    opts = distill_settings(do)
+    opts = distill_settings(do, cfg.train.head.weight_decay)
     if do.mode != "probe":
         raise UserError("fuse.distill.mode: only 'probe' runs inside the pipeline for now; use "
                         "transfuse.fuse.distill.distill_finetune from Python for a fine-tuned student")
@@ -359,22 +362,21 @@ def distill_candidate(cfg: Any, data: Any, teacher: CandidateResult, results: li
     Xt = cache.embed(bb, dataset_for(data.test, bb.modality), bs, progress)
     inputs = teacher_inputs(cfg, data, teacher, results, parts, cache, backbones, progress)
     transfer = np.arange(n, n + len(source))
-    grid = [(t, a) for t in opts["temperatures"] for a in opts["alphas"]]
-    wd = cfg.train.head.weight_decay
+    grid = [(t, a, w) for t in opts["temperatures"] for a in opts["alphas"] for w in opts["weight_decays"]]
     oofs = {g: np.zeros((n, c), np.float32) for g in grid}
     for k, (tr, va) in enumerate(data.folds):
         tf = transfer[(source == -1) | np.isin(source, tr)]
         soft, pt = teacher_probs(cfg, inputs, y_all, tr, tf, inner_folds(y[tr], len(data.folds), cfg.seed + k),
                                  c, cfg.seed + k)
         rows = np.concatenate([tr, tf])
-        for t, a in grid:
-            st = DistilledProbe(c, t, a, wd, seed=cfg.seed + k).fit(X[rows], np.concatenate([soft, pt]),
-                                                                    y_all[rows])
-            oofs[(t, a)][va] = st.predict_proba(X[va])
+        for t, a, w in grid:
+            st = DistilledProbe(c, t, a, w, seed=cfg.seed + k).fit(X[rows], np.concatenate([soft, pt]),
+                                                                   y_all[rows])
+            oofs[(t, a, w)][va] = st.predict_proba(X[va])
     cv = {g: [score(y[va], o[va], cfg.evaluate.metric) for _, va in data.folds] for g, o in oofs.items()}
     best = max(grid, key=lambda g: float(np.mean(cv[g])))
     soft, pt = teacher_probs(cfg, inputs, y_all, np.arange(n), transfer, data.folds, c, cfg.seed)
-    final = DistilledProbe(c, best[0], best[1], wd, seed=cfg.seed).fit(X, np.concatenate([soft, pt]), y_all)
+    final = DistilledProbe(c, *best, seed=cfg.seed).fit(X, np.concatenate([soft, pt]), y_all)
     test = final.predict_proba(Xt) if len(Xt) else np.zeros((0, c))
     single = next((r for r in results if r.kind == "single" and r.backbone == bb.spec
                    and r.inference_ms_per_example is not None), None)
@@ -384,9 +386,11 @@ def distill_candidate(cfg: Any, data: Any, teacher: CandidateResult, results: li
         members=[teacher.name], fit_seconds=time.perf_counter() - t0,
         params=sum(int(p.numel()) for p in bb.parameters()) + X.shape[1] * c + c,
         inference_ms_per_example=single.inference_ms_per_example if single else None)
-    final.settings_ = {"temperature": best[0], "alpha": best[1], "n_transfer": len(source),
+    final.settings_ = {"temperature": best[0], "alpha": best[1], "weight_decay": best[2],
+                       "n_transfer": len(source),
                        "n_views": int((source >= 0).sum()), "n_unlabelled": int((source < 0).sum()),
-                       "grid_cv": {f"T={t},alpha={a}": float(np.mean(s)) for (t, a), s in cv.items()}}
+                       "grid_cv": {f"T={t},alpha={a}" + (f",wd={w}" if len(opts["weight_decays"]) > 1 else ""):
+                                   float(np.mean(s)) for (t, a, w), s in cv.items()}}
     return cand, final
 
 
@@ -436,7 +440,7 @@ def run_fusions(cfg: Any, data: Any, results: list[CandidateResult], run_dir: Pa
             keep(cand)
         else:
             excluded["fusion/features"] = "needs at least 2 backbones with features"
-    teacher = pick_teacher(out, distill_settings(fc.distill)["teacher"]) if fc.distill.enabled else None
+    teacher = pick_teacher(out, fc.distill.teacher) if fc.distill.enabled else None
     if fc.distill.enabled and teacher is None:
         excluded["distill"] = "no fusion ran to teach a student (fuse.ensembles / fuse.features)"
     elif fc.distill.enabled:
