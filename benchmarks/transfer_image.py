@@ -29,8 +29,8 @@ def task_configs(args: argparse.Namespace) -> dict[str, dict]:
     common = {
         "seed": 0,
         "split": {"folds": args.folds, "test_size": 0.2},
-        "preprocess": {"image_size": args.image_size},
-        "backbones": ["bundled:efficientnet_lite0"],
+        "preprocess": {"image_size": args.image_size or None},  # 0: each backbone's pretrained size
+        "backbones": args.backbones,
         "adapt": {"strategies": args.strategies},
         "train": {"finetune": {"epochs": args.epochs, "batch_size": 32, "lr": args.lr,
                                "patience": args.patience, "monitor": args.monitor},
@@ -41,7 +41,7 @@ def task_configs(args: argparse.Namespace) -> dict[str, dict]:
         "emoji-8": {**common, "name": "emoji-8",
                     "data": {"source": "emoji", "modality": "image",
                              "options": {"categories": list(EMOJI_8_CATEGORIES)}},
-                    "fuse": {"enabled": False}},
+                    "fuse": {"enabled": args.fuse}},
         "fashion-mnist": {**common, "name": "fashion-mnist",
                           "preprocess": {"image_size": args.fashion_image_size},
                              "data": {"source": "fashion_mnist", "modality": "image",
@@ -83,7 +83,11 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--image-size", type=int, default=224, help="EfficientNet-Lite0's pretrained size")
+    ap.add_argument("--image-size", type=int, default=224,
+                    help="EfficientNet-Lite0's pretrained size; 0 = each backbone's own pretrained size")
+    ap.add_argument("--backbones", nargs="+", default=["bundled:efficientnet_lite0"],
+                    help="the floor is computed on the first one's features")
+    ap.add_argument("--fuse", action="store_true", help="emoji-8: also fuse the candidates (chosen by CV)")
     ap.add_argument("--strategies", nargs="+", default=["linear_probe", "lp_ft", "finetune"])
     ap.add_argument("--patience", type=int, default=2)
     ap.add_argument("--monitor", default="val_loss", choices=["val_loss", "val_accuracy"])
