@@ -80,7 +80,7 @@ def task_config(task: str, args: argparse.Namespace) -> dict[str, Any]:
     if task == "emoji-images":
         return {"data": {"source": "emoji", "modality": "image",
                          "options": {"categories": list(EMOJI_8_CATEGORIES)}},
-                "preprocess": {"image_size": args.image_size},
+                "preprocess": {"image_size": args.image_size or None},  # 0: each backbone's own size
                 "backbones": ["bundled:efficientnet_lite0", "bundled:efficientnet_lite1",
                               "bundled:efficientnet_lite2"], "fuse": fuse}
     if task == "speech-digits":
@@ -94,7 +94,7 @@ def task_config(task: str, args: argparse.Namespace) -> dict[str, Any]:
     if task == "emoji-image-text":
         return {"data": {"source": "emoji_multimodal", "modality": "multimodal",
                          "options": {"categories": list(EMOJI_8_CATEGORIES)}},
-                "backbones": [{"name": "bundled:efficientnet_lite0", "options": {"image_size": args.image_size}},
+                "backbones": [{"name": "bundled:efficientnet_lite0", "options": {"image_size": args.image_size or None}},
                               {"name": "bundled:minilm_l6", "options": {"max_length": 32}}],
                 "fuse": fuse}
     raise SystemExit(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
@@ -158,7 +158,7 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="*", default=list(TASKS))
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--per-class", type=int, default=60, help="WordNet glosses per supersense")
-    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--image-size", type=int, default=128, help="0 = each backbone's pretrained size")
     ap.add_argument("--accents", nargs="*", default=["en-us", "en-gb", "en-gb-scotland", "en-029"])
     ap.add_argument("--out", default="benchmarks/out/fusion")
     ap.add_argument("--name", default="fusion", help="results file name (benchmarks/results/NAME.md)")

@@ -148,3 +148,35 @@ def test_excluded_baseline_and_nan_member_are_reported(tmp_path: Path):
     assert "NaN" in excluded["bad"] and "include_baselines" in excluded["tfidf"]
     cfg2 = validate_config({"backbones": ["x"], "fuse": {"include_baselines": True}})
     assert [m.name for m in select_members(cfg2, res, tmp_path)[0]] == ["a", "b", "tfidf"]
+
+
+def test_joint_fusion_is_saved_served_and_refused_by_export(tmp_path: Path):
+    """fusion/joint writes a model.json: the candidate folder rebuilds the jointly fine-tuned net
+    and reproduces the run's test probabilities; ONNX export refuses it with a one-line reason."""
+    from transfuse.config import validate_config
+    from transfuse.errors import UserError
+    from transfuse.export.onnx import export_run, load_folder, run_datasets
+    from transfuse.run import run_experiment
+
+    data = write_digits_folder(tmp_path / "digits", classes=(1, 7), per_class=8)
+    run = tmp_path / "run"
+    run_experiment(validate_config({
+        "name": "joint", "seed": 0, "data": {"source": "folder", "path": str(data), "modality": "image"},
+        "split": {"folds": 2, "test_size": 0.25}, "preprocess": {"image_size": 32},
+        "backbones": ["bundled:efficientnet_lite0", "bundled:efficientnet_lite1"],
+        "fuse": {"ensembles": [], "features": {"enabled": False},
+                 "joint": {"enabled": True, "epochs": 1, "batch_size": 8}},
+        "output": {"dir": str(run)}}), progress=False)
+    folder = run / "candidates" / "fusion_joint"
+    info = json.loads((folder / "model.json").read_text())
+    assert info["kind"] == "fusion" and info["method"] == "joint"
+    assert [m["spec"] for m in info["members"]] == ["bundled:efficientnet_lite0", "bundled:efficientnet_lite1"]
+    model, _ = load_folder(folder)
+    _, test = run_datasets(run)
+    with np.load(folder / "proba.npz") as z:
+        saved = z["test"]
+    got = model.predict_proba(test, batch_size=8)
+    assert got.shape == saved.shape == (len(test), 2)
+    assert np.abs(got - saved).max() < 1e-5
+    with pytest.raises(UserError, match="fusion/joint.*cannot be exported to ONNX yet"):
+        export_run(run, candidate="fusion/joint")

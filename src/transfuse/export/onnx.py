@@ -195,6 +195,10 @@ def build_graph(model: Any, info: dict[str, Any], folder: Path) -> tuple[Any, li
 
     M = _modules()
     temperature = float(info.get("temperature") or 1.0)
+    if info.get("method") == "joint":
+        raise UserError(f"{str(folder)!r}: a jointly fine-tuned fusion (fusion/joint) cannot be exported to "
+                        "ONNX yet; serve it with 'transfuse predict', or export another candidate "
+                        "(transfuse export RUN --candidate NAME)")
     if isinstance(model, FeatureFusionModel):
         est = model.est
         parts = [Part(b, {"name": m["spec"], "options": m.get("options", {})})

@@ -215,9 +215,13 @@ def load_fused_model(folder: str | Path, info: dict[str, Any]) -> Any:
     method = info.get("method")
     if method == "features":
         return _feature_fusion(folder, info)
+    if method == "joint":
+        from transfuse.fuse.joint import load_joint
+
+        return load_joint(folder, info)
     if method not in ("mean", "weighted", "greedy", "stacking"):
         raise UserError(f"{str(folder / 'model.json')!r}: unknown fusion method {method!r}; valid: "
-                        "mean, weighted, greedy, stacking, features")
+                        "mean, weighted, greedy, stacking, features, joint")
     root = run_root(folder)
     members = [load_single(root / m["folder"]) for m in info["members"]]
     tensors = _load_tensors(folder) if info.get("files", {}).get("fusion") else {}
