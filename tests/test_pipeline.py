@@ -69,6 +69,30 @@ def test_predict_reproduces_test_probabilities(probe_run: Path):
     assert np.abs(got - ref).max() < 1e-5
 
 
+def test_mlp_probe_head_is_served_and_exported(tmp_path: Path):
+    """An MLP probe head (train.head.kind: mlp) is saved with its standardiser: predict reproduces
+    the run's test probabilities and the ONNX graph matches the torch serving path."""
+    from transfuse.export.onnx import export_run
+
+    data = write_digits_folder(tmp_path / "digits", per_class=12)
+    exp = experiment(data, tmp_path / "run", ["linear_probe"])
+    # regularised: an unregularised 16-unit MLP on 27 images reaches logits of +-34, which turn the
+    # small difference between ONNX Runtime's and torch's backbone features into 5e-3 of
+    # probability (the head alone exports exactly); export's parity check would rightly refuse it
+    exp["train"]["head"] = {"kind": "mlp", "hidden": 16, "max_iter": 100, "weight_decay": 1.0}
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(yaml.safe_dump(exp))
+    cli("run", str(cfg), "--quiet")
+    run = tmp_path / "run"
+    info = json.loads((run / "model" / "model.json").read_text())
+    assert info["files"] == {"head": "head.safetensors"}
+    got, ref = predict_test_split(run), np.load(run / "model" / "test_proba.npy")
+    assert got.shape == ref.shape == (9, 3)
+    assert np.abs(got - ref).max() < 1e-5
+    out = export_run(run)
+    assert out["parity_max_abs_diff"] < 1e-4 and out["parity_samples"] == 9
+
+
 def test_rerun_reuses_feature_cache(probe_run: Path, tmp_path: Path):
     """A new run over the same data and backbone embeds nothing again."""
     from transfuse.backbones import create_backbone

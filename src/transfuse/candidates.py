@@ -119,18 +119,22 @@ def run_linear_probe(name: str, backbone: Any, feats_train: np.ndarray, feats_te
 
 
 def save_head(folder: Path, head: Any) -> None:
-    """Save a linear head in raw feature space as safetensors (MLP heads are not served yet:
-    nothing is saved and ``transfuse predict`` says so)."""
+    """Save a fitted head as ``head.safetensors``: a linear head in raw feature space (``weight``,
+    ``bias``: standardisation folded in), an MLP head as its standardiser (``mean``, ``scale``) and
+    net (``net.*``); :func:`transfuse.train.finetune.head_module` rebuilds either."""
     import torch
     from safetensors.torch import save_file
 
-    if head.kind != "linear":
-        return
-    W, b = head.to_linear()
+    if head.kind == "linear":
+        W, b = head.to_linear()
+        tensors = {"weight": W, "bias": b}
+    else:
+        tensors = {"mean": head.mean_, "scale": head.scale_,
+                   **{f"net.{k}": v.detach().cpu().numpy() for k, v in head.net_.state_dict().items()}}
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / ".head.safetensors.tmp"
-    save_file({"weight": torch.as_tensor(np.asarray(W), dtype=torch.float32).contiguous(),
-               "bias": torch.as_tensor(np.asarray(b), dtype=torch.float32).contiguous()}, str(tmp))
+    save_file({k: torch.as_tensor(np.asarray(v), dtype=torch.float32).contiguous() for k, v in tensors.items()},
+              str(tmp))
     tmp.replace(folder / "head.safetensors")
 
 

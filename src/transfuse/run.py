@@ -277,7 +277,7 @@ def save_model_spec(folder: Path, res: CandidateResult, spec: str, options: dict
             "files": {"head": "head.safetensors"} if res.strategy == "linear_probe"
             else {"model": "model.safetensors"}}
     if not any((folder / f).exists() for f in info["files"].values()):
-        info["files"] = {}  # e.g. an MLP probe head: scored and reported, not served
+        info["files"] = {}  # nothing saved to serve: load_folder says so in one line
     atomic_write_json(folder / "model.json", info)
 
 

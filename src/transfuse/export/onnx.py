@@ -288,8 +288,8 @@ def load_folder(folder: Path) -> tuple[Any, dict[str, Any]]:
     if info.get("kind") == "fusion":
         return load_fused_model(folder, info), info
     if not info.get("files"):
-        raise UserError(f"{str(folder)!r}: the candidate ({info.get('strategy')} with a non-linear head) "
-                        "cannot be served yet; use train.head.kind: linear or a fine-tuning strategy")
+        raise UserError(f"{str(folder)!r}: the candidate ({info.get('strategy')}) saved no weights to serve "
+                        "(a run from an older version saved no MLP heads); rerun it")
     return load_single(folder, info), info
 
 
@@ -358,7 +358,8 @@ def export_run(run_dir: str | Path, int8: bool = False, tolerance: float = 1e-4,
 
 def _kind(info: dict[str, Any]) -> str:
     if info.get("kind") == "fusion":
-        return "feature fusion" if info.get("method") == "features" else f"ensemble ({info.get('method')})"
+        return {"features": "feature fusion", "joint": "joint fusion"}.get(
+            info.get("method"), f"ensemble ({info.get('method')})")
     return "distilled student" if info.get("strategy") == "distill" else "single"
 
 

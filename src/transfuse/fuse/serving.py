@@ -106,7 +106,7 @@ def load_single(folder: Path, info: dict[str, Any] | None = None) -> Any:
     from safetensors.torch import load_model as st_load_model
 
     from transfuse.backbones.registry import create_backbone
-    from transfuse.train.finetune import Classifier
+    from transfuse.train.finetune import Classifier, head_module
 
     if info is None:
         if not (folder / "model.json").is_file():
@@ -120,8 +120,7 @@ def load_single(folder: Path, info: dict[str, Any] | None = None) -> Any:
         if backbone.weights_hash() != info["weights_hash"]:
             raise UserError(f"backbone {b['name']!r} now has different weights than when {str(folder)!r} "
                             "was trained; reinstall the version it used")
-        head = load_file(str(folder / info["files"]["head"]))
-        model.init_head(head["weight"].numpy(), head["bias"].numpy())
+        model.head = head_module(load_file(str(folder / info["files"]["head"])))
     else:
         st_load_model(model, str(folder / info["files"]["model"]))
     return model.eval()

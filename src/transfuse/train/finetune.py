@@ -66,6 +66,37 @@ def _uses_cuda(accelerator: str) -> bool:
     return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
+class StandardizedMLP(nn.Module):
+    """A served MLP probe head: ``(x - mean) / scale`` -> Linear -> GELU -> Linear (dropout is
+    the identity at inference)."""
+
+    def __init__(self, mean: torch.Tensor, scale: torch.Tensor, net: nn.Module):
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("scale", scale)
+        self.net = net
+        self.out_features = net[-1].out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.scale)
+
+
+def head_module(tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """The head saved by :func:`transfuse.candidates.save_head`: an ``nn.Linear`` (keys ``weight``,
+    ``bias``) or a :class:`StandardizedMLP` (keys ``mean``, ``scale``, ``net.*``)."""
+    from transfuse.train.heads import mlp
+
+    if "net.0.weight" not in tensors:
+        w = tensors["weight"]
+        lin = nn.Linear(w.shape[1], w.shape[0])
+        lin.load_state_dict({"weight": w, "bias": tensors["bias"]})
+        return lin
+    first, last = tensors["net.0.weight"], tensors[f"net.{len(mlp(1, 1, 1, 0)) - 1}.weight"]
+    net = mlp(first.shape[1], first.shape[0], last.shape[0], 0.0)
+    net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+    return StandardizedMLP(tensors["mean"], tensors["scale"], net)
+
+
 class Classifier(nn.Module):
     """A backbone with a linear head (optional dropout in between): input batch -> logits."""
 
