@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from conftest import predict_test_split, write_digits_folder
 
@@ -180,3 +181,38 @@ def test_joint_fusion_is_saved_served_and_refused_by_export(tmp_path: Path):
     assert np.abs(got - saved).max() < 1e-5
     with pytest.raises(UserError, match="fusion/joint.*cannot be exported to ONNX yet"):
         export_run(run, candidate="fusion/joint")
+
+
+def test_finetuned_student_is_saved_and_served(tmp_path: Path):
+    """fuse.distill.mode: finetune fine-tunes the student from its distilled head inside each fold
+    and on all rows; the whole student is saved and rebuilt to the run's own test probabilities."""
+    from transfuse.config import validate_config
+    from transfuse.export.onnx import load_folder, run_datasets
+    from transfuse.run import run_experiment
+
+    data = write_digits_folder(tmp_path / "digits", classes=(1, 7), per_class=8)
+    run = tmp_path / "run"
+    rep = run_experiment(validate_config({
+        "name": "ftstudent", "seed": 0, "data": {"source": "folder", "path": str(data), "modality": "image"},
+        "split": {"folds": 2, "test_size": 0.25}, "preprocess": {"image_size": 32},
+        "backbones": ["bundled:efficientnet_lite0", "bundled:efficientnet_lite1"],
+        "fuse": {"ensembles": ["mean"], "features": {"enabled": False},
+                 "distill": {"enabled": True, "mode": "finetune", "epochs": 1, "batch_size": 4, "lr": 1e-3}},
+        "output": {"dir": str(run)}}), progress=False)
+    d = next(c for c in rep["candidates"] if c["kind"] == "distilled")
+    assert d["members"] == ["fusion/mean"] and len(d["cv_scores"]) == 2
+    folder = next((run / "candidates").glob("distill*"))
+    info = json.loads((folder / "model.json").read_text())
+    assert info["files"] == {"model": "model.safetensors"} and info["distill"]["mode"] == "finetune"
+    model, _ = load_folder(folder)
+    _, test = run_datasets(run)
+    with np.load(folder / "proba.npz") as z:
+        saved = z["test"]
+    assert np.abs(model.predict_proba(test, batch_size=4) - saved).max() < 1e-5
+    # the backbone itself was trained: its weights moved away from the pretrained ones
+    from transfuse.backbones.registry import create_backbone
+
+    pretrained = create_backbone(info["backbone"]["name"], **info["backbone"]["options"]).state_dict()
+    tuned = model.backbone.state_dict()
+    moved = [k for k, v in pretrained.items() if v.is_floating_point() and not torch.equal(v, tuned[k])]
+    assert len(moved) > 10

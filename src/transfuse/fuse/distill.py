@@ -118,9 +118,10 @@ def distill_finetune(backbone: Any, train: Any, teacher: np.ndarray, n_classes: 
                      temperature: float = 2.0, alpha: float = 0.3, epochs: int = 3, lr: float = 1e-4,
                      head_lr: float = 1e-3, batch_size: int = 32, weight_decay: float = 0.01,
                      head_init: tuple[np.ndarray, np.ndarray] | None = None, augment: Any = None,
-                     seed: int = 0, max_train_batches: int | None = None) -> Any:
+                     seed: int = 0, max_train_batches: int | None = None, freeze_bn: bool = True) -> Any:
     """Fine-tune ``backbone`` + a linear head on ``teacher`` soft labels (and ``train.labels``,
-    ``-1`` = unlabelled); returns the eval-mode :class:`~transfuse.train.finetune.Classifier`."""
+    ``-1`` = unlabelled); returns the eval-mode :class:`~transfuse.train.finetune.Classifier`.
+    BatchNorm statistics stay fixed (``freeze_bn``), as in the pipeline's fine-tuning default."""
     from transfuse.train.cache import pick_device
     from transfuse.train.finetune import Classifier
 
@@ -128,7 +129,7 @@ def distill_finetune(backbone: Any, train: Any, teacher: np.ndarray, n_classes: 
     _check(np.zeros((len(train), 1)), np.asarray(teacher), y, n_classes)
     torch.manual_seed(seed)
     device = pick_device()
-    model = Classifier(copy.deepcopy(backbone), n_classes).to(device)
+    model = Classifier(copy.deepcopy(backbone), n_classes, freeze_bn=freeze_bn).to(device)
     if head_init is not None:
         model.init_head(*head_init)
     soft = soften(teacher, temperature).float().to(device)
@@ -151,6 +152,25 @@ def distill_finetune(backbone: Any, train: Any, teacher: np.ndarray, n_classes: 
             loss.backward()
             opt.step()
     return model.eval()
+
+
+class RowsDataset:
+    """Rows of several datasets (each keeps its own loader) seen as one, with given labels: the
+    training rows and the teacher-labelled transfer rows a fine-tuned student learns from."""
+
+    def __init__(self, parts: list[Any], rows: np.ndarray, labels: np.ndarray):
+        starts = np.cumsum([0] + [len(p) for p in parts])
+        self.parts, self.modality = parts, parts[0].modality
+        part = np.searchsorted(starts, rows, side="right") - 1
+        self.rows = [(int(k), int(r - starts[k])) for k, r in zip(part, rows, strict=True)]
+        self.labels = np.asarray(labels, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def load(self, i: int) -> Any:
+        k, j = self.rows[i]
+        return self.parts[k].load(j)
 
 
 def agreement(p: np.ndarray, q: np.ndarray) -> float:

@@ -32,6 +32,7 @@ from transfuse.candidates import (
     head_from_config,
     safe_name,
     save_head,
+    save_weights,
     score,
 )
 from transfuse.io import atomic_write_json
@@ -341,17 +342,24 @@ def distill_candidate(cfg: Any, data: Any, teacher: CandidateResult, results: li
     with fold k's rows hands the student their labels (measured: CV 0.96 vs 0.46 honest). So for
     fold k the teacher is refitted on fold k's training rows only (cross-fitted again on inner
     folds), and augmented views of fold k's validation rows are left out. With several
-    temperatures/alphas, the pair with the best CV mean is kept (its OOF is the candidate's)."""
+    temperatures/alphas, the pair with the best CV mean is kept (its OOF is the candidate's).
+
+    ``mode: finetune`` starts from that distilled head and fine-tunes the whole student on the same
+    rows and soft labels (:func:`~transfuse.fuse.distill.distill_finetune`, ``epochs``/``lr``/
+    ``batch_size``; head at the backbone's lr, as in LP-FT), once per fold and grid point and once
+    on all rows: the second element returned is then the fine-tuned Classifier."""
     from transfuse.data.multimodal import dataset_for
-    from transfuse.errors import UserError
-    from transfuse.fuse.distill import DistilledProbe
+    from transfuse.fuse.distill import DistilledProbe, RowsDataset, distill_finetune
 
     do = cfg.fuse.distill
     opts = distill_settings(do, cfg.train.head.weight_decay)
-    if do.mode != "probe":
-        raise UserError("fuse.distill.mode: only 'probe' runs inside the pipeline for now; use "
-                        "transfuse.fuse.distill.distill_finetune from Python for a fine-tuned student")
     name, _, _, bb = student
+    finetune = do.mode == "finetune"
+    if finetune and not getattr(bb, "trainable", True):
+        from transfuse.errors import UserError
+
+        raise UserError(f"fuse.distill.mode: finetune needs a trainable student; {bb.spec} is frozen "
+                        "(use mode: probe, or set fuse.distill.student to a trainable backbone)")
     t0 = time.perf_counter()
     y, c, bs = data.train.labels, len(data.train.classes), cfg.train.embed_batch_size
     n = len(y)
@@ -364,20 +372,37 @@ def distill_candidate(cfg: Any, data: Any, teacher: CandidateResult, results: li
     transfer = np.arange(n, n + len(source))
     grid = [(t, a, w) for t in opts["temperatures"] for a in opts["alphas"] for w in opts["weight_decays"]]
     oofs = {g: np.zeros((n, c), np.float32) for g in grid}
+    views = [dataset_for(d, bb.modality) for d in [data.train, *parts]]
+    aug = getattr(cfg.augment, bb.modality, None)
+
+    def fit(g: tuple, rows: np.ndarray, teach: np.ndarray, seed: int) -> Any:
+        probe = DistilledProbe(c, *g, seed=seed).fit(X[rows], teach, y_all[rows])
+        if not finetune:
+            return probe
+        model = distill_finetune(bb, RowsDataset(views, rows, y_all[rows]), teach, c, temperature=g[0],
+                                 alpha=g[1], epochs=do.epochs, lr=do.lr, head_lr=do.lr,
+                                 batch_size=do.batch_size, head_init=probe.to_linear(), augment=aug,
+                                 seed=seed)
+        return model
+
+    def proba(model: Any, feats: np.ndarray, ds: Any) -> np.ndarray:
+        if not finetune:
+            return model.predict_proba(feats)
+        return model.predict_proba(dataset_for(ds, bb.modality), batch_size=bs) if len(ds) else np.zeros((0, c))
+
     for k, (tr, va) in enumerate(data.folds):
         tf = transfer[(source == -1) | np.isin(source, tr)]
         soft, pt = teacher_probs(cfg, inputs, y_all, tr, tf, inner_folds(y[tr], len(data.folds), cfg.seed + k),
                                  c, cfg.seed + k)
         rows = np.concatenate([tr, tf])
-        for t, a, w in grid:
-            st = DistilledProbe(c, t, a, w, seed=cfg.seed + k).fit(X[rows], np.concatenate([soft, pt]),
-                                                                   y_all[rows])
-            oofs[(t, a, w)][va] = st.predict_proba(X[va])
+        for g in grid:
+            st = fit(g, rows, np.concatenate([soft, pt]), cfg.seed + k)
+            oofs[g][va] = proba(st, X[va], data.train.subset(va))
     cv = {g: [score(y[va], o[va], cfg.evaluate.metric) for _, va in data.folds] for g, o in oofs.items()}
     best = max(grid, key=lambda g: float(np.mean(cv[g])))
     soft, pt = teacher_probs(cfg, inputs, y_all, np.arange(n), transfer, data.folds, c, cfg.seed)
-    final = DistilledProbe(c, *best, seed=cfg.seed).fit(X, np.concatenate([soft, pt]), y_all)
-    test = final.predict_proba(Xt) if len(Xt) else np.zeros((0, c))
+    final = fit(best, np.arange(len(y_all)), np.concatenate([soft, pt]), cfg.seed)
+    test = proba(final, Xt, data.test) if len(Xt) else np.zeros((0, c))
     single = next((r for r in results if r.kind == "single" and r.backbone == bb.spec
                    and r.inference_ms_per_example is not None), None)
     cand = CandidateResult(
@@ -386,7 +411,8 @@ def distill_candidate(cfg: Any, data: Any, teacher: CandidateResult, results: li
         members=[teacher.name], fit_seconds=time.perf_counter() - t0,
         params=sum(int(p.numel()) for p in bb.parameters()) + X.shape[1] * c + c,
         inference_ms_per_example=single.inference_ms_per_example if single else None)
-    final.settings_ = {"temperature": best[0], "alpha": best[1], "weight_decay": best[2],
+    final.settings_ = {"mode": do.mode, "temperature": best[0], "alpha": best[1], "weight_decay": best[2],
+                       **({"epochs": do.epochs, "lr": do.lr} if finetune else {}),
                        "n_transfer": len(source),
                        "n_views": int((source >= 0).sum()), "n_unlabelled": int((source < 0).sum()),
                        "grid_cv": {f"T={t},alpha={a}" + (f",wd={w}" if len(opts["weight_decays"]) > 1 else ""):
@@ -451,13 +477,18 @@ def run_fusions(cfg: Any, data: Any, results: list[CandidateResult], run_dir: Pa
                                            progress)
             _, spec, opts, bb = student
             folder = _folder(run_dir, cand.name)
-            save_head(folder, head)
+            if fc.distill.mode == "finetune":  # the whole fine-tuned student
+                save_weights(folder / "model.safetensors", head)
+                files = {"model": "model.safetensors"}
+            else:
+                save_head(folder, head)
+                files = {"head": "head.safetensors"}
             atomic_write_json(folder / "model.json", {
                 "kind": "single", "modality": bb.modality, "classes": classes,
                 "backbone": {"name": spec, "options": opts}, "strategy": "distill",
                 "teacher": teacher.name, "distill": getattr(head, "settings_", {}),
                 "weights_hash": bb.weights_hash(),
-                "feature_dim": bb.feature_dim, "files": {"head": "head.safetensors"}})
+                "feature_dim": bb.feature_dim, "files": files})
             keep(cand)
     if fc.joint.enabled and not done("fusion/joint"):
         from transfuse.fuse.joint import joint_candidate
