@@ -51,6 +51,21 @@ def test_alpha_one_is_logistic_regression(digits):
     assert np.abs(st.predict_proba(X) - ref.predict_proba(Z)).max() < 1e-3
 
 
+def test_near_constant_column_does_not_blow_up_the_raw_head(digits):
+    """A column that is constant up to float noise (as 3 of MiniLM's 384 features are on short
+    texts) keeps scale 1, as in the probes' standardiser: the raw-feature head stays bounded, so a
+    fine-tuned student can start from it."""
+    X, y = digits
+    X, y = X[:300].astype(np.float64), y[:300]
+    noisy = np.c_[X, 0.5 + 1e-9 * np.random.default_rng(0).standard_normal(len(X))]
+    st = DistilledProbe(10, alpha=1.0, weight_decay=1e-2).fit(noisy, np.full((len(X), 10), 0.1), y)
+    W, _ = st.to_linear()
+    assert st.scale_[-1] == 1.0
+    assert np.abs(W).max() < 10  # with a 1e-12 floor this column's weights were ~1e8
+    base = DistilledProbe(10, alpha=1.0, weight_decay=1e-2).fit(X, np.full((len(X), 10), 0.1), y)
+    assert np.abs(st.predict_proba(noisy) - base.predict_proba(X)).max() < 1e-6
+
+
 def test_teacher_soft_labels_on_unlabelled_rows_help_the_student(digits):
     """A strong teacher (10-NN on 8x8 pixels) labels 900 unlabelled rows; a weak student (linear
     head on 2x2-pooled 4x4 pixels, 60 labelled rows) learns more from them than from its labels."""

@@ -65,14 +65,16 @@ class DistilledProbe:
         self.weight_decay, self.max_iter, self.seed = weight_decay, max_iter, seed
 
     def fit(self, X: np.ndarray, teacher: np.ndarray, y: np.ndarray | None = None) -> DistilledProbe:
-        from transfuse.train.heads import cpu_threads, fit_full_batch
+        from transfuse.train.heads import cpu_threads, fit_full_batch, standardizer
 
         X = np.asarray(X, np.float64)
         teacher = np.asarray(teacher, np.float64)
         y = np.full(len(X), -1) if y is None else np.asarray(y, np.int64)
         _check(X, teacher, y, self.n_classes)
-        self.mean_ = X.mean(0)
-        self.scale_ = np.where(X.std(0) > 1e-12, X.std(0), 1.0)
+        # the probes' standardiser: a near-constant column keeps scale 1 (with a 1e-12 floor, MiniLM's
+        # 3 constant feature columns got scales of 3e-9 and the raw-feature head weights of 2e7,
+        # which one fine-tuning step at lr 1e-5 turned into chance accuracy)
+        self.mean_, self.scale_ = standardizer(X)
         Z = torch.as_tensor((X - self.mean_) / self.scale_)
         soft, yt = soften(teacher, self.temperature), torch.as_tensor(y)
         with torch.random.fork_rng(devices=[]), cpu_threads(X.size):
