@@ -56,9 +56,10 @@ VIEWS = {"emoji-images": 0, "emoji-image-text": 1}
 
 #: ``--finetune-student``: the student fine-tuned from its distilled head (one grid point: each
 #: costs a fine-tune per fold; T, alpha and the head's weight decay are the probe student's CV
-#: picks on emoji-images at 128 px, lr and epochs the fine-tuning defaults' order of magnitude)
+#: picks on the task, lr and epochs the fine-tuning defaults' order of magnitude)
 FINETUNE_STUDENT = {"mode": "finetune", "temperature": 1.0, "alpha": 0.5, "weight_decay": 0.1,
                     "epochs": 4, "lr": 1e-4, "batch_size": 32}
+FINETUNE_STUDENT_T = {"emoji-images": 1.0, "emoji-image-text": 2.0, "wordnet-nouns": 4.0, "speech-digits": 1.0}
 
 
 def distill_options(task: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -194,7 +195,7 @@ def main() -> None:
         if task in WD_GRID:
             raw["fuse"]["distill"]["weight_decay"] = WD_GRID[task]
         if args.finetune_student:
-            raw["fuse"]["distill"].update(FINETUNE_STUDENT)
+            raw["fuse"]["distill"].update({**FINETUNE_STUDENT, "temperature": FINETUNE_STUDENT_T[task]})
         cfg = validate_config(raw)
         if args.from_reports:
             rep = json.loads((Path(args.out) / task / "report.json").read_text())
