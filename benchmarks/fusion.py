@@ -175,6 +175,7 @@ def main() -> None:
                     help="augmented views per emoji training image (default: VIEWS per task)")
     ap.add_argument("--finetune-student", action="store_true",
                     help="distil into a fine-tuned student (FINETUNE_STUDENT) instead of a probe head")
+    ap.add_argument("--student", default=None, help="fuse.distill.student (default: the best single's backbone)")
     ap.add_argument("--from-reports", action="store_true",
                     help="rebuild the tables from the run folders' report.json (runs nothing)")
     args = ap.parse_args()
@@ -194,6 +195,8 @@ def main() -> None:
         raw["fuse"]["distill"].update({**GRID, **distill_options(task, args)})
         if task in WD_GRID:
             raw["fuse"]["distill"]["weight_decay"] = WD_GRID[task]
+        if args.student:
+            raw["fuse"]["distill"]["student"] = args.student
         if args.finetune_student:
             raw["fuse"]["distill"].update({**FINETUNE_STUDENT, "temperature": FINETUNE_STUDENT_T[task]})
         cfg = validate_config(raw)

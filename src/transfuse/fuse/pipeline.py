@@ -379,11 +379,10 @@ def distill_candidate(cfg: Any, data: Any, teacher: CandidateResult, results: li
         probe = DistilledProbe(c, *g, seed=seed).fit(X[rows], teach, y_all[rows])
         if not finetune:
             return probe
-        model = distill_finetune(bb, RowsDataset(views, rows, y_all[rows]), teach, c, temperature=g[0],
-                                 alpha=g[1], epochs=do.epochs, lr=do.lr, head_lr=do.lr,
-                                 batch_size=do.batch_size, head_init=probe.to_linear(), augment=aug,
-                                 seed=seed)
-        return model
+        return distill_finetune(bb, RowsDataset(views, rows, y_all[rows]), teach, c, temperature=g[0],
+                                alpha=g[1], epochs=do.epochs, lr=do.lr, head_lr=do.lr,
+                                batch_size=do.batch_size, head_init=probe.to_linear(), augment=aug,
+                                seed=seed)
 
     def proba(model: Any, feats: np.ndarray, ds: Any) -> np.ndarray:
         if not finetune:
