@@ -303,7 +303,10 @@ def test_peak_memory_is_bounded_whatever_the_tensor_size(tmp_path):
     small = _peak_growth(tmp_path / "small", 32, 512 * 1024)
     big = _peak_growth(tmp_path / "big", 2, 16 * 1024 * 1024)
     assert big < 64 * 2**20, f"peak grew by {big / 2**20:.1f} MiB with 32 MiB tensors"
-    assert big < small + 16 * 2**20, f"{big / 2**20:.1f} MiB vs {small / 2**20:.1f} MiB"
+    # a 32 MiB margin: measured on 2 cores, small 14-30 MiB and big 36-44 MiB (peak RSS also counts
+    # input pages the reader touched), so 16 MiB failed now and then; a whole-tensor engine would
+    # be ~400 MiB above the small case
+    assert big < small + 32 * 2**20, f"{big / 2**20:.1f} MiB vs {small / 2**20:.1f} MiB"
 
 
 def _layered(seed: int, dtype=torch.float16) -> dict[str, torch.Tensor]:
