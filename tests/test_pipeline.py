@@ -86,6 +86,10 @@ def test_mlp_probe_head_is_served_and_exported(tmp_path: Path):
     run = tmp_path / "run"
     info = json.loads((run / "model" / "model.json").read_text())
     assert info["files"] == {"head": "head.safetensors"}
+    from safetensors.numpy import load_file
+
+    head = load_file(str(run / "model" / "head.safetensors"))
+    assert {"mean", "scale", "net.0.weight", "net.3.weight"} <= set(head) and head["net.0.weight"].shape[0] == 16
     got, ref = predict_test_split(run), np.load(run / "model" / "test_proba.npy")
     assert got.shape == ref.shape == (9, 3)
     assert np.abs(got - ref).max() < 1e-5

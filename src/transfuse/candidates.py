@@ -212,16 +212,13 @@ def run_raw_estimator(name: str, estimator: Any, train: Dataset, test: Dataset, 
     X = [train.load(i) for i in range(len(train))]
     Xt = [test.load(i) for i in range(len(test))]
 
-    def proba_full(est: Any, data: list) -> np.ndarray:
-        return full_proba(est, data, n_classes)
-
     oof = np.zeros((len(y), n_classes), np.float32)
     scores = []
     for tr, va in folds:
         est = clone(estimator).fit([X[i] for i in tr], y[tr])
-        oof[va] = proba_full(est, [X[i] for i in va])
+        oof[va] = full_proba(est, [X[i] for i in va], n_classes)
         scores.append(score(y[va], oof[va], cfg.evaluate.metric))
     est = clone(estimator).fit(X, y)
-    return CandidateResult(name=name, kind="baseline", oof=oof, test=proba_full(est, Xt),
+    return CandidateResult(name=name, kind="baseline", oof=oof, test=full_proba(est, Xt, n_classes),
                            cv_scores=scores, backbone=None, strategy=None, method=name,
                            fit_seconds=time.perf_counter() - t0)

@@ -126,11 +126,11 @@ def split_voices(voices: Sequence[str], test_fraction: float, seed: int,
     if not 0 < test_fraction < 1:
         raise UserError(f"test_fraction={test_fraction} must lie strictly between 0 and 1")
     if split_by == "accent_and_variant":
-        accents = {v.partition("+")[0] for v in split_voices(voices, test_fraction, seed, "accent")[1]}
-        variants = {v.partition("+")[2] for v in split_voices(voices, test_fraction, seed, "variant")[1]}
-        train = [v for v in voices if v.partition("+")[0] not in accents and v.partition("+")[2] not in variants]
-        test = [v for v in voices if v.partition("+")[0] in accents and v.partition("+")[2] in variants]
-        return train, test
+        held = ({v.partition("+")[0] for v in split_voices(voices, test_fraction, seed, "accent")[1]},
+                {v.partition("+")[2] for v in split_voices(voices, test_fraction, seed, "variant")[1]})
+        where = {v: (v.partition("+")[0] in held[0], v.partition("+")[2] in held[1]) for v in voices}
+        return ([v for v in voices if where[v] == (False, False)],
+                [v for v in voices if where[v] == (True, True)])
 
     def key(v: str) -> str:
         accent, _, variant = v.partition("+")

@@ -143,8 +143,7 @@ def save_joint(folder: Path, net: JointFusionNet, members: list[dict[str, Any]],
     save_weights(folder / "model.safetensors", net)
     atomic_write_json(folder / "model.json", {
         "kind": "fusion", "method": "joint", "modality": modality, "classes": classes,
-        "members": members, "params": {"hidden": opts.hidden, "dropout": opts.dropout,
-                                       "batch_size": opts.batch_size},
+        "members": members, "params": {"hidden": opts.hidden, "dropout": opts.dropout},
         "files": {"weights": "model.safetensors"}})
 
 

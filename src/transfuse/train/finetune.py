@@ -91,7 +91,8 @@ def head_module(tensors: dict[str, torch.Tensor]) -> nn.Module:
         lin = nn.Linear(w.shape[1], w.shape[0])
         lin.load_state_dict({"weight": w, "bias": tensors["bias"]})
         return lin
-    first, last = tensors["net.0.weight"], tensors[f"net.{len(mlp(1, 1, 1, 0)) - 1}.weight"]
+    layers = sorted(int(k.split(".")[1]) for k in tensors if k.startswith("net.") and k.endswith(".weight"))
+    first, last = tensors[f"net.{layers[0]}.weight"], tensors[f"net.{layers[-1]}.weight"]
     net = mlp(first.shape[1], first.shape[0], last.shape[0], 0.0)
     net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
     return StandardizedMLP(tensors["mean"], tensors["scale"], net)
