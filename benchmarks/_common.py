@@ -28,6 +28,30 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), torch {torch.__version__} threads {torch.get_num_threads()}, {dev}"
 
 
+def code_version() -> str:
+    """transfuse's version and the git commit measured (``+dirty`` when the tree had changes)."""
+    import subprocess
+
+    from transfuse import __version__
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        rev, dirty = "", ""
+    return f"transfuse {__version__} git {rev or 'unknown'}{'+dirty' if dirty else ''}"
+
+
+def run_meta() -> dict[str, Any]:
+    """What every result file records: date, machine, code version, command and machine load."""
+    return {"date": dt.date.today().isoformat(), "machine": machine(), "code": code_version(),
+            "command": "python " + " ".join(sys.argv),
+            "load average (1, 5, 15 min) at the end": [round(x, 2) for x in os.getloadavg()]}
+
+
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     def fmt(v: Any) -> str:
         if isinstance(v, float):
@@ -43,12 +67,13 @@ def write_results(name: str, rows: list[dict[str, Any]], columns: list[str],
                   extra: dict[str, Any] | None = None) -> str:
     """Write ``results/NAME.json`` and ``results/NAME.md``; return the Markdown."""
     RESULTS.mkdir(exist_ok=True)
-    meta = {"date": dt.date.today().isoformat(), "machine": machine(),
-            "command": "python " + " ".join(sys.argv)}
-    (RESULTS / f"{name}.json").write_text(json.dumps({**meta, **(extra or {}), "rows": rows}, indent=2) + "\n")
+    from transfuse.io import atomic_write_text
+
+    meta = run_meta()
+    atomic_write_text(RESULTS / f"{name}.json", json.dumps({**meta, **(extra or {}), "rows": rows}, indent=2) + "\n")
     md = (f"{markdown_table(rows, columns)}\n\n"
-          f"{meta['date']}, {meta['machine']}; `{meta['command']}`\n")
+          f"{meta['date']}, {meta['machine']}, {meta['code']}; `{meta['command']}`\n")
     if extra:
         md += "".join(f"\n- {k}: {v}" for k, v in extra.items()) + "\n"
-    (RESULTS / f"{name}.md").write_text(md)
+    atomic_write_text(RESULTS / f"{name}.md", md)
     return md

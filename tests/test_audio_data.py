@@ -48,7 +48,7 @@ def test_folder_loads_classes_ids_and_mono_waveforms(folder: Path) -> None:
     assert sr == 16000 and wave.dtype == np.float32 and wave.ndim == 1
     np.testing.assert_allclose(wave, tone(880) * 0.75, atol=1e-4)  # channel mean
     assert pickle.loads(pickle.dumps(ds.loader)) == ds.loader
-    assert "audio_folder" in DATA_SOURCES and "audio_manifest" in DATA_SOURCES
+    assert all(s in DATA_SOURCES for s in ("audio_folder", "audio_manifest", "speech"))
 
 
 def _reason(ds, name: str) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import write_digits_folder
 
-from transfuse.candidates import CandidateResult
+from transfuse.adapt.result import CandidateResult
 from transfuse.config import validate_config
 from transfuse.evaluate.calibration import apply_temperature, fit_temperature, log_proba
 from transfuse.evaluate.metrics import classification_metrics
@@ -27,7 +27,7 @@ def _cfg(data: Path, out: Path, **extra) -> dict:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    from transfuse.run import run_experiment
+    from transfuse.pipeline import run_experiment
 
     root = tmp_path_factory.mktemp("cal")
     data = write_digits_folder(root / "digits", classes=(0, 1, 3, 7, 8), per_class=16)
@@ -40,10 +40,10 @@ def test_temperature_is_fitted_on_the_chosen_candidates_oof(run: Path):
     cal = rep["calibration"]
     cand = CandidateResult.load(run / "candidates" / "efficientnet_lite0_linear_probe")
     y = np.array(json.loads((run / "splits.json").read_text())["train_idx"])  # order only
+    from transfuse.artifacts.store import RunFolder
     from transfuse.config import load_config
-    from transfuse.run import prepare_data
 
-    data = prepare_data(load_config(run / "config.yaml"), run)
+    data = RunFolder(run).prepare_data(load_config(run / "config.yaml"))
     assert len(y) == len(data.train)
     t = fit_temperature(log_proba(cand.oof), data.train.labels)
     assert cal["temperature"] == pytest.approx(t, rel=1e-9)
@@ -79,10 +79,11 @@ def test_model_carries_the_temperature_and_predict_applies_it(run: Path):
 
 
 def test_calibration_can_be_turned_off(tmp_path):
-    from transfuse.run import run_experiment
+    from transfuse.pipeline import run_experiment
 
     data = write_digits_folder(tmp_path / "digits", per_class=9)
     rep = run_experiment(validate_config(_cfg(data, tmp_path / "run", calibration={"enabled": False})),
                          tmp_path / "run", progress=False)
     assert "calibration" not in rep
-    assert "temperature" not in json.loads((tmp_path / "run" / "model" / "model.json").read_text())
+    # model.json (a ModelSpec) always states the temperature; null: none is applied
+    assert json.loads((tmp_path / "run" / "model" / "model.json").read_text())["temperature"] is None

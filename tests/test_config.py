@@ -3,8 +3,15 @@ import sys
 import time
 
 import pytest
+from pydantic import ValidationError
 
-from transfuse.config import apply_overrides, load_config, validate_config
+from transfuse.config import (
+    ExperimentConfig,
+    apply_overrides,
+    format_validation_error,
+    load_config,
+    validate_config,
+)
 from transfuse.errors import UserError
 
 BASE = {"backbones": ["bundled:efficientnet_lite0"]}
@@ -87,3 +94,73 @@ def test_head_lr_auto_is_10x_for_a_fresh_head_and_1x_for_lp_ft():
     assert FinetuneConfig(lr=3e-4, head_lr="5x").resolved_head_lr(head_trained=True) == pytest.approx(1.5e-3)
     with pytest.raises(ValueError, match="or 'auto'"):
         FinetuneConfig(head_lr="fast")
+
+
+TOP_KEYS = ("name, seed, data, split, preprocess, augment, backbones, adapt, train, evaluate, fuse, search, "
+            "calibration, export, output")
+
+
+def message(raw) -> str:
+    with pytest.raises(UserError) as e:
+        validate_config(raw, source="exp.yaml")
+    return str(e.value)
+
+
+def test_every_problem_is_reported_at_once_unknown_then_missing_then_invalid():
+    # 'backbones' is missing too, but as the did-you-mean of 'bakbones' it is reported once, as the typo
+    assert message({"bakbones": ["x"], "split": {"fold": 3}, "train": {"head": {"weight_decay": -1}}}) == (
+        "exp.yaml: 3 problems:\n"
+        f"  - unknown key 'bakbones'; did you mean 'backbones'? valid keys here: {TOP_KEYS}\n"
+        "  - unknown key 'split.fold'; did you mean 'folds'? valid keys here: folds, test_size\n"
+        "  - key 'train.head.weight_decay' has invalid value -1: Input should be greater than or equal to 0")
+    # groups in that order whatever the document order; within a group, the document's order
+    assert message({"split": {"folds": 1}, "backbones": [{"options": {}}], "trian": {}, "sead": 1}) == (
+        "exp.yaml: 4 problems:\n"
+        f"  - unknown key 'trian'; did you mean 'train'? valid keys here: {TOP_KEYS}\n"
+        f"  - unknown key 'sead'; did you mean 'seed'? valid keys here: {TOP_KEYS}\n"
+        "  - key 'backbones.0.name' is required; add it to the config\n"
+        "  - key 'split.folds' has invalid value 1: Input should be greater than or equal to 2")
+
+
+def test_a_typo_inside_a_list_item_replaces_its_required_key():
+    raw = {"backbones": [{"nmae": "x"}]}
+    expected = "unknown key 'backbones.0.nmae'; did you mean 'name'? valid keys here: name, options"
+    assert message(raw) == f"exp.yaml: {expected}"
+    with pytest.raises(ValidationError) as e:
+        ExperimentConfig.model_validate(raw)
+    assert format_validation_error(e.value) == f"config: {expected}"
+
+
+def test_the_members_of_a_union_are_one_problem():
+    assert message({**BASE, "train": {"finetune": {"class_weight": "even"}},
+                    "fuse": {"distill": {"temperature": [0, 2]}}}) == (
+        "exp.yaml: 2 problems:\n"
+        "  - key 'train.finetune.class_weight' has invalid value 'even': Input should be 'none' or "
+        "'balanced'; or Input should be a valid tuple\n"
+        "  - key 'fuse.distill.temperature' has invalid value [0, 2]: Input should be a valid number; "
+        "or Input should be greater than 0")
+
+
+def test_validator_messages_name_the_section_and_drop_pydantics_prefix():
+    assert message({**BASE, "augment": {"image": {"crop_ratio": [2, 1]}}}) == (
+        "exp.yaml: key 'augment.image' has invalid value {'crop_ratio': [2, 1]}: "
+        "crop_ratio must be (low, high) with 0 < low <= high, got (2.0, 1.0)")
+
+
+def test_huge_values_and_many_problems_are_bounded():
+    msg = message({**BASE, "seed": "a" * 100_000, "x" * 1000: 1})
+    assert msg == ("exp.yaml: 2 problems:\n"
+                   f"  - unknown key '{'x' * 77}...'; valid keys here: {TOP_KEYS}\n"
+                   f"  - key 'seed' has invalid value '{'a' * 27}...{'a' * 28}': Input should be a valid "
+                   "integer, unable to parse string as an integer")
+    many = message({**BASE, **{f"k{i}": 0 for i in range(50)}}).split("\n")
+    assert many[0] == "exp.yaml: 50 problems:" and len(many) == 1 + 20 + 1
+    assert many[1].startswith("  - unknown key 'k0';") and many[-1] == "  - ... and 30 more"
+
+
+def test_config_imports_nothing_heavy_and_only_errors_of_transfuse():
+    code = ("import sys, transfuse.config; "
+            "print(sorted({m.split('.')[1] for m in sys.modules if m.startswith('transfuse.')}), "
+            "'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['config', 'errors'] False"

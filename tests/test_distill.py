@@ -169,25 +169,28 @@ def test_unlabelled_inputs_leave_out_every_train_and_test_item():
 def test_teacher_refit_uses_only_its_rows(digits):
     """The refitted mean-ensemble teacher equals its members fitted on ``fit_rows`` alone (an
     independent computation), and the labels of every other row cannot change it."""
-    from sklearn.model_selection import KFold, cross_val_predict
+    from sklearn.model_selection import cross_val_predict
     from sklearn.naive_bayes import GaussianNB
 
-    from transfuse.fuse.pipeline import teacher_probs
+    from transfuse.adapt.cross_fit import inner_folds
+    from transfuse.fuse.student import Teacher
 
     X, y = digits
     X1, X2 = X[:400, :32], X[:400, 32:]
     make = lambda seed: GaussianNB(var_smoothing=1e-2)
     fit_rows, pred_rows = np.arange(0, 200), np.arange(300, 400)
-    folds = list(KFold(3, shuffle=True, random_state=0).split(fit_rows))
-    inputs = {"kind": "ensemble", "method": "mean", "members": [(X1, make), (X2, make)]}
+    teacher = Teacher("mean", members=[(X1, make), (X2, make)])
     y = y[:400].copy()
-    soft, pred = teacher_probs(None, inputs, y, fit_rows, pred_rows, folds, 10, seed=0)
+    soft, pred = teacher.probs(y, fit_rows, pred_rows, 10, n_folds=3, seed=0)
     want = np.mean([GaussianNB(var_smoothing=1e-2).fit(Z[:200], y[:200]).predict_proba(Z[300:])
                     for Z in (X1, X2)], axis=0)
     assert np.allclose(pred, want, atol=1e-6)
+    # the cross-fitted soft labels: the teacher's inner folds over its own rows (stratified, seeded)
+    folds = inner_folds(y[:200], 3, 0)
+    assert sorted(np.concatenate([va for _, va in folds]).tolist()) == list(range(200))
     want_soft = np.mean([cross_val_predict(GaussianNB(var_smoothing=1e-2), Z[:200], y[:200], cv=folds,
                                            method="predict_proba") for Z in (X1, X2)], axis=0)
     assert np.allclose(soft, want_soft, atol=1e-6)
     y[200:] = (y[200:] + 1) % 10  # other rows' labels are never read
-    soft2, pred2 = teacher_probs(None, inputs, y, fit_rows, pred_rows, folds, 10, seed=0)
+    soft2, pred2 = teacher.probs(y, fit_rows, pred_rows, 10, n_folds=3, seed=0)
     assert np.array_equal(pred, pred2) and np.array_equal(soft, soft2)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.real
 def image_run(tmp_path_factory) -> tuple[Path, list[str]]:
     from transfuse.data.registry import load_dataset
     from transfuse.export.onnx import export_cli
-    from transfuse.run import run_experiment
+    from transfuse.pipeline import run_experiment
 
     root = tmp_path_factory.mktemp("exp")
     data = write_digits_folder(root / "digits", per_class=12)
@@ -44,7 +44,7 @@ def test_onnx_parity_and_temperature(image_run):
     # int8: accuracy re-measured on the run's test split, both engines side by side
     assert set(meta["test_accuracy"]) == {"fp32", "int8"}
     assert meta["int8"]["size_bytes"] < 0.5 * meta["size_bytes"]
-    assert meta["int8"]["method"] == "static" and meta["kind"] == "single"  # a conv net: calibrated QDQ
+    assert meta["int8"]["method"] == "static" and meta["kind"] == "probe"  # a conv net: calibrated QDQ
     assert meta["int8"]["accuracy_drop"] == pytest.approx(meta["test_accuracy"]["fp32"] - meta["test_accuracy"]["int8"])
 
 
@@ -67,7 +67,7 @@ def test_export_errors(image_run, tmp_path):
     run, files = image_run
     with pytest.raises(UserError, match=r"has no chosen model \(model/model.json\); give a finished run"):
         export_cli(tmp_path, "onnx")
-    with pytest.raises(UserError, match=r"fusion_none' has no model.json; give a finished run folder, or a candidate"):
+    with pytest.raises(UserError, match=r"has no candidate 'fusion/none'; valid: efficientnet_lite0_linear_probe$"):
         export_run(run, candidate="fusion/none")
     with pytest.raises(UserError, match="--format 'tflite' is not supported; valid formats: onnx"):
         export_cli(run, "tflite")
@@ -82,7 +82,7 @@ def test_export_errors(image_run, tmp_path):
 def test_text_model_exports_with_input_ids_and_attention_mask(tmp_path):
     from transfuse.export.onnx import export_cli
     from transfuse.export.predict import predict
-    from transfuse.run import run_experiment
+    from transfuse.pipeline import run_experiment
 
     cfg = {"name": "txt", "data": {"source": "wordnet", "modality": "text",
                                    "options": {"supersenses": ["animal", "food"], "max_per_class": 15}},

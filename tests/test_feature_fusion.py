@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.base import clone
 from sklearn.model_selection import StratifiedKFold
 
+from transfuse.config import FeatureFusionConfig, FeatureFusionOptions
 from transfuse.errors import UserError
 from transfuse.fuse.cv import cross_val_features
 from transfuse.fuse.features import FeatureFusionClassifier
@@ -128,3 +130,11 @@ def test_errors_name_the_problem():
         model.predict({"a": train["a"], "c": train["b"]})
     with pytest.raises(UserError, match="block 'b' has 7 features but the model was fitted with 8"):
         model.predict({"a": train["a"], "b": train["b"][:, :7]})
+
+
+def test_defaults_come_from_the_config_and_the_section_builds_the_estimator():
+    assert FeatureFusionClassifier().config == FeatureFusionConfig()
+    fo = FeatureFusionOptions(proj_dim=8, gate=True, label_smoothing=0.1)
+    est = FeatureFusionClassifier(**fo.model_dump(exclude={"enabled"}))
+    assert est.config == FeatureFusionConfig(proj_dim=8, gate=True, label_smoothing=0.1)
+    assert clone(est).get_params() == est.get_params()

@@ -25,11 +25,11 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from transfuse.backbones.base import Backbone
+from transfuse.config import FinetuneConfig
 from transfuse.data.base import Dataset
 from transfuse.errors import UserError
 from transfuse.train.finetune import (
     Classifier,
-    FinetuneConfig,
     build_param_groups,
     finetune,
     fold_standardizer,

@@ -85,15 +85,13 @@ def test_emoji_multimodal_source():
 def test_image_text_feature_fusion_through_run(tmp_path: Path):
     """emoji image + name -> category through run_experiment: each backbone embeds its own column,
     and feature fusion over both modalities is a candidate that serving reproduces."""
-    from transfuse.config import DataConfig, validate_config
+    from transfuse.config import validate_config
 
     if not _emoji_available():
         pytest.skip("emoji-datasource-google is not installed (transfuse data emoji)")
-    if "multimodal" not in str(DataConfig.model_fields["modality"].annotation):
-        pytest.skip("data.modality 'multimodal' is not wired into config.py/run.py yet")
-    from transfuse.fuse.serving import load_fused_model
-    from transfuse.io import read_json
-    from transfuse.run import prepare_data, run_experiment
+    from transfuse.artifacts.serve import load_model
+    from transfuse.artifacts.store import RunFolder
+    from transfuse.pipeline import run_experiment
 
     # a small balanced sample keeps this fast: 3 categories x 16 emoji
     full = load_dataset("emoji_multimodal", categories=["Flags", "Food & Drink", "Animals & Nature"])
@@ -116,8 +114,9 @@ def test_image_text_feature_fusion_through_run(tmp_path: Path):
     assert {"efficientnet_lite0/linear_probe", "minilm_l3/linear_probe", "fusion/features"} <= set(cands)
     assert cands["fusion/features"]["members"] == ["efficientnet_lite0", "minilm_l3"]
     folder = tmp_path / "run" / "candidates" / "fusion_features"
-    model = load_fused_model(folder, read_json(folder / "model.json"))
-    test = prepare_data(cfg, tmp_path / "run").test
+    model, spec = load_model(folder)
+    assert spec.kind == "features" and [b.modality for b in spec.backbones] == ["image", "text"]
+    test = RunFolder(tmp_path / "run").prepare_data(cfg).test
     with np.load(folder / "proba.npz") as z:
         ref = z["test"]
     assert np.abs(model.predict_proba(test, batch_size=16) - ref).max() < 1e-4

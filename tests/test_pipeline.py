@@ -144,7 +144,7 @@ def test_kill_during_finetune_then_resume(tmp_path: Path):
     cfg.write_text(yaml.safe_dump(experiment(data, out, ["linear_probe", "finetune"], folds=2, epochs=3)))
     proc = subprocess.Popen([sys.executable, "-m", "transfuse.cli", "run", str(cfg), "--quiet"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    ckpt = out / "candidates" / "efficientnet_lite0_finetune" / "fold0" / "checkpoints" / "last.ckpt"
+    ckpt = out / "work" / "efficientnet_lite0_finetune" / "fold0" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
@@ -162,6 +162,11 @@ def test_kill_during_finetune_then_resume(tmp_path: Path):
     ft = rep["candidates"][1]
     assert len(ft["cv_scores"]) == 2 and all(0 <= s <= 1 for s in ft["cv_scores"])
     assert {h["fold"] for h in ft["history"]} == {0, 1}
+    # each fold picked its epoch on an inner split of its own training rows; the shipped model was
+    # refitted on all training rows for the median of the folds' choices
+    chosen = [f["epochs"] for f in ft["selected"]["folds"]]
+    assert len(chosen) == 2 and all(1 <= e <= 3 for e in chosen)
+    assert ft["selected"]["final"] == {"epochs": max(1, int(round(float(np.median(chosen)))))}
     assert set(rep["test"]) >= {"accuracy", "macro_f1", "log_loss", "ece"}
     assert (out / "model" / "model.json").exists()
 

@@ -14,18 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from transfuse.config import HeadConfig, validate_config
+from transfuse.config import HeadConfig, SearchConfig, validate_config
 from transfuse.errors import UserError
-from transfuse.evaluate.search import (
+from transfuse.search.objectives import head_objective
+from transfuse.search.study import (
     finished_count,
-    head_objective,
     make_sampler,
     make_storage,
     open_study,
     run_study,
     summarize,
 )
-from transfuse.evaluate.search_config import SearchConfig
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -35,15 +34,16 @@ WORKER = textwrap.dedent("""
     import numpy as np
     from sklearn.datasets import load_digits
     from sklearn.model_selection import StratifiedKFold
-    from transfuse.config import HeadConfig
-    from transfuse.evaluate import search as S
-    from transfuse.evaluate.search_config import SearchConfig
+    from transfuse.config import HeadConfig, SearchConfig
+    from transfuse.errors import UserError
+    from transfuse.search import study as S
+    from transfuse.search.objectives import head_objective
     url, n, sampler, worker, slow = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1", float(sys.argv[5])
     X, y = load_digits(return_X_y=True)
     X, y = X[:300], y[:300]
     folds = list(StratifiedKFold(3, shuffle=True, random_state=0).split(X, y))
     sc = SearchConfig(sampler=sampler, heartbeat_s=1, pruner="none")
-    obj = S.head_objective(X, y, folds, HeadConfig(max_iter=30), sc.space, "accuracy", 0)
+    obj = head_objective(X, y, folds, HeadConfig(max_iter=30), sc.space, "accuracy", 0)
     def slow_obj(trial):
         time.sleep(slow)
         return obj(trial)
@@ -52,7 +52,7 @@ WORKER = textwrap.dedent("""
         try:
             study = S.open_study(storage, "s", S.make_sampler(sampler, sc.space, 0), "none", worker)
             break
-        except S.UserError:
+        except UserError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
@@ -247,7 +247,7 @@ def test_fit_with_search_applies_the_best_head_and_reports_it(tmp_path, digits_f
 
     import yaml
 
-    from transfuse.evaluate.search import fit_with_search
+    from transfuse.pipeline.search import fit_with_search
 
     cfg = validate_config({"name": "s", "data": {"source": "folder", "path": str(digits_folder)},
                            "split": {"folds": 3, "test_size": 0.25}, "preprocess": {"image_size": 32},
@@ -260,8 +260,152 @@ def test_fit_with_search_applies_the_best_head_and_reports_it(tmp_path, digits_f
     assert report["search"]["best_head"] == best["params"] == res["best_head"]
     head = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["head"]
     assert {k: head[k] for k in best["params"]} == best["params"]
-    # the pipeline's CV of the chosen head is the search's best trial (same folds; the search's
-    # float32 fits may differ by a validation sample)
-    assert report["candidates"][0]["cv_mean"] == pytest.approx(best["value"], abs=0.05)
+    # the searched probe's CV is nested: each outer fold chose its own head by a search inside its
+    # training rows (a full set of parameters per fold); what ships uses the full search's best
+    probe = report["candidates"][0]
+    assert probe["name"] == "efficientnet_lite0/linear_probe"
+    assert report["search"]["nested_candidates"] == [probe["name"]]
+    assert report["search"]["cv"].startswith("nested: a search of 8 head trials inside each outer fold")
+    assert [set(c) for c in probe["selected"]["folds"]] == [set(best["params"])] * 3
+    assert probe["selected"]["final"] == best["params"]
+    assert len(probe["cv_scores"]) == 3 and 0.0 <= probe["cv_mean"] <= 1.0
     html = (tmp_path / "run" / "search" / "search.html").read_text()
     assert "optimisation history" in html or "data:image/png" in html
+    # an interrupted searched run resumes with its searched candidate still nested
+    import shutil
+
+    from transfuse.pipeline.resume import resume
+
+    shutil.rmtree(tmp_path / "run" / "candidates" / "efficientnet_lite0_linear_probe")
+    again = resume(tmp_path / "run", progress=False)
+    assert again["search"]["nested_candidates"] == [probe["name"]]
+    assert again["candidates"][0]["selected"] == probe["selected"]
+    assert again["candidates"][0]["cv_scores"] == pytest.approx(probe["cv_scores"])
+
+
+# ----------------------------------------------------------------------------- nested CV
+
+def _nested_search(X, y, n_trials: int, final: dict, folds: int = 3):
+    """The head stage of a search (random sampler, no pruner) ready to re-run inside each fold."""
+    from transfuse.search.nested import HeadSearch, NestedSearch
+
+    cfg = validate_config({"backbones": ["bundled:efficientnet_lite0"], "search": {"sampler": "random",
+                                                                                  "pruner": "none"}})
+    heads = HeadSearch(X, y, cfg.train.head, cfg.search, n_trials, "accuracy", folds, int(y.max()) + 1)
+    return NestedSearch(cfg, heads, None, {"head": final, "finetune": {}})
+
+
+def test_nested_cv_of_a_searched_probe_is_honest_on_random_labels():
+    # labels independent of the features: any CV above chance is optimism. The best trial of a
+    # plain search scored on the run's folds is the best of 30 noisy scores on those folds; the
+    # nested CV (a search inside each outer fold's training rows) stays at chance.
+    from sklearn.model_selection import StratifiedKFold
+
+    from transfuse.adapt.cross_fit import cross_fit
+    from transfuse.adapt.probe import ProbeStrategy
+    from transfuse.search.study import best_trial
+
+    sc, n_trials, n, n_classes = _cfg(sampler="random", pruner="none"), 30, 60, 3
+    plain, nested = [], []
+    for rep in range(4):
+        rng = np.random.default_rng(rep)
+        X, y = rng.normal(size=(n, 20)), rng.permutation(np.arange(n) % n_classes)
+        folds = list(StratifiedKFold(3, shuffle=True, random_state=rep).split(X, y))
+        study = _study(None, sc)
+        run_study(study, head_objective(X, y, folds, HeadConfig(), sc.space, "accuracy", 0), n_trials)
+        best = best_trial(study)
+        search = _nested_search(X, y, n_trials, best.params)
+        seen = []
+        inner = search.heads.best
+        search.heads.best = lambda rows, seed: seen.append(np.sort(rows)) or inner(rows, seed)
+        cv = cross_fit(search.wrap(ProbeStrategy(HeadConfig(), X, X[:0], y, n_classes)), y, folds, n_classes,
+                       "accuracy", 0)
+        # one inner search per outer fold, on that fold's training rows only; none for the final fit
+        assert [r.tolist() for r in seen] == [np.sort(tr).tolist() for tr, _ in folds]
+        assert all(set(c) == set(sc.space) for c in cv.fold_chosen)
+        plain.append(best.value)
+        nested.append(float(np.mean(cv.scores)))
+    chance, se = 1 / n_classes, np.sqrt((1 / n_classes) * (1 - 1 / n_classes) / (4 * n))
+    assert np.mean(nested) <= chance + 3 * se, (nested, chance + 3 * se)
+    assert np.mean(plain) > np.mean(nested), (plain, nested)
+
+
+def test_searched_probe_ships_the_full_searchs_best_params():
+    from transfuse.adapt.cross_fit import cross_fit
+    from transfuse.adapt.probe import ProbeStrategy, make_head
+    from transfuse.search.nested import SearchedProbe
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(45, 6)), np.arange(45) % 3
+    X[:, 0] += y  # some signal
+    folds = [(np.flatnonzero(np.arange(45) % 3 != k), np.flatnonzero(np.arange(45) % 3 == k)) for k in range(3)]
+    final = {"weight_decay": 3.0, "label_smoothing": 0.1, "class_weight": "balanced"}
+    strat = SearchedProbe(ProbeStrategy(HeadConfig(), X, X[:7], y, 3), _nested_search(X, y, 6, final))
+    assert strat.final_choice([{"weight_decay": 1e-4}] * 3) == final  # not the folds' choices
+    cv = cross_fit(strat, y, folds, 3, "accuracy", 0)
+    assert cv.final.chosen == final == cv.selected["final"]
+    assert len(cv.fold_chosen) == 3 and all(c != final for c in cv.fold_chosen)
+    shipped = make_head(HeadConfig(**final), 3, 0).fit(X, y).predict_proba(X[:7])
+    np.testing.assert_allclose(cv.test, shipped, atol=1e-6)
+
+
+def test_searched_finetune_searches_inside_each_fold_and_ships_the_full_searchs_best(monkeypatch, tmp_path):
+    # fine-tuning replaced by a recorder: which rows each fit saw, with which settings
+    from types import SimpleNamespace
+
+    import transfuse.train.finetune as ft_module
+    from transfuse.adapt.cross_fit import cross_fit
+    from transfuse.adapt.finetune import FinetuneStrategy
+    from transfuse.data.base import Dataset
+    from transfuse.search.nested import FinetuneSearch, HeadSearch, NestedSearch, SearchedFinetune
+
+    calls = []
+
+    class Model:
+        def predict_proba(self, ds, batch_size=64):
+            return np.full((len(ds), 3), 1 / 3, np.float32)
+
+    def fake_finetune(backbone, train_ds, val_ds, n_classes, cfg, out_dir, head_init=None, augment=None,
+                      seed=0, progress=True):
+        calls.append({"train": set(train_ds.ids), "val": set(val_ds.ids) if val_ds is not None else set(),
+                      "lr": cfg.lr, "epochs": cfg.epochs, "init": head_init is not None,
+                      "out": Path(out_dir).relative_to(tmp_path).parts})
+        n_val = len(val_ds) if val_ds is not None else 0
+        return SimpleNamespace(model=Model(), history=[{"epoch": 1}], best_epoch=1 + len(calls) % 3,
+                               val_proba=np.full((n_val, 3), 1 / 3, np.float32))
+
+    monkeypatch.setattr(ft_module, "finetune", fake_finetune)
+    n = 45
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(n, 4)), np.arange(n) % 3
+    ds = Dataset(modality="image", items=list(X), labels=y, classes=["a", "b", "c"], ids=[f"r{i}" for i in range(n)])
+    cfg = validate_config({"backbones": ["bundled:efficientnet_lite0"],
+                           "adapt": {"strategies": ["linear_probe", "lp_ft"]},
+                           "search": {"sampler": "random", "pruner": "none", "n_trials": 4, "finetune_trials": 2}})
+    final = {"head": {"weight_decay": 2.0, "label_smoothing": 0.0, "class_weight": "none"},
+             "finetune": {"lr": 3e-4, "layer_decay": 0.9, "label_smoothing": 0.05}}
+    search = NestedSearch(cfg, HeadSearch(X, y, cfg.train.head, cfg.search, 4, "accuracy", 3, 3),
+                          FinetuneSearch(cfg, object(), ds, X, 3, tmp_path / "nested"), final)
+    base = FinetuneStrategy("lp_ft", object(), ds, ds.subset([0, 1]), cfg.train.finetune, cfg.train.head,
+                            tmp_path / "work", features=X)
+    strat = search.wrap(base)
+    assert isinstance(strat, SearchedFinetune)
+    folds = [(np.flatnonzero(np.arange(n) % 5 != k), np.flatnonzero(np.arange(n) % 5 == k)) for k in range(3)]
+    cv = cross_fit(strat, y, folds, 3, "accuracy", 0)
+    for k, (tr, va) in enumerate(folds):
+        seen = {f"r{i}" for i in tr}
+        # the inner study's trials (seed k), then the fold's fit (an epoch chosen on an inner split)
+        trials = [c for c in calls if c["out"][0] == "nested" and c["out"][1].startswith(f"finetune_{k}_")]
+        fit = [c for c in calls if c["out"] == ("work", f"fold{k}")]
+        assert len(trials) == 2 and all(c["init"] for c in trials) and len(fit) == 1  # LP-FT trials
+        assert all(c["train"] | c["val"] <= seen and not c["train"] & c["val"] for c in trials + fit)
+        assert fit[0]["val"]
+        chosen = cv.fold_chosen[k]
+        assert set(chosen) == {"head", "finetune", "epochs"} and set(chosen["finetune"]) == set(final["finetune"])
+        assert fit[0]["lr"] == chosen["finetune"]["lr"] != final["finetune"]["lr"]  # the fold's own search
+    assert not (tmp_path / "nested").exists() or not any((tmp_path / "nested").iterdir())  # trials cleaned up
+    epochs = max(1, int(round(float(np.median([c["epochs"] for c in cv.fold_chosen])))))
+    assert cv.final.chosen == {**final, "epochs": epochs}
+    last = calls[-1]
+    assert last["out"] == ("work", "final") and not last["val"] and last["lr"] == final["finetune"]["lr"]
+    assert last["epochs"] == epochs and last["train"] == {f"r{i}" for i in range(n)}

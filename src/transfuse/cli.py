@@ -49,10 +49,10 @@ def run(config: Path = typer.Argument(..., help="Experiment YAML file."),
     from transfuse.config import load_config
 
     cfg = load_config(config, set_ or [])
-    from transfuse.run import run_dir_for, run_experiment
+    from transfuse.pipeline import run_dir_for, run_experiment
 
     if cfg.search.enabled:
-        from transfuse.evaluate.search import fit_with_search
+        from transfuse.pipeline.search import fit_with_search
 
         _echo_summary(fit_with_search(cfg, out or run_dir_for(cfg), cfg.search.n_trials, progress=not quiet))
         return
@@ -111,11 +111,11 @@ def fit(data: str = typer.Option(..., "--data", help="Folder, manifest, SOURCE:P
         raw["data"].update({"test_source": tsource, "test_path": tpath})
     cfg = validate_config(apply_overrides(raw, set_ or []), source="fit")
     if search_trials:
-        from transfuse.evaluate.search import fit_with_search
+        from transfuse.pipeline.search import fit_with_search
 
         _echo_summary(fit_with_search(cfg, out, search_trials, storage, progress=not quiet))
         return
-    from transfuse.run import run_experiment
+    from transfuse.pipeline import run_experiment
 
     _echo_summary(run_experiment(cfg, out, progress=not quiet))
 
@@ -124,7 +124,7 @@ def fit(data: str = typer.Option(..., "--data", help="Folder, manifest, SOURCE:P
 def resume(run_dir: Path = typer.Argument(..., help="A run folder."),
            quiet: bool = typer.Option(False, "--quiet")) -> None:
     """Continue an interrupted run without redoing finished candidates."""
-    from transfuse.run import resume as _resume
+    from transfuse.pipeline.resume import resume as _resume
 
     _echo_summary(_resume(run_dir, progress=not quiet))
 
@@ -133,11 +133,12 @@ def resume(run_dir: Path = typer.Argument(..., help="A run folder."),
 def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
             inputs: list[str] = typer.Argument(..., help="Image/audio files, or texts (or text files)."),
             as_json: bool = typer.Option(False, "--json", help="Print JSON lines with all probabilities."),
-            engine: str = typer.Option("auto", "--engine", help="onnx | torch | auto (onnx when exported).")) -> None:
-    """Predict with a run's chosen model."""
+            engine: str = typer.Option("auto", "--engine", help="onnx | torch | auto (onnx when exported)."),
+            candidate: Optional[str] = typer.Option(None, "--candidate", help="Predict with this candidate (e.g. fusion/stacking) instead of the chosen model.")) -> None:
+    """Predict with a run's chosen model, or with one of its candidates."""
     from transfuse.export.predict import predict as _predict
 
-    res = _predict(run_dir, inputs, engine=engine)
+    res = _predict(run_dir, inputs, engine=engine, candidate=candidate)
     classes = res["classes"]
     for inp, p in zip(inputs, res["proba"]):
         k = int(p.argmax())
@@ -159,7 +160,7 @@ def demo(task: str = typer.Option("image", "--task", help="image | text | audio"
         names = sorted(p.stem for p in DEMOS.glob("*.yaml"))
         raise UserError(f"unknown demo task {task!r}; valid tasks: {', '.join(names)}")
     from transfuse.config import load_config
-    from transfuse.run import run_experiment
+    from transfuse.pipeline import run_experiment
 
     cfg = load_config(cfg_file)
     _echo_summary(run_experiment(cfg, out or Path("runs") / f"demo-{task}", progress=not quiet))
@@ -218,7 +219,7 @@ def search(config: Path = typer.Argument(..., help="Experiment YAML file (its se
            worker: bool = typer.Option(False, "--worker", help="Join an existing study instead of creating it."),
            quiet: bool = typer.Option(False, "--quiet")) -> None:
     """Hyperparameter search: heads on cached features, then (optionally) fine-tuning trials."""
-    from transfuse.evaluate.search import search_cli
+    from transfuse.search.run import search_cli
     from transfuse.progress import console
 
     res = search_cli(config, set_ or [], storage, trials, worker, progress=not quiet)
@@ -235,11 +236,11 @@ def export(run_dir: Path = typer.Argument(..., help="A finished run folder."),
            int8: bool = typer.Option(False, "--int8", help="Also write an int8 model (method chosen per model family; accuracy re-measured)."),
            candidate: Optional[str] = typer.Option(None, "--candidate", help="Export this candidate (e.g. fusion/features) instead of the chosen model.")) -> None:
     """Export a run's chosen model, or one candidate (ONNX, parity-checked, temperature folded in)."""
-    from transfuse.candidates import safe_name
+    from transfuse.artifacts.store import RunFolder
     from transfuse.export.onnx import export_cli
 
     res = export_cli(run_dir, format, int8, candidate)
-    folder = run_dir / "candidates" / safe_name(candidate) if candidate else run_dir / "model"
+    folder = RunFolder(run_dir).candidate(candidate) if candidate else run_dir / "model"
     print(f"{folder / res['file']}: parity max |p_onnx - p_torch| = {res['parity_max_abs_diff']:.2e} "
           f"on {res['parity_samples']} inputs")
     if "int8" in res:

@@ -67,3 +67,11 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    import io as _io
+
+    buf = _io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue())

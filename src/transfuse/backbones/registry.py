@@ -71,3 +71,16 @@ BUILTIN_MODULES: list[str] = [
     "transfuse.backbones.audio",
     "transfuse.backbones.text",
 ]
+
+
+def short_name(spec: str) -> str:
+    """A backbone spec as a candidate name prefix (``bundled:minilm_l6`` -> ``minilm_l6``)."""
+    return spec.removeprefix("bundled:")
+
+
+def resolve_options(options: dict[str, Any], modality: str, image_size: int | None) -> dict[str, Any]:
+    """A backbone's options with the run's ``preprocess.image_size`` applied to image backbones."""
+    opts = dict(options)
+    if modality == "image" and image_size:
+        opts.setdefault("image_size", image_size)
+    return opts

@@ -303,7 +303,7 @@ def load_speech(path: str | Path | None = None, *, words: Sequence[str] = ("digi
     or ``test`` part; give the same parameters to ``data.options`` and ``data.test_options`` (with
     ``split: test``) for a held-out-voice test set. Other options (``trim_silence``,
     ``max_seconds``, ...) go to the ``audio_folder`` loader."""
-    from transfuse.data.audio import load_audio_folder
+    from transfuse.data.audio_folder import load_audio_folder  # imports torch: only when loading
 
     if split not in ("train", "test"):
         raise UserError(f"data option split={split!r} is not valid; give train or test")

@@ -183,7 +183,8 @@ def render_report_html(report: dict) -> str:
         best = srch.get("best_head") or srch.get("best_params")
         s.append("<h2>Search</h2><p>Hyperparameter search: <a href='search/search.html'>trials, optimisation "
                  "history and parameter importances</a>"
-                 + (f"; best head <code>{_e(json.dumps(best, default=str))}</code>" if best else "") + ".</p>")
+                 + (f"; best head <code>{_e(json.dumps(best, default=str))}</code>" if best else "") + "."
+                 + (f" Candidates' CV: {_e(srch['cv'])}." if srch.get("cv") else "") + "</p>")
     quarantined = r.get("quarantined") or []
     s.append(f"<h2>Quarantined inputs ({len(quarantined)})</h2>")
     if quarantined:

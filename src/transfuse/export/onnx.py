@@ -149,7 +149,7 @@ def _modules() -> dict[str, type]:
             return self.net(zs)
 
     class Ensemble(torch.nn.Module):
-        """Members' probabilities combined as :class:`transfuse.fuse.serving.EnsembleModel` does."""
+        """Members' probabilities combined as :class:`transfuse.artifacts.serve.EnsembleModel` does."""
 
         def __init__(self, members: list[torch.nn.Module], method: str, params: dict[str, Any],
                      tensors: dict[str, np.ndarray], n_classes: int):
@@ -189,30 +189,32 @@ def _modules() -> dict[str, type]:
     return {"Graph": Graph, "Single": Single, "Features": Features, "Ensemble": Ensemble}
 
 
-def build_graph(model: Any, info: dict[str, Any], folder: Path) -> tuple[Any, list[Part]]:
+def build_graph(model: Any, spec: Any, folder: Path) -> tuple[Any, list[Part]]:
     """The torch module the ONNX graph is traced from, and its input parts, for any served model."""
-    from transfuse.fuse.serving import EnsembleModel, FeatureFusionModel, run_root
+    from transfuse.artifacts.serve import EnsembleModel, FeatureFusionModel, RawModel
 
     M = _modules()
-    temperature = float(info.get("temperature") or 1.0)
-    if info.get("method") == "joint":
-        raise UserError(f"{str(folder)!r}: a jointly fine-tuned fusion (fusion/joint) cannot be exported to "
-                        "ONNX yet; serve it with 'transfuse predict', or export another candidate "
-                        "(transfuse export RUN --candidate NAME)")
+    temperature = float(spec.temperature or 1.0)
+    if spec.kind in ("joint", "raw"):
+        what = {"joint": "a jointly fine-tuned fusion (fusion/joint)", "raw": "a raw-input estimator (TF-IDF)"}
+        raise ExportError(f"{str(folder)!r}: {what[spec.kind]} cannot be exported to ONNX; serve it with "
+                          "'transfuse predict', or export another candidate (transfuse export RUN --candidate NAME)")
     if isinstance(model, FeatureFusionModel):
-        est = model.est
-        parts = [Part(b, {"name": m["spec"], "options": m.get("options", {})})
-                 for b, m in zip(model.backbones, info["members"], strict=True)]
-        core = M["Features"](model.backbones, est.means_, est.scales_, est.net_)
+        parts = [Part(b, {"name": r.name, "options": r.options}) for b, r in zip(model.backbones, spec.backbones,
+                                                                               strict=True)]
+        core = M["Features"](model.backbones, model.est.means_, model.est.scales_, model.est.net_)
         logits = True
     elif isinstance(model, EnsembleModel):
-        root = run_root(folder)
-        specs = [read_json(root / m["folder"] / "model.json")["backbone"] for m in info["members"]]
-        parts = [Part(m.backbone, s) for m, s in zip(model.members, specs, strict=True)]
-        core = M["Ensemble"](model.members, model.method, model.params, model.tensors, len(info["classes"]))
+        raw = [n for n, m in zip(spec.members, model.members, strict=True) if isinstance(m, RawModel)]
+        if raw:
+            raise ExportError(f"{str(folder)!r}: ensemble member {raw[0]!r} is a raw-input estimator (TF-IDF), "
+                              "which ONNX cannot hold; serve this fusion with 'transfuse predict', or export "
+                              "another candidate (transfuse export RUN --candidate NAME)")
+        parts = [Part(m.backbone, {"name": m.backbone.spec, "options": m.backbone_options}) for m in model.members]
+        core = M["Ensemble"](model.members, model.method, model.params, model.tensors, len(spec.classes))
         logits = False
     else:
-        parts = [Part(model.backbone, dict(info["backbone"]))]
+        parts = [Part(model.backbone, {"name": spec.backbone.name, "options": spec.backbone.options})]
         core, logits = M["Single"](model), True
     if len(parts) > 1:
         for i, p in enumerate(parts):
@@ -261,13 +263,12 @@ def batched_proba(sess: Any, parts: list[Part], dataset: Any, batch_size: int = 
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def parts_from_meta(meta: dict[str, Any], info: dict[str, Any]) -> list[Part]:
+def parts_from_meta(meta: dict[str, Any]) -> list[Part]:
     """The input parts of an exported graph, their backbones rebuilt for preprocessing."""
     from transfuse.backbones.registry import create_backbone
 
-    specs = meta.get("parts") or [{"backbone": info["backbone"], "inputs": meta["inputs"], "prefix": ""}]
     out = []
-    for s in specs:
+    for s in meta["parts"]:
         b = s["backbone"]
         prefix = s.get("prefix", "")
         out.append(Part(create_backbone(b["name"], **b.get("options", {})), b,
@@ -277,39 +278,14 @@ def parts_from_meta(meta: dict[str, Any], info: dict[str, Any]) -> list[Part]:
 
 # ----------------------------------------------------------------------------------- exporting
 
-def load_folder(folder: Path) -> tuple[Any, dict[str, Any]]:
-    """The served model saved in ``folder`` (``model.json``) and its spec."""
-    from transfuse.fuse.serving import load_fused_model, load_single
-
-    if not (folder / "model.json").is_file():
-        raise UserError(f"{str(folder)!r} has no model.json; give a finished run folder, or a candidate "
-                        "folder of one (candidates/NAME)")
-    info = read_json(folder / "model.json")
-    if info.get("kind") == "fusion":
-        return load_fused_model(folder, info), info
-    if not info.get("files"):
-        raise UserError(f"{str(folder)!r}: the candidate ({info.get('strategy')}) saved no weights to serve "
-                        "(a run from an older version saved no MLP heads); rerun it")
-    return load_single(folder, info), info
-
-
 def run_datasets(run_dir: Path) -> tuple[Any, Any]:
     """The run's training and test parts (rebuilt from its saved config and splits)."""
+    from transfuse.artifacts.store import RunFolder
     from transfuse.config import load_config
-    from transfuse.run import CONFIG_FILE, prepare_data
 
-    cfg = load_config(run_dir / CONFIG_FILE)
-    data = prepare_data(cfg, run_dir)
+    run = RunFolder(run_dir)
+    data = run.prepare_data(load_config(run.config_file))
     return data.train, data.test
-
-
-def torch_proba(model: Any, info: dict[str, Any], dataset: Any, batch_size: int = 32) -> np.ndarray:
-    """The torch serving path's calibrated probabilities (what ``predict --engine torch`` returns)."""
-    from transfuse.evaluate.calibration import apply_temperature
-
-    p = np.asarray(model.predict_proba(dataset, batch_size=batch_size))
-    t = info.get("temperature")
-    return apply_temperature(p, float(t)) if t is not None else p
 
 
 def _calibration(parts: list[Part], train: Any, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
@@ -324,12 +300,12 @@ def export_run(run_dir: str | Path, int8: bool = False, tolerance: float = 1e-4,
     ``model.int8.onnx``) and ``model/onnx.json``; returns the export report (parity, sizes,
     accuracies). ``candidate`` (e.g. ``fusion/features``) exports that candidate's folder instead
     of the chosen model, into the same folder."""
-    from transfuse.candidates import safe_name
-    from transfuse.fuse.serving import run_root
+    from transfuse.artifacts.serve import load_model, predict_proba, run_root
+    from transfuse.artifacts.store import RunFolder
 
-    folder = Path(run_dir) / "model" if candidate is None else Path(run_dir) / "candidates" / safe_name(candidate)
-    model, info = load_folder(folder)
-    graph, parts = build_graph(model, info, folder)
+    folder = Path(run_dir) / "model" if candidate is None else RunFolder(run_dir).candidate(candidate)
+    model, spec = load_model(folder)
+    graph, parts = build_graph(model, spec, folder)
     train, test = run_datasets(run_root(folder))
     ref = test if len(test) else train
     idx = np.arange(min(parity_samples, len(ref)))
@@ -337,7 +313,7 @@ def export_run(run_dir: str | Path, int8: bool = False, tolerance: float = 1e-4,
     t0 = time.perf_counter()
     export_onnx(graph, parts, example, folder / ONNX_FILE, opset)
     seconds = time.perf_counter() - t0
-    p_torch = torch_proba(model, info, ref.subset(idx))
+    p_torch = predict_proba(model, spec, ref.subset(idx))
     p_onnx = session(folder / ONNX_FILE).run(["proba"], feeds(parts, example))[0]
     diff = float(np.abs(p_onnx - p_torch).max())
     if not diff <= tolerance:
@@ -346,7 +322,7 @@ def export_run(run_dir: str | Path, int8: bool = False, tolerance: float = 1e-4,
                           f"inputs (tolerance {tolerance:g}); raise export.tolerance or report the backbone")
     names = [n for p in parts for n in p.names]
     out: dict[str, Any] = {"format": "onnx", "file": ONNX_FILE, "inputs": names, "opset": opset,
-                           "kind": _kind(info), "temperature": float(info.get("temperature") or 1.0),
+                           "kind": spec.kind, "temperature": float(spec.temperature or 1.0),
                            "parity_max_abs_diff": diff, "parity_samples": len(idx), "tolerance": tolerance,
                            "export_seconds": seconds, "size_bytes": (folder / ONNX_FILE).stat().st_size,
                            "parts": [{"backbone": p.spec, "inputs": p.names, "prefix": p.prefix} for p in parts]}
@@ -354,13 +330,6 @@ def export_run(run_dir: str | Path, int8: bool = False, tolerance: float = 1e-4,
         out.update(_int8(folder, parts, train, test, int8_method))
     atomic_write_json(folder / META_FILE, out)
     return out
-
-
-def _kind(info: dict[str, Any]) -> str:
-    if info.get("kind") == "fusion":
-        return {"features": "feature fusion", "joint": "joint fusion"}.get(
-            info.get("method"), f"ensemble ({info.get('method')})")
-    return "distilled student" if info.get("strategy") == "distill" else "single"
 
 
 def _int8(folder: Path, parts: list[Part], train: Any, test: Any, method: str) -> dict[str, Any]:
@@ -384,8 +353,9 @@ def _int8(folder: Path, parts: list[Part], train: Any, test: Any, method: str) -
     return out
 
 
-def read_meta(run_dir: str | Path) -> dict[str, Any] | None:
-    p = Path(run_dir) / "model" / META_FILE
+def read_meta(folder: str | Path) -> dict[str, Any] | None:
+    """The export record of a model folder (``onnx.json``), if its ONNX file is there."""
+    p = Path(folder) / META_FILE
     return read_json(p) if p.exists() and (p.parent / ONNX_FILE).exists() else None
 
 

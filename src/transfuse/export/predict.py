@@ -8,19 +8,19 @@ from typing import Any
 import numpy as np
 
 from transfuse.errors import UserError
-from transfuse.io import read_json
 
 
-def load_model(run_dir: str | Path) -> tuple[Any, dict[str, Any]]:
-    """The chosen model of ``run_dir`` in eval mode, and its spec: a torch ``Classifier`` for a
-    single candidate, or (``kind: fusion``) whatever :mod:`transfuse.fuse.serving` rebuilds; both
-    offer ``predict_proba(dataset, batch_size)``."""
-    from transfuse.export.onnx import load_folder
+def model_folder(run_dir: str | Path, candidate: str | None = None) -> Path:
+    """The folder of the run's chosen model, or of one of its candidates."""
+    from transfuse.artifacts.store import RunFolder
 
-    if not (Path(run_dir) / "model" / "model.json").exists():
+    run = RunFolder(run_dir)
+    if candidate is not None:
+        return run.candidate(candidate)
+    if not (run.model_dir / "model.json").exists():
         raise UserError(f"{str(run_dir)!r} has no chosen model (model/model.json); "
                         "finish the run first with 'transfuse resume'")
-    return load_folder(Path(run_dir) / "model")
+    return run.model_dir
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -69,12 +69,12 @@ class OnnxClassifier:
     """The exported graph behind the same ``predict_proba(dataset, batch_size)`` as the torch
     model. The backbones only preprocess (transform and collate); onnxruntime computes."""
 
-    def __init__(self, run_dir: str | Path, info: dict[str, Any], meta: dict[str, Any], int8: bool = False):
+    def __init__(self, folder: Path, meta: dict[str, Any], int8: bool = False):
         from transfuse.export.onnx import parts_from_meta, session
 
-        self.parts = parts_from_meta(meta, info)
+        self.parts = parts_from_meta(meta)
         f = meta["int8"]["file"] if int8 and meta.get("int8") else meta["file"]
-        self.session = session(Path(run_dir) / "model" / f)
+        self.session = session(folder / f)
 
     def predict_proba(self, dataset: Any, batch_size: int = 32) -> np.ndarray:
         from transfuse.export.onnx import batched_proba
@@ -82,38 +82,35 @@ class OnnxClassifier:
         return batched_proba(self.session, self.parts, dataset, batch_size)
 
 
-def resolve_engine(run_dir: str | Path, engine: str) -> str:
-    """``auto``: onnx when the run has an exported model, else torch."""
+def resolve_engine(folder: Path, engine: str) -> str:
+    """``auto``: onnx when the model has been exported, else torch."""
     from transfuse.export.onnx import read_meta
 
     if engine not in ("auto", "onnx", "torch"):
         raise UserError(f"--engine {engine!r} is not valid; use onnx, torch or auto")
-    has_onnx = read_meta(run_dir) is not None
+    has_onnx = read_meta(folder) is not None
     if engine == "onnx" and not has_onnx:
-        raise UserError(f"{str(run_dir)!r} has no ONNX model; run 'transfuse export {run_dir} --format onnx' "
-                        "first, or use --engine torch")
+        raise UserError(f"{str(folder)!r} has no ONNX model; run 'transfuse export' on it first, or use "
+                        "--engine torch")
     return engine if engine != "auto" else ("onnx" if has_onnx else "torch")
 
 
-def predict(run_dir: str | Path, inputs: list[str], batch_size: int = 32, engine: str = "auto") -> dict[str, Any]:
-    """Class probabilities for raw inputs: ``{"classes", "proba": (n, C) array, "engine"}``.
-
-    The run's calibration temperature (``model.json``) is applied on both engines (the ONNX
-    graph has it folded in)."""
+def predict(run_dir: str | Path, inputs: list[str], batch_size: int = 32, engine: str = "auto",
+            candidate: str | None = None) -> dict[str, Any]:
+    """Class probabilities for raw inputs: ``{"classes", "proba": (n, C) array, "engine"}``, from
+    the run's chosen model or (``candidate``) one of its candidates. The calibration temperature is
+    applied on both engines (the ONNX graph has it folded in)."""
+    from transfuse.artifacts.serve import load_model, predict_proba
+    from transfuse.artifacts.spec import load_spec
     from transfuse.export.onnx import read_meta
 
-    if not (Path(run_dir) / "model" / "model.json").exists():
-        load_model(run_dir)  # raises the one-line 'no chosen model' error
-    engine = resolve_engine(run_dir, engine)
-    info = read_json(Path(run_dir) / "model" / "model.json")
-    data = load_inputs(inputs, info["modality"])
+    folder = model_folder(run_dir, candidate)
+    spec = load_spec(folder)
+    engine = resolve_engine(folder, engine)
+    data = load_inputs(inputs, spec.modality)
     if engine == "onnx":
-        proba = OnnxClassifier(run_dir, info, read_meta(run_dir) or {}).predict_proba(data, batch_size)
+        proba = OnnxClassifier(folder, read_meta(folder) or {}).predict_proba(data, batch_size)
     else:
-        model, info = load_model(run_dir)
-        proba = np.asarray(model.predict_proba(data, batch_size=batch_size))
-        if info.get("temperature") is not None:
-            from transfuse.evaluate.calibration import apply_temperature
-
-            proba = apply_temperature(proba, float(info["temperature"])).astype(np.float32)
-    return {"classes": info["classes"], "proba": np.asarray(proba), "engine": engine}
+        model, spec = load_model(folder)
+        proba = predict_proba(model, spec, data, batch_size)
+    return {"classes": spec.classes, "proba": np.asarray(proba), "engine": engine}

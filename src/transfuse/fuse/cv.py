@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from sklearn.base import BaseEstimator, clone
 
+from transfuse.adapt.cross_fit import oof_loop
 from transfuse.errors import UserError
 from transfuse.fuse.ensemble import accuracy, as_prob_stack, log_loss, make_ensemble
 
@@ -100,13 +101,9 @@ def _score_folds(
     folds: Folds,
 ) -> dict:
     folds = _check_folds(folds, n)
-    oof = np.full((n, n_classes), np.nan)
-    scores, losses = [], []
-    for tr, va in folds:
-        p = fit_predict(tr, va)
-        oof[va] = p
-        scores.append(accuracy(p, y[va]))
-        losses.append(log_loss(p, y[va]))
+    oof = oof_loop(lambda k, tr, va: fit_predict(tr, va), folds, n, n_classes)
+    scores = [accuracy(oof[va], y[va]) for _, va in folds]
+    losses = [log_loss(oof[va], y[va]) for _, va in folds]
     covered = ~np.isnan(oof[:, 0])
     return {
         "cv_scores": scores,

@@ -57,7 +57,7 @@ class DistilledProbe:
     """A linear head on the student's features fitted with the distillation loss (full-batch
     L-BFGS on standardised features, L2 ``weight_decay``). ``alpha=1`` is a plain probe."""
 
-    kind = "linear"  # what :func:`transfuse.candidates.save_head` saves
+    kind = "linear"  # saved as a linear head by :func:`transfuse.artifacts.save.head_tensors`
 
     def __init__(self, n_classes: int, temperature: float = 2.0, alpha: float = 0.3,
                  weight_decay: float = 1e-3, max_iter: int = 200, seed: int = 0):

@@ -13,18 +13,15 @@ Information Fusion", ICLR workshop 2017, https://arxiv.org/abs/1702.01992
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from transfuse.config import HeadFit
+from transfuse.config import ClassWeight, FeatureFusionConfig, HeadKind, Optimizer, field_defaults
 from transfuse.errors import UserError
 from transfuse.train.heads import (
-    Optimizer,
     check_features,
     class_weights,
     cpu_threads,
@@ -39,15 +36,7 @@ from transfuse.train.heads import (
 )
 
 Blocks = Mapping[str, np.ndarray] | Sequence[np.ndarray]
-
-
-class FeatureFusionConfig(HeadFit):
-    """Validated hyper-parameters of a :class:`FeatureFusionClassifier`."""
-
-    proj_dim: int | None = Field(None, ge=1)
-    gate: bool = False
-    head: Literal["linear", "mlp"] = "linear"
-    max_iter: int = Field(300, ge=1)
+_FUSION = field_defaults(FeatureFusionConfig)
 
 
 class _FusionNet(torch.nn.Module):
@@ -91,26 +80,27 @@ class FeatureFusionClassifier(ClassifierMixin, BaseEstimator):
     """A classifier over several feature blocks (``fit(blocks, y)``, ``predict_proba(blocks)``).
 
     ``blocks``: a dict ``{name: (n, d_i)}`` (names must match at predict time, any order) or a list
-    (same order). Parameters: those of :class:`FeatureFusionConfig`, plus ``n_classes`` (labels are
-    then ints in ``[0, n_classes)``, see :class:`~transfuse.train.heads.HeadClassifier`) and
-    ``device``. Deterministic for a given ``seed``.
+    (same order). Parameters: those of :class:`~transfuse.config.FeatureFusionConfig` (defaults
+    included), plus ``n_classes`` (labels are then ints in ``[0, n_classes)``, see
+    :class:`~transfuse.train.heads.HeadClassifier`) and ``device``. Deterministic for a given
+    ``seed``.
     """
 
     def __init__(
         self,
-        proj_dim: int | None = None,
-        gate: bool = False,
-        head: Literal["linear", "mlp"] = "linear",
-        hidden: int = 256,
-        dropout: float = 0.0,
-        weight_decay: float = 1e-3,
-        label_smoothing: float = 0.0,
-        class_weight: Literal["none", "balanced"] = "none",
-        max_iter: int = 300,
-        lr: float = 1e-2,
-        optimizer: Optimizer = "auto",
-        tol: float = 1e-7,
-        seed: int = 0,
+        proj_dim: int | None = _FUSION["proj_dim"],
+        gate: bool = _FUSION["gate"],
+        head: HeadKind = _FUSION["head"],
+        hidden: int = _FUSION["hidden"],
+        dropout: float = _FUSION["dropout"],
+        weight_decay: float = _FUSION["weight_decay"],
+        label_smoothing: float = _FUSION["label_smoothing"],
+        class_weight: ClassWeight = _FUSION["class_weight"],
+        max_iter: int = _FUSION["max_iter"],
+        lr: float = _FUSION["lr"],
+        optimizer: Optimizer = _FUSION["optimizer"],
+        tol: float = _FUSION["tol"],
+        seed: int = _FUSION["seed"],
         n_classes: int | None = None,
         device: str = "cpu",
     ):

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from transfuse.candidates import CandidateResult, save_weights, score
+from transfuse.adapt.cross_fit import oof_loop, score
+from transfuse.adapt.result import CandidateResult
 
 
 class JointFusionNet(nn.Module):
@@ -110,60 +111,21 @@ def predict_joint(net: JointFusionNet, data: Any, batch_size: int = 32) -> np.nd
     return torch.cat(out).numpy() if out else np.zeros((0, net.head[-1].out_features), np.float32)
 
 
-def joint_candidate(cfg: Any, data: Any, backbones: list, folder: Path, progress: bool = False
-                    ) -> CandidateResult:
-    """CV (the run's folds) and a final fit on all rows of the joint late-fusion model."""
+def joint_candidate(opts: Any, data: Any, backbones: list, metric: str, seed: int
+                    ) -> tuple[CandidateResult, JointFusionNet, list[str]]:
+    """Cross-fitted CV (the run's folds; a fixed schedule, nothing selected) and the final fit on
+    all rows of the joint late-fusion model; also the names of the backbones it trains."""
     t0 = time.perf_counter()
-    opts = cfg.fuse.joint
     bbs = {n: bb for n, _, _, bb in backbones if getattr(bb, "trainable", True)}
     y, c = data.train.labels, len(data.train.classes)
-    oof = np.zeros((len(y), c), np.float32)
-    for k, (tr, va) in enumerate(data.folds):
-        net = fit_joint(bbs, data.train.subset(tr), c, opts, cfg.seed + k)
-        oof[va] = predict_joint(net, data.train.subset(va), opts.batch_size)
-    net = fit_joint(bbs, data.train, c, opts, cfg.seed)
-    save_joint(folder, net, [{"name": n, "spec": s, "options": o} for n, s, o, _ in backbones if n in bbs],
-               list(data.train.classes), data.train.modality, opts)
+    oof = oof_loop(lambda k, tr, va: predict_joint(fit_joint(bbs, data.train.subset(tr), c, opts, seed + k),
+                                                   data.train.subset(va), opts.batch_size),
+                   data.folds, len(y), c)
+    net = fit_joint(bbs, data.train, c, opts, seed)
     test = predict_joint(net, data.test, opts.batch_size) if len(data.test) else np.zeros((0, c))
-    return CandidateResult(
-        name="fusion/joint", kind="fusion", oof=oof, test=np.asarray(test, np.float32),
-        cv_scores=[score(y[va], oof[va], cfg.evaluate.metric) for _, va in data.folds],
+    cand = CandidateResult(
+        name="fusion/joint", kind="fusion", oof=oof.astype(np.float32), test=np.asarray(test, np.float32),
+        cv_scores=[score(y[va], oof[va], metric) for _, va in data.folds],
         method="joint", members=list(bbs), fit_seconds=time.perf_counter() - t0,
         params=sum(int(p.numel()) for p in net.parameters()))
-
-
-# ----------------------------------------------------------------------------- serving
-
-def save_joint(folder: Path, net: JointFusionNet, members: list[dict[str, Any]], classes: list[str],
-               modality: str, opts: Any) -> None:
-    """The fitted net (every backbone's fine-tuned weights and the head) as safetensors, and the
-    ``model.json`` that :func:`load_joint` (``transfuse predict``) rebuilds it from."""
-    from transfuse.io import atomic_write_json
-
-    save_weights(folder / "model.safetensors", net)
-    atomic_write_json(folder / "model.json", {
-        "kind": "fusion", "method": "joint", "modality": modality, "classes": classes,
-        "members": members, "params": {"hidden": opts.hidden, "dropout": opts.dropout},
-        "files": {"weights": "model.safetensors"}})
-
-
-class JointModel:
-    """A saved joint late-fusion net, served: ``predict_proba(dataset, batch_size)``."""
-
-    def __init__(self, net: JointFusionNet):
-        self.net = net
-
-    def predict_proba(self, dataset: Any, batch_size: int = 32) -> np.ndarray:
-        return predict_joint(self.net, dataset, batch_size)
-
-
-def load_joint(folder: Path, info: dict[str, Any]) -> JointModel:
-    """Rebuild the architecture from the members' specs and load the saved weights (strict)."""
-    from safetensors.torch import load_model
-
-    from transfuse.backbones.registry import create_backbone
-
-    bbs = {m["name"]: create_backbone(m["spec"], **m.get("options", {})) for m in info["members"]}
-    net = JointFusionNet(bbs, len(info["classes"]), info["params"]["hidden"], info["params"]["dropout"])
-    load_model(net, str(folder / info["files"]["weights"]), strict=True)
-    return JointModel(net.eval())
+    return cand, net, list(bbs)

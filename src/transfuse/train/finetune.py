@@ -82,7 +82,7 @@ class StandardizedMLP(nn.Module):
 
 
 def head_module(tensors: dict[str, torch.Tensor]) -> nn.Module:
-    """The head saved by :func:`transfuse.candidates.save_head`: an ``nn.Linear`` (keys ``weight``,
+    """The head saved by :func:`transfuse.artifacts.save.head_tensors`: an ``nn.Linear`` (keys ``weight``,
     ``bias``) or a :class:`StandardizedMLP` (keys ``mean``, ``scale``, ``net.*``)."""
     from transfuse.train.heads import mlp
 

@@ -22,10 +22,10 @@ from pydantic import BaseModel, ValidationError
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from transfuse.config import HeadConfig
-
-Optimizer = Literal["auto", "lbfgs", "adam"]
+from transfuse.config import ClassWeight, HeadConfig, HeadKind, Optimizer, field_defaults
 from transfuse.errors import UserError
+
+_HEAD = field_defaults(HeadConfig)
 
 
 def validate_config(model: type[BaseModel], params: dict, owner: str) -> BaseModel:
@@ -206,26 +206,26 @@ def mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> torch.nn.Module:
 class HeadClassifier(ClassifierMixin, BaseEstimator):
     """A linear or one-hidden-layer MLP head fitted full-batch on (cached) features.
 
-    Parameters are those of :class:`HeadConfig` plus ``n_classes`` (labels are then ints in
-    ``[0, n_classes)`` and ``predict_proba`` always has ``n_classes`` columns, even for a fold
-    missing a class) and ``device``. Linear heads start from zero weights and are fitted by
-    L-BFGS, so they are deterministic; MLP heads use Adam, seeded by ``seed``.
+    Parameters are those of :class:`HeadConfig` (defaults included) plus ``n_classes`` (labels
+    are then ints in ``[0, n_classes)`` and ``predict_proba`` always has ``n_classes`` columns,
+    even for a fold missing a class) and ``device``. Linear heads start from zero weights and are
+    fitted by L-BFGS, so they are deterministic; MLP heads use Adam, seeded by ``seed``.
     """
 
     def __init__(
         self,
-        kind: Literal["linear", "mlp"] = "linear",
-        hidden: int = 256,
-        dropout: float = 0.0,
-        weight_decay: float = 1e-3,
-        label_smoothing: float = 0.0,
-        class_weight: Literal["none", "balanced"] = "none",
-        max_iter: int = 200,
-        lr: float = 1e-2,
-        optimizer: Literal["auto", "lbfgs", "adam"] = "auto",
-        tol: float = 1e-7,
-        standardize: bool = True,
-        seed: int = 0,
+        kind: HeadKind = _HEAD["kind"],
+        hidden: int = _HEAD["hidden"],
+        dropout: float = _HEAD["dropout"],
+        weight_decay: float = _HEAD["weight_decay"],
+        label_smoothing: float = _HEAD["label_smoothing"],
+        class_weight: ClassWeight = _HEAD["class_weight"],
+        max_iter: int = _HEAD["max_iter"],
+        lr: float = _HEAD["lr"],
+        optimizer: Optimizer = _HEAD["optimizer"],
+        tol: float = _HEAD["tol"],
+        standardize: bool = _HEAD["standardize"],
+        seed: int = _HEAD["seed"],
         n_classes: int | None = None,
         device: str = "cpu",
     ):

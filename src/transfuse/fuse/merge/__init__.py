@@ -1,13 +1,13 @@
 """Streaming weight merging: soups, task arithmetic, TIES, DARE, SLERP, Model Stock, Fisher, RegMean.
 
-``estimate`` computes Fisher/RegMean statistics from data, ``tune`` searches coefficients on a
-validation score, ``multitask`` rebuilds one model per task from a merge with per-task heads.
+``estimate`` computes Fisher/RegMean statistics from data, ``tune`` picks a greedy soup and
+``search`` searches coefficients on a validation score, ``multitask`` rebuilds one model per task
+from a merge with per-task heads.
 
 ``merge(config, out_dir)`` runs a mergekit-format config (dict or YAML path); ``run_merge_cli`` is
 ``transfuse merge CONFIG --out DIR``. Methods live in ``METHODS`` (see ``method.merge_method``).
 """
 
-from transfuse.fuse.merge import methods as _methods  # noqa: F401  (registers the built-ins)
 from transfuse.fuse.merge.config import MergeConfig, ModelSpec, load_config
 from transfuse.fuse.merge.engine import MergeResult, merge, run_merge_cli
 from transfuse.fuse.merge.estimate import (
@@ -16,26 +16,15 @@ from transfuse.fuse.merge.estimate import (
     regmean_grams,
     save_tensors,
 )
-from transfuse.fuse.merge.method import (
-    METHODS,
-    MergeMethod,
-    TensorContext,
-    get_method,
-    merge_method,
-)
+from transfuse.fuse.merge.method import METHODS, MergeMethod, TensorContext, merge_method
+from transfuse.fuse.merge.methods import get_method
 from transfuse.fuse.merge.multitask import (
     evaluate_tasks,
     normalized_scores,
     task_state_dicts,
 )
-from transfuse.fuse.merge.tune import (
-    SearchResult,
-    SoupResult,
-    greedy_soup,
-    load_state_dict,
-    optuna_search,
-    search_parameters,
-)
+from transfuse.fuse.merge.search import SearchResult, optuna_search, search_parameters
+from transfuse.fuse.merge.tune import SoupResult, greedy_soup, load_state_dict
 
 __all__ = [
     "METHODS",

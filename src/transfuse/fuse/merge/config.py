@@ -20,7 +20,8 @@ from typing import Any
 import yaml
 
 from transfuse.errors import UserError
-from transfuse.fuse.merge.method import MergeMethod, get_method
+from transfuse.fuse.merge.method import MergeMethod
+from transfuse.fuse.merge.methods import get_method
 
 MERGEKIT_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out_dtype",
                  "tokenizer_source"}

@@ -27,7 +27,8 @@ from torch import Tensor
 
 from transfuse.errors import UserError
 from transfuse.fuse.merge.config import MergeConfig, load_config, resolve_setting
-from transfuse.fuse.merge.method import MergeMethod, TensorContext, get_method
+from transfuse.fuse.merge.method import MergeMethod, TensorContext
+from transfuse.fuse.merge.methods import get_method
 from transfuse.fuse.merge.sources import (
     COPY_FILES,
     INDEX_NAME,
@@ -43,6 +44,7 @@ from transfuse.fuse.merge.tensor_io import (
     read_header,
     read_tensor,
 )
+from transfuse.fuse.merge.tune import greedy_soup
 
 HEAD_PREFIX = "heads"
 _OUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -344,8 +346,6 @@ def merge(
         if evaluate is None:
             raise UserError(f"merge method {method.name!r} needs an evaluate callback "
                             "(a validation score): call transfuse.fuse.merge.greedy_soup from Python")
-        from transfuse.fuse.merge.tune import greedy_soup
-
         soup = greedy_soup(cfg, evaluate)
         scores = soup.scores
         notes.append(f"greedy soup kept {', '.join(soup.kept)} of {len(cfg.models)} models "

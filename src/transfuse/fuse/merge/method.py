@@ -238,13 +238,6 @@ def merge_method(
     return deco
 
 
-def get_method(name: str) -> MergeMethod:
-    """The registered method ``name``; a miss raises a UserError listing the valid names."""
-    import transfuse.fuse.merge.methods  # noqa: F401  (registers the built-in methods)
-
-    return METHODS.get(name)
-
-
 def as_weights(values: Sequence[float], like: Tensor) -> Tensor:
     """Per-model scalars as a tensor broadcastable against ``torch.stack`` of tensors like ``like``."""
     w = torch.tensor([float(v) for v in values], dtype=like.dtype, device=like.device)

@@ -1,10 +1,13 @@
-"""The ``fuse:`` section of an experiment (pydantic only: importing it stays cheap)."""
+"""The ``fuse`` section: which fusions a run tries over its candidates."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from transfuse.config.base import Section
+from transfuse.config.train import HeadFit, HeadKind
 
 EnsembleName = Literal["mean", "weighted", "greedy", "stacking"]
 PositiveFloat = Annotated[float, Field(gt=0.0)]
@@ -12,11 +15,7 @@ UnitFloat = Annotated[float, Field(ge=0.0, le=1.0)]
 NonNegFloat = Annotated[float, Field(ge=0.0)]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class UnlabelledSource(_Section):
+class UnlabelledSource(Section):
     """Extra unlabelled inputs for distillation: any data source (its labels are never read)."""
 
     source: str
@@ -24,20 +23,24 @@ class UnlabelledSource(_Section):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class FeatureFusionOptions(_Section):
-    """The head over the concatenated cached features of the run's backbones (``fuse.features``)."""
+class FeatureFusionConfig(HeadFit):
+    """Hyper-parameters of a :class:`~transfuse.fuse.features.FeatureFusionClassifier`: the head
+    over the concatenated cached features of several backbones."""
 
-    enabled: bool = True
     proj_dim: int | None = Field(None, ge=1, description="per-backbone projection width; null = none")
     gate: bool = Field(False, description="learned per-example softmax gate over backbones")
-    head: Literal["linear", "mlp"] = "linear"
-    hidden: int = Field(256, ge=1)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    weight_decay: float = Field(1e-3, ge=0.0)
+    head: HeadKind = "linear"
     max_iter: int = Field(300, ge=1)
 
 
-class DistillOptions(_Section):
+class FeatureFusionOptions(FeatureFusionConfig):
+    """The ``fuse.features`` section: a :class:`FeatureFusionConfig` that can be switched off
+    (a run seeds the head with the experiment's ``seed``)."""
+
+    enabled: bool = True
+
+
+class DistillOptions(Section):
     """Distil a fusion into one backbone (``fuse.distill``; off by default).
 
     The teacher (the best fusion by CV, or the feature fusion) labels the training rows
@@ -64,7 +67,7 @@ class DistillOptions(_Section):
     batch_size: int = Field(32, ge=1, description="finetune mode only")
 
 
-class JointOptions(_Section):
+class JointOptions(Section):
     """Joint fine-tuning of all backbones under one late-fusion MLP (``fuse.joint``; off by default:
     it fine-tunes every backbone once per fold)."""
 
@@ -78,7 +81,7 @@ class JointOptions(_Section):
     max_train_batches: int | None = Field(None, ge=1, description="cap per epoch (smoke runs)")
 
 
-class FuseConfig(_Section):
+class FuseConfig(Section):
     """Which fusions a run tries over its candidates; each is one more candidate, chosen by CV."""
 
     enabled: bool = True
@@ -88,6 +91,3 @@ class FuseConfig(_Section):
     joint: JointOptions = JointOptions()
     max_members: int | None = Field(
         None, ge=2, description="fuse only the best N single candidates by CV; null = all")
-    include_baselines: bool = Field(
-        False, description="also fuse raw-estimator baselines (e.g. tfidf); such a fusion has no "
-        "saved model, so 'transfuse predict' cannot serve it")

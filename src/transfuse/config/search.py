@@ -1,18 +1,20 @@
-"""The ``search:``, ``calibration:`` and ``export:`` sections (pydantic only: cheap to import)."""
+"""The ``search``, ``calibration`` and ``export`` sections."""
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from transfuse.config.base import Section
+from transfuse.config.train import FinetuneConfig, HeadConfig
 
 
-class ParamSpace(BaseModel):
+class ParamSpace(Section):
     """One searched parameter: a float/int range (``log`` for a log scale, ``step`` for a grid)
     or a list of ``choices``. YAML: ``{low: 1e-4, high: 10, log: true}`` or ``{choices: [a, b]}``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["float", "int", "categorical"] | None = None
     low: float | None = None
@@ -67,6 +69,7 @@ class ParamSpace(BaseModel):
 
 
 def default_head_space() -> dict[str, ParamSpace]:
+    """The head search space of ``search.space`` when none is given."""
     return {
         "weight_decay": ParamSpace(low=1e-5, high=10.0, log=True),
         "label_smoothing": ParamSpace(low=0.0, high=0.2),
@@ -75,6 +78,7 @@ def default_head_space() -> dict[str, ParamSpace]:
 
 
 def default_finetune_space() -> dict[str, ParamSpace]:
+    """The fine-tuning search space of ``search.finetune_space`` when none is given."""
     return {
         "lr": ParamSpace(low=1e-5, high=1e-3, log=True),
         "layer_decay": ParamSpace(low=0.5, high=1.0),
@@ -84,14 +88,24 @@ def default_finetune_space() -> dict[str, ParamSpace]:
 
 #: Parameters of the fine-tuning space that are not FinetuneConfig fields.
 EXTRA_FINETUNE_PARAMS = ("augment_strength",)
+_HEAD_PARAMS = [n for n in HeadConfig.model_fields if n != "seed"]
+_FINETUNE_PARAMS = [n for n in FinetuneConfig.model_fields
+                    if n not in ("accelerator", "devices", "num_nodes", "strategy", "num_workers")
+                    ] + list(EXTRA_FINETUNE_PARAMS)
 
 
-class SearchConfig(BaseModel):
+def _check_names(space: dict[str, ParamSpace], allowed: list[str], what: str) -> None:
+    for name in space:
+        if name not in allowed:
+            near = difflib.get_close_matches(name, allowed, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise ValueError(f"unknown {what} parameter {name!r}; {hint}searchable: {', '.join(allowed)}")
+
+
+class SearchConfig(Section):
     """Hyperparameter search (Optuna): cheap head trials on cached features first, then
     (optionally) a few fine-tuning trials. The objective is the mean CV score; each fold's score
     is reported as an intermediate value, so a pruner stops weak trials early."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = False
     sampler: Literal["grid", "random", "tpe"] = "tpe"
@@ -117,46 +131,26 @@ class SearchConfig(BaseModel):
     @field_validator("space")
     @classmethod
     def _head_names(cls, v: dict[str, ParamSpace]) -> dict[str, ParamSpace]:
-        from transfuse.config import HeadConfig
-
-        _check_names(v, [n for n in HeadConfig.model_fields if n != "seed"], "head")
+        _check_names(v, _HEAD_PARAMS, "head")
         return v
 
     @field_validator("finetune_space")
     @classmethod
     def _finetune_names(cls, v: dict[str, ParamSpace]) -> dict[str, ParamSpace]:
-        from transfuse.config import FinetuneConfig
-
-        allowed = [n for n in FinetuneConfig.model_fields
-                   if n not in ("accelerator", "devices", "num_nodes", "strategy", "num_workers")]
-        _check_names(v, allowed + list(EXTRA_FINETUNE_PARAMS), "fine-tuning")
+        _check_names(v, _FINETUNE_PARAMS, "fine-tuning")
         return v
 
 
-def _check_names(space: dict[str, ParamSpace], allowed: list[str], what: str) -> None:
-    import difflib
-
-    for name in space:
-        if name not in allowed:
-            near = difflib.get_close_matches(name, allowed, n=1)
-            hint = f"did you mean {near[0]!r}? " if near else ""
-            raise ValueError(f"unknown {what} parameter {name!r}; {hint}searchable: {', '.join(allowed)}")
-
-
-class CalibrationConfig(BaseModel):
+class CalibrationConfig(Section):
     """Probability calibration of the chosen model: temperature scaling fitted on its
     out-of-fold probabilities; the temperature is saved with the model and applied by predict."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = True
     n_bins: int = Field(15, ge=2, le=100, description="bins of the ECE and the reliability diagram")
 
 
-class ExportConfig(BaseModel):
+class ExportConfig(Section):
     """Export of the chosen model at the end of a run (``transfuse export`` does the same later)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = False
     format: Literal["onnx"] = "onnx"

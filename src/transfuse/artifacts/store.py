@@ -1,0 +1,137 @@
+"""The run folder: one experiment, one folder, resumable.
+
+``config.yaml`` (resolved), ``splits.json``, ``candidates/<name>/`` (``result.json``, ``proba.npz``,
+``model.json`` and its tensors), ``work/<name>/`` (fine-tuning checkpoints and logs), ``model/``
+(a copy of the chosen candidate's folder plus ``test_proba.npy``), ``report.json``/``report.html``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transfuse.adapt.result import CandidateResult, safe_name
+from transfuse.artifacts.save import set_temperature
+from transfuse.data.base import Dataset, Quarantined
+from transfuse.errors import UserError
+from transfuse.io import atomic_save_npy, atomic_write_text
+
+CONFIG_FILE = "config.yaml"
+SPLITS_FILE = "splits.json"
+TEST_PROBA = "test_proba.npy"
+
+
+@dataclass
+class Prepared:
+    """The data of a run: training part, test part, CV folds over the training part (indices
+    into ``train``), and the inputs set aside."""
+
+    train: Dataset
+    test: Dataset
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    quarantined: list[Quarantined] = field(default_factory=list)
+
+
+class RunFolder:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+    def candidate_dir(self, name: str) -> Path:
+        return self.path / "candidates" / safe_name(name)
+
+    def work_dir(self, name: str) -> Path:
+        return self.path / "work" / safe_name(name)
+
+    def start(self, config_yaml: str) -> None:
+        """Create the folder, or check that an existing one holds the same experiment."""
+        if self.config_file.exists():
+            if self.config_file.read_text(encoding="utf-8") != config_yaml:
+                raise UserError(f"run folder {str(self.path)!r} holds a different experiment; use 'transfuse "
+                                f"resume {self.path}' to continue it, or give another output folder (--out)")
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.config_file, config_yaml)
+
+    def done(self, name: str) -> CandidateResult | None:
+        """A finished candidate (resume), or None."""
+        return CandidateResult.load(self.candidate_dir(name))
+
+    def candidate(self, name: str) -> Path:
+        """The folder of candidate ``name``; one-line error naming the valid names if absent."""
+        folder = self.candidate_dir(name)
+        if not (folder / "result.json").is_file():
+            names = sorted(p.name for p in (self.path / "candidates").glob("*") if (p / "result.json").is_file())
+            raise UserError(f"run {str(self.path)!r} has no candidate {name!r}; valid: {', '.join(names) or 'none'}")
+        return folder
+
+    def promote(self, name: str, test_proba: np.ndarray, temperature: float | None) -> None:
+        """Make candidate ``name`` the run's model: copy its whole folder to ``model/`` (atomic
+        swap), with its test probabilities and the calibration temperature."""
+        src = self.candidate(name)
+        tmp = self.path / ".model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        atomic_save_npy(tmp / TEST_PROBA, np.asarray(test_proba, np.float32))
+        if temperature is not None:
+            set_temperature(tmp, temperature)
+        old = self.path / ".model.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if self.model_dir.exists():
+            self.model_dir.rename(old)
+        tmp.rename(self.model_dir)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def prepare_data(self, cfg: Any) -> Prepared:
+        """Load, validate (quarantine) and split the data of ``cfg`` (an ExperimentConfig); the split
+        is saved and reused on resume."""
+        from transfuse.data.registry import load_dataset
+        from transfuse.data.splits import Splits, make_splits
+        from transfuse.progress import console
+
+        d = cfg.data
+        # text cleaning: only when the user set it (sources such as spamassassin have own defaults)
+        cleaning = cfg.preprocess.text if cfg.preprocess.text.model_fields_set else None
+
+        def load(source: str, path: str | None, options: dict[str, Any]) -> Dataset:
+            opts = dict(options)
+            if d.modality == "text" and cleaning is not None:
+                opts.setdefault("cleaning", cleaning)
+            return load_dataset(source, path, **opts)
+
+        data = load(d.source, d.path, d.options)
+        test_data = None
+        if d.test_path is not None or d.test_source is not None:
+            test_data = load(d.test_source or d.source, d.test_path, d.test_options)
+        if data.modality != d.modality:
+            raise UserError(f"data.source {d.source!r} gives {data.modality} data but data.modality is "
+                            f"{d.modality!r}; set data.modality: {data.modality}")
+        split_file = self.path / SPLITS_FILE
+        if split_file.exists():
+            splits = Splits.load(split_file)
+            splits.check_matches(data)
+        else:
+            splits = make_splits(data, folds=cfg.split.folds, test_size=cfg.split.test_size,
+                                 seed=cfg.seed, test_dataset=test_data)
+            splits.save(split_file)
+        for w in splits.warnings:
+            console.print(f"[yellow]warning:[/yellow] {w}")
+        quarantined = list(data.quarantined) + (list(test_data.quarantined) if test_data else [])
+        quarantined += list(splits.quarantined) + list(splits.test_quarantined)
+        train = data.subset(splits.train_idx)
+        test = (test_data if test_data is not None else data).subset(splits.test_idx)
+        # fold indices are absolute in ``data``; the candidates index the training part
+        pos = {int(a): i for i, a in enumerate(splits.train_idx)}
+        folds = [(np.array([pos[int(a)] for a in tr]), np.array([pos[int(a)] for a in va]))
+                 for tr, va in splits.folds]
+        return Prepared(train=train, test=test, folds=folds, quarantined=quarantined)

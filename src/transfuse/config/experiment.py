@@ -1,0 +1,61 @@
+"""The whole experiment (``transfuse run CONFIG.yaml``) and its small top-level sections."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from transfuse.config.base import Section
+from transfuse.config.data import AugmentConfig, DataConfig, PreprocessConfig, SplitConfig
+from transfuse.config.fuse import FuseConfig
+from transfuse.config.search import CalibrationConfig, ExportConfig, SearchConfig
+from transfuse.config.train import AdaptConfig, TrainConfig
+
+
+class BackboneConfig(Section):
+    """One backbone: a registered name (``bundled:...``, ``timm:...``, ...) and its options."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class EvaluateConfig(Section):
+    """The metric that ranks candidates."""
+
+    metric: Literal["accuracy", "macro_f1"] = "accuracy"
+
+
+class OutputConfig(Section):
+    """Where the run folder goes (``null``: under ``runs/``)."""
+
+    dir: str | None = None
+
+
+class ExperimentConfig(Section):
+    """A whole experiment: ``transfuse run CONFIG.yaml``."""
+
+    name: str = "experiment"
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    split: SplitConfig = SplitConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    augment: AugmentConfig = AugmentConfig()
+    backbones: list[BackboneConfig] = Field(min_length=1)
+    adapt: AdaptConfig = AdaptConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    fuse: FuseConfig = FuseConfig()
+    search: SearchConfig = SearchConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+    export: ExportConfig = ExportConfig()
+    output: OutputConfig = OutputConfig()
+
+    @field_validator("backbones", mode="before")
+    @classmethod
+    def _names_to_dicts(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [v]
+        if isinstance(v, list):
+            return [{"name": b} if isinstance(b, str) else b for b in v]
+        return v

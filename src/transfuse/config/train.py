@@ -1,0 +1,114 @@
+"""Training sections: ``adapt`` and ``train`` (the probe head and fine-tuning)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from transfuse.config.base import Section
+
+Strategy = Literal["linear_probe", "finetune", "lp_ft"]
+STRATEGIES: tuple[str, ...] = ("linear_probe", "finetune", "lp_ft")
+HeadKind = Literal["linear", "mlp"]
+ClassWeight = Literal["none", "balanced"]
+Optimizer = Literal["auto", "lbfgs", "adam"]
+_HEAD_LR_MULT = re.compile(r"^\s*(\d+(\.\d*)?|\.\d+)\s*x\s*$")
+
+
+class AdaptConfig(Section):
+    """How each backbone is adapted; every strategy is one more candidate."""
+
+    strategies: list[Strategy] = Field(default_factory=lambda: ["linear_probe"], min_length=1)
+
+
+class HeadFit(Section):
+    """What every head fitted on cached features shares (a probe head, a feature-fusion head)."""
+
+    hidden: int = Field(256, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(1e-3, ge=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    class_weight: ClassWeight = "none"
+    max_iter: int = Field(200, ge=1)
+    lr: float = Field(1e-2, gt=0.0)
+    optimizer: Optimizer = "auto"
+    tol: float = Field(1e-7, gt=0.0)
+    seed: int = 0
+
+
+class HeadConfig(HeadFit):
+    """Hyper-parameters of a :class:`~transfuse.train.heads.HeadClassifier` (``train.head``)."""
+
+    kind: HeadKind = "linear"
+    standardize: bool = True
+
+
+class FinetuneConfig(Section):
+    """Settings of one fine-tuning fit (``train.finetune``)."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-4, ge=0, description="peak lr of the backbone's last layer")
+    head_lr: float | str = Field("auto", description="absolute lr (0.001), a multiple of lr ('10x'), or 'auto': "
+                                                    "10x for a fresh head, 1x for LP-FT's trained head")
+    weight_decay: float = Field(0.05, ge=0)
+    layer_decay: float = Field(1.0, gt=0, le=1, description="lr ratio between successive layers; 1 = off")
+    warmup: float = Field(0.1, ge=0, lt=1, description="fraction of the steps with a linear lr warm-up")
+    schedule: Literal["cosine", "constant"] = "cosine"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_weight: ClassWeight | tuple[float, ...] = "none"
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the head")
+    patience: int | None = Field(3, ge=1, description="early-stopping patience in epochs; None = off")
+    inner_val: float = Field(0.2, ge=0, lt=1, description="fraction of each CV fold's training rows held out to "
+                             "choose the epoch (early stopping, checkpoint); 0 = train exactly `epochs`")
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: int | Literal["auto"] = "auto"
+    num_nodes: int = Field(1, ge=1)
+    strategy: str = "auto"
+    freeze_bn: bool = Field(True, description="keep BatchNorm in eval mode (running statistics fixed); see docs/decisions.md")
+    max_train_batches: int | None = Field(None, ge=1, description="cap per epoch (tests, smoke runs)")
+    gradient_clip: float | None = Field(None, gt=0)
+    num_workers: int | Literal["auto"] = "auto"
+
+    @field_validator("head_lr", mode="before")
+    @classmethod
+    def _check_head_lr(cls, v: Any) -> float | str:
+        if isinstance(v, str):
+            if v == "auto" or _HEAD_LR_MULT.match(v):
+                return v.replace(" ", "")
+            try:
+                v = float(v)
+            except ValueError:
+                raise ValueError(
+                    f"head_lr must be a learning rate (e.g. 0.001), a multiple of lr like '10x', or 'auto'; got {v!r}"
+                ) from None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ValueError(f"head_lr must be a non-negative number or a multiple like '10x'; got {v!r}")
+        return float(v)
+
+    @field_validator("devices")
+    @classmethod
+    def _check_devices(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"devices must be 'auto' or an integer >= 1; got {v}")
+        return v
+
+    def resolved_head_lr(self, head_trained: bool = False) -> float:
+        """The head's learning rate as a number (``auto``: 1x if ``head_trained`` else 10x)."""
+        if self.head_lr == "auto":
+            return (1.0 if head_trained else 10.0) * self.lr
+        if isinstance(self.head_lr, str):
+            return float(self.head_lr[:-1]) * self.lr
+        return float(self.head_lr)
+
+
+class TrainConfig(Section):
+    """The ``train`` section: the probe head, fine-tuning and the embedding batch size."""
+
+    head: HeadConfig = HeadConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    embed_batch_size: int = Field(64, ge=1)

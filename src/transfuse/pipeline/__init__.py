@@ -1,0 +1,54 @@
+"""The pipeline as a stage script: data -> single candidates -> fusions -> choice -> report.
+
+One run = one folder (:class:`~transfuse.artifacts.store.RunFolder`). Finished candidates are
+kept on disk, so ``transfuse resume`` (or the same ``transfuse run``) continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transfuse.artifacts.store import RunFolder
+from transfuse.config import ExperimentConfig, config_to_yaml
+from transfuse.errors import UserError
+from transfuse.io import read_json
+
+
+def run_dir_for(cfg: ExperimentConfig) -> Path:
+    return Path(cfg.output.dir or Path("runs") / cfg.name)
+
+
+def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, progress: bool = True,
+                   wrap: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run (or resume) the whole experiment; returns the report dict. ``wrap``: see
+    :func:`~transfuse.pipeline.singles.run_singles`."""
+    from transfuse.pipeline.fusions import run_fusions
+    from transfuse.pipeline.report import build_report, finish
+    from transfuse.pipeline.singles import run_singles
+    from transfuse.train.cache import FeatureCache
+
+    run = RunFolder(run_dir if run_dir is not None else run_dir_for(cfg))
+    run.start(config_to_yaml(cfg))
+    t = time.perf_counter()
+    data = run.prepare_data(cfg)
+    timings = {"data": time.perf_counter() - t}
+    if len(np.unique(data.train.labels)) < 2:
+        raise UserError(f"data {cfg.data.path!r}: fewer than 2 classes with valid inputs; need at least 2")
+    cache = FeatureCache()
+    results, skipped = run_singles(cfg, run, data, cache, progress, timings, wrap)
+    if not results:
+        raise UserError("no candidate could run: " + "; ".join(s["reason"] for s in skipped))
+    if cfg.fuse.enabled:
+        t = time.perf_counter()
+        results += run_fusions(cfg, run, data, results, cache, progress)
+        timings["fusion"] = time.perf_counter() - t
+    report = build_report(cfg, run, data, results, timings)
+    report["skipped"] = skipped
+    if cfg.fuse.enabled and (run.path / "fusion.json").exists():
+        report["fusion"] = read_json(run.path / "fusion.json")  # members left out, with reasons
+    finish(cfg, run, data, results, report)
+    return report

@@ -1,0 +1,111 @@
+"""The fusion stage: every fusion becomes one more candidate, scored on the same outer folds and
+saved as a servable artifact (resumable). Members left out are listed with the reason in
+``fusion.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from transfuse.adapt.result import CandidateResult
+from transfuse.artifacts import save
+from transfuse.artifacts.spec import ModelSpec
+from transfuse.artifacts.store import Prepared, RunFolder
+from transfuse.backbones.registry import create_backbone, resolve_options, short_name
+from transfuse.io import atomic_write_json
+from transfuse.progress import console
+
+
+def feature_backbones(cfg: Any) -> list[tuple[str, str, dict[str, Any], Any]]:
+    """``(name, spec, options, backbone)`` of every backbone of the run that yields features."""
+    out = []
+    for b in cfg.backbones:
+        opts = resolve_options(b.options, cfg.data.modality, cfg.preprocess.image_size)
+        bb = create_backbone(b.name, **opts)
+        if not getattr(bb, "is_raw_estimator", False):
+            out.append((short_name(b.name), b.name, opts, bb))
+    return out
+
+
+def run_fusions(cfg: Any, run: RunFolder, data: Prepared, results: list[CandidateResult], cache: Any,
+                progress: bool = True) -> list[CandidateResult]:
+    """The configured fusions over ``results`` as candidates (saved, resumable)."""
+    from transfuse.data.multimodal import dataset_for
+    from transfuse.fuse.candidates import ensemble_candidate, feature_candidate, select_members
+    from transfuse.fuse.student import distill_candidate, pick_student, pick_teacher
+
+    fc, seed, metric = cfg.fuse, cfg.seed, cfg.evaluate.metric
+    y, classes, modality = data.train.labels, list(data.train.classes), data.train.modality
+    c, bs = len(classes), cfg.train.embed_batch_size
+    members, excluded = select_members(fc, results)
+    for n, why in excluded.items():
+        console.print(f"[yellow]fusion: leave out[/yellow] {n}: {why}")
+    out: list[CandidateResult] = []
+
+    def done(name: str) -> bool:
+        r = run.done(name)
+        if r is not None:
+            console.print(f"[dim]resume: {name} already done (cv {r.cv_mean:.4f})[/dim]")
+            out.append(r)
+        return r is not None
+
+    def keep(cand: CandidateResult) -> None:
+        cand.save(run.candidate_dir(cand.name))
+        console.print(f"[bold]fusion[/bold] {cand.name}: cv {metric} {cand.cv_mean:.4f} ± {cand.cv_std:.4f}")
+        out.append(cand)
+
+    def spec(name: str, **kw: Any) -> ModelSpec:
+        return ModelSpec(kind=kw.pop("kind", "ensemble"), candidate=name, modality=modality, classes=classes, **kw)
+
+    if len(members) >= 2:
+        for method in fc.ensembles:
+            if not done(f"fusion/{method}"):
+                cand, est = ensemble_candidate(method, members, y, data.folds, metric, seed)
+                save.save_ensemble(run.candidate_dir(cand.name), spec(cand.name, method=method,
+                                                                     members=cand.members), est)
+                keep(cand)
+    backbones: list | None = None
+    if fc.features.enabled and not done("fusion/features"):
+        backbones = feature_backbones(cfg)
+        if len(backbones) >= 2:
+            blocks = {n: cache.embed(bb, dataset_for(data.train, bb.modality), bs, progress) for n, _, _, bb in backbones}
+            tblocks = {n: cache.embed(bb, dataset_for(data.test, bb.modality), bs, progress) for n, _, _, bb in backbones}
+            cand, est = feature_candidate(fc.features, blocks, tblocks, y, data.folds, c, metric, seed)
+            singles = {r.backbone: r for r in results if r.kind == "single"}
+            known = [singles[bb.spec].inference_ms_per_example for *_, bb in backbones if bb.spec in singles]
+            cand.inference_ms_per_example = float(sum(v for v in known if v is not None)) or None
+            cand.params = (cand.params or 0) + sum(sum(int(p.numel()) for p in bb.parameters()) for *_, bb in backbones)
+            refs = [save.backbone_ref(s, o, bb, block=n) for n, s, o, bb in backbones]
+            save.save_features(run.candidate_dir(cand.name), spec(cand.name, backbones=refs), est)
+            keep(cand)
+        else:
+            excluded["fusion/features"] = "needs at least 2 backbones with features"
+    teacher = pick_teacher(out, fc.distill.teacher) if fc.distill.enabled else None
+    if fc.distill.enabled and teacher is None:
+        excluded["distill"] = "no fusion ran to teach a student (fuse.ensembles / fuse.features)"
+    elif fc.distill.enabled:
+        backbones = backbones or feature_backbones(cfg)
+        student = pick_student(fc.distill.student, results, backbones)
+        if not done(f"distill/{student[0]}"):
+            cand, model, settings = distill_candidate(cfg, data, teacher, results, cache, student, backbones, progress)
+            _, name, opts, bb = student
+            s = spec(cand.name, kind="probe", strategy="distill", backbones=[save.backbone_ref(name, opts, bb)],
+                     extra={"teacher": teacher.name, "distill": settings})
+            folder = run.candidate_dir(cand.name)
+            if fc.distill.mode == "finetune":
+                save.save_network(folder, s.model_copy(update={"kind": "finetune"}), model)
+            else:
+                save.save_probe(folder, s, model)
+            keep(cand)
+    if fc.joint.enabled and not done("fusion/joint"):
+        from transfuse.fuse.joint import joint_candidate
+
+        backbones = backbones or feature_backbones(cfg)
+        cand, net, used = joint_candidate(fc.joint, data, backbones, metric, seed)
+        refs = [save.backbone_ref(s, o, bb, block=n) for n, s, o, bb in backbones if n in used]
+        save.save_joint(run.candidate_dir(cand.name), spec(cand.name, backbones=refs), net,
+                        fc.joint.hidden, fc.joint.dropout)
+        keep(cand)
+    atomic_write_json(run.path / "fusion.json", {"members": [r.name for r in members], "excluded": excluded})
+    return out
