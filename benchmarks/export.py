@@ -65,6 +65,8 @@ def median_ms(fn, repeats: int) -> float:
 def run_task(label: str, raw: dict, threads: int, repeats: int) -> list[dict]:
     import torch
 
+    from transfuse.artifacts.serve import load_model
+    from transfuse.artifacts.store import RunFolder
     from transfuse.export.onnx import (
         INT8_FILE,
         ONNX_FILE,
@@ -73,10 +75,9 @@ def run_task(label: str, raw: dict, threads: int, repeats: int) -> list[dict]:
         collate_parts,
         export_run,
         feeds,
-        load_folder,
         session,
     )
-    from transfuse.run import prepare_data, run_experiment
+    from transfuse.pipeline import run_experiment
 
     with tempfile.TemporaryDirectory() as d:
         run_dir = Path(d)
@@ -84,9 +85,9 @@ def run_task(label: str, raw: dict, threads: int, repeats: int) -> list[dict]:
         report = run_experiment(cfg, run_dir, progress=False)
         cal = report.get("calibration") or {}
         meta = export_run(run_dir, int8=True)
-        model, info = load_folder(run_dir / "model")
-        graph, parts = build_graph(model, info, run_dir / "model")
-        test = prepare_data(cfg, run_dir).test
+        model, spec = load_model(run_dir / "model")
+        graph, parts = build_graph(model, spec, run_dir / "model")
+        test = RunFolder(run_dir).prepare_data(cfg).test
         y = test.labels
         torch.set_num_threads(threads)
         sessions = {"ONNX fp32": session(run_dir / "model" / ONNX_FILE, threads),

@@ -81,10 +81,10 @@ def task_config(task: str, args: argparse.Namespace) -> dict[str, Any]:
         mx = {"max_length": 64}
         return {"data": {"source": "wordnet", "modality": "text",
                          "options": {"pos": "noun", "max_per_class": args.per_class, "seed": 0}},
+                # the TF-IDF baseline is fused like any member (it is saved and served)
                 "backbones": [{"name": "bundled:minilm_l6", "options": mx},
                               {"name": "bundled:minilm_l3", "options": mx}, "tfidf"],
-                # the TF-IDF baseline has no saved model: fusions with it are measured, not served
-                "fuse": {**fuse, "include_baselines": True}}
+                "fuse": fuse}
     if task == "emoji-images":
         return {"data": {"source": "emoji", "modality": "image",
                          "options": {"categories": list(EMOJI_8_CATEGORIES)}},
@@ -155,8 +155,10 @@ DISTILL_COLUMNS = ["task", "teacher_name", "teacher_test", "teacher_ms", "teache
 
 def distill_settings(out: str, task: str) -> dict[str, Any]:
     """What the run's student was trained with (``model.json`` of its folder)."""
+    from transfuse.artifacts.spec import load_spec
+
     for f in sorted((Path(out) / task / "candidates").glob("distill*/model.json")):
-        return json.loads(f.read_text()).get("distill", {})
+        return load_spec(f.parent).extra.get("distill", {})
     return {}
 
 
@@ -184,7 +186,7 @@ def main() -> None:
         args.transfer = 200
     import torch
 
-    from transfuse.run import run_experiment
+    from transfuse.pipeline import run_experiment
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     rows, summaries = [], {}

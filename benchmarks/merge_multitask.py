@@ -30,6 +30,7 @@ import torch
 from _common import write_results
 from sklearn.model_selection import train_test_split
 
+from transfuse.config import FinetuneConfig
 from transfuse.data.base import Dataset
 from transfuse.fuse.merge import (
     classifier_batches,
@@ -42,7 +43,7 @@ from transfuse.fuse.merge import (
     search_parameters,
     task_state_dicts,
 )
-from transfuse.train.finetune import Classifier, FinetuneConfig, finetune
+from transfuse.train.finetune import Classifier, finetune
 
 LAMBDAS = [0.4, 0.7, 1.0]  # task vectors summed (normalize false)
 MEANS = [1.0, 2.0, 3.0]  # TIES' disjoint mean (normalize true) of vectors trimmed to 20%

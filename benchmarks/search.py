@@ -49,7 +49,7 @@ def tasks(quick: bool) -> dict[str, dict]:
 
 
 def cv_and_test(X, y, folds, Xt, yt, head_cfg, metric: str) -> tuple[float, float]:
-    from transfuse.candidates import score
+    from transfuse.adapt.cross_fit import score
     from transfuse.train.heads import HeadClassifier
 
     n = int(y.max()) + 1
@@ -81,24 +81,20 @@ def finetune_trial_seconds(cfg, data, backbone, batches: int = 3) -> float:
 def run_task(label: str, raw: dict, trials: int, measure_ft: bool) -> dict:
     import optuna
 
-    from transfuse.backbones.registry import create_backbone
-    from transfuse.evaluate.search import run_search
-    from transfuse.run import backbone_options, prepare_data
+    from transfuse.search.run import run_search, search_inputs
     from transfuse.train.cache import FeatureCache
 
     with tempfile.TemporaryDirectory() as d:
         raw = {**raw, "output": {"dir": d}, "search": {**raw["search"], "n_trials": trials}}
         cfg = validate_config(raw)
         run_dir = Path(d)
-        data = prepare_data(cfg, run_dir)
-        backbone = create_backbone(cfg.backbones[0].name, **backbone_options(cfg, {}, cfg.data.modality))
-        cache = FeatureCache()
-        X = cache.embed(backbone, data.train, 64, progress=False)
-        Xt = cache.embed(backbone, data.test, 64, progress=False)
+        inputs = search_inputs(cfg, run_dir)  # the run's split, the backbone, its training features
+        data, backbone, X = inputs.data, inputs.backbone, inputs.X
+        Xt = FeatureCache().embed(backbone, data.test, 64, progress=False)
         y, yt = data.train.labels, data.test.labels
         load_before = os.getloadavg()[0]
         t, c = time.perf_counter(), time.process_time()
-        res = run_search(cfg, run_dir)
+        res = run_search(cfg, run_dir, inputs=inputs)
         secs, cpu = time.perf_counter() - t, time.process_time() - c
         stage = res["stages"][0]
         # pruned trials carry a partial (first folds) value: count complete trials only

@@ -26,9 +26,10 @@ import torch
 from _common import write_results
 from merge_multitask import split3
 
+from transfuse.config import FinetuneConfig
 from transfuse.fuse.merge import classifier_batches, greedy_soup, merge, save_tensors
 from transfuse.fuse.merge.tune import load_state_dict
-from transfuse.train.finetune import Classifier, FinetuneConfig, finetune
+from transfuse.train.finetune import Classifier, finetune
 
 #: (seed, lr) of each fine-tune: seeds and learning rates both vary, as in the paper's grid
 RUNS = [(0, 1e-3), (1, 1e-3), (2, 5e-4), (3, 2e-3), (4, 1e-3), (5, 3e-3)]

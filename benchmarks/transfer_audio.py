@@ -3,7 +3,7 @@
 The 10 digits and 10 command words (``transfuse.data.speech`` DIGITS, COMMANDS) spoken by
 espeak-ng (SYNTHETIC, see docs/audio.md) in ``--accents`` x 20 voice variants; the test set's 5
 variants are never heard in training, in any accent (voice-disjoint). Candidates, through the real
-pipeline (:func:`transfuse.run.run_experiment`, validated configs; one seed, same split and folds):
+pipeline (:func:`transfuse.pipeline.run_experiment`, validated configs; one seed, same split and folds):
 
 * ``whisper_tiny_en_encoder/linear_probe``: frozen Whisper tiny.en encoder + linear head;
 * ``speech_embedding/linear_probe``: frozen Google speech_embedding (ONNX) + linear head;
@@ -175,6 +175,7 @@ def shifted_test(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
+    from transfuse.artifacts.spec import load_spec
     from transfuse.data.speech import expand_words, load_speech
     from transfuse.evaluate.metrics import classification_metrics
     from transfuse.export.predict import predict
@@ -206,8 +207,7 @@ def shifted_test(args: argparse.Namespace) -> None:
               [test_ds.classes[i] for i in test_ds.labels])]
     named += [(desc, [p for p, _ in clips], [w for _, w in clips]) for desc, clips in sets.values()]
     for run_dir in runs.values():
-        info = json.loads((run_dir / "model" / "model.json").read_text())
-        candidate = f"{info['backbone']['name'].removeprefix('bundled:')}/{info['strategy']}"
+        candidate = load_spec(run_dir / "model").candidate
         # batch 64 = the pipeline's embed_batch_size; speech_embedding's features depend on the batch
         # (see docs/audio.md), so it is also scored one clip at a time, as `transfuse predict FILE` does
         for batch in (64, 1) if candidate.startswith("speech_embedding") else (64,):
@@ -272,7 +272,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.accents, args.cnn_epochs, args.whisper_epochs, args.folds = ["en-us"], 2, 1, 2
-    from transfuse.run import run_experiment
+    from transfuse.pipeline import run_experiment
 
     name = args.name + ("_quick" if args.quick else "")
     task = "digits+commands (20 words), held-out voices" + (

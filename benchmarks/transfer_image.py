@@ -101,7 +101,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.epochs, args.folds = 1, 2
-    from transfuse.run import run_experiment
+    from transfuse.pipeline import run_experiment
 
     rows, extra = [], {}
     for task, raw in task_configs(args).items():
@@ -117,11 +117,11 @@ def main() -> None:
                          "test_accuracy": c["test"]["accuracy"], "test_macro_f1": c["test"]["macro_f1"],
                          "fit_seconds": c["fit_seconds"], "chosen": c["name"] == report["chosen"]})
         # the floor on the very same split and features
+        from transfuse.artifacts.store import RunFolder
         from transfuse.backbones import create_backbone
-        from transfuse.run import prepare_data
         from transfuse.train.cache import FeatureCache
 
-        data = prepare_data(cfg, run_dir)
+        data = RunFolder(run_dir).prepare_data(cfg)
         bb = create_backbone(cfg.backbones[0].name, image_size=cfg.preprocess.image_size)
         fc = FeatureCache()  # the run above filled it: no embedding here
         floor = sklearn_floor(run_dir, fc.embed(bb, data.train), data.train.labels,

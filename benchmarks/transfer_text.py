@@ -2,7 +2,7 @@
 
 WordNet nouns, all 26 supersenses (gloss -> lexicographer file, ``--per-class`` glosses per
 class) and SpamAssassin (ham vs spam, ``--spam-per-class`` e-mails per label), through the real
-pipeline (:func:`transfuse.run.run_experiment`, validated configs, one seed, one split):
+pipeline (:func:`transfuse.pipeline.run_experiment`, validated configs, one seed, one split):
 
 * ``tfidf``: TF-IDF word + char n-grams + logistic regression (the no-transfer baseline);
 * ``linear_probe``: frozen mean-pooled features + a linear head; the head's weight decay is
@@ -163,13 +163,13 @@ def _within(old: Any, new: Any) -> bool:
 
 def fine_tune_seconds(run_dir: Path, candidate: dict[str, Any]) -> float:
     """A fine-tuned candidate's training time: the sum of its fits' own wall times (folds and
-    refit, from each ``finetune.json``), so a resumed run, or fits run in several processes,
-    still reports what the training cost; the candidate's ``fit_seconds`` otherwise."""
+    refit, from each ``finetune.json`` under ``work/NAME``), so a resumed run, or fits run in several
+    processes, still reports what the training cost; the candidate's ``fit_seconds`` otherwise."""
     import json
 
-    from transfuse.candidates import safe_name
+    from transfuse.artifacts.store import RunFolder
 
-    markers = sorted((run_dir / "candidates" / safe_name(candidate["name"])).glob("*/finetune.json"))
+    markers = sorted(RunFolder(run_dir).work_dir(candidate["name"]).glob("*/finetune.json"))
     if not markers:
         return float(candidate["fit_seconds"])
     return float(sum(json.loads(m.read_text())["seconds"] for m in markers))
@@ -241,7 +241,7 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    from transfuse.run import run_experiment
+    from transfuse.pipeline import run_experiment
 
     name = args.name + ("_quick" if args.quick else "")
     rows: list[dict[str, Any]] = []

@@ -6,8 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections import deque
-from pathlib import Path
 from collections.abc import Mapping, Set
+from pathlib import Path
 
 import grimp
 

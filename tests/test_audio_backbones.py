@@ -15,11 +15,25 @@ from pydantic import ValidationError
 from scipy.special import erf
 
 from transfuse.backbones.audio.common import (
-    AudioAugment, augment_waveform, log_mel, pad_or_trim, resample, spec_augment, trim_silence)
+    AudioAugment,
+    augment_waveform,
+    log_mel,
+    pad_or_trim,
+    resample,
+    spec_augment,
+    trim_silence,
+)
 from transfuse.backbones.audio.scratch_cnn import create_scratch_cnn
 from transfuse.backbones.audio.whisper_ct2 import (
-    D_MODEL, FFN, N_LAYERS, N_MELS, WhisperEncoderBackbone, build_encoder, encoder_state_dict,
-    read_ctranslate2)
+    D_MODEL,
+    FFN,
+    N_LAYERS,
+    N_MELS,
+    WhisperEncoderBackbone,
+    build_encoder,
+    encoder_state_dict,
+    read_ctranslate2,
+)
 from transfuse.errors import UserError
 
 # ------------------------------------------------------------------ a CTranslate2 writer (the spec)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -45,14 +46,13 @@ def test_user_errors_are_one_line(args: list[str], message: str):
 
 def test_unknown_candidate_is_one_line(tmp_path):
     """``--candidate`` names a candidate of the run; a wrong name lists the valid ones."""
-    for name in ("efficientnet_lite0_linear_probe", "fusion_mean"):
-        (tmp_path / "candidates" / name).mkdir(parents=True)
-        (tmp_path / "candidates" / name / "result.json").write_text("{}")
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "model.json").write_text("{}")  # export wants a finished run
+    for name in ("efficientnet_lite0/linear_probe", "fusion/mean"):
+        folder = tmp_path / "candidates" / name.replace("/", "_")
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text(json.dumps({"name": name}))
     for cmd in (["predict", str(tmp_path), "a.png", "--candidate", "fusion/nope"],
                 ["export", str(tmp_path), "--candidate", "fusion/nope"]):
         p = cli(*cmd)
         assert p.returncode == 2, p.stderr
-        assert "has no candidate 'fusion/nope'; valid: efficientnet_lite0_linear_probe, fusion_mean" in p.stderr
+        assert "has no candidate 'fusion/nope'; valid: efficientnet_lite0/linear_probe, fusion/mean" in p.stderr
         assert "Traceback" not in p.stderr and p.stderr.strip().count("\n") == 0

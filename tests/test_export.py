@@ -67,7 +67,7 @@ def test_export_errors(image_run, tmp_path):
     run, files = image_run
     with pytest.raises(UserError, match=r"has no chosen model \(model/model.json\); give a finished run"):
         export_cli(tmp_path, "onnx")
-    with pytest.raises(UserError, match=r"has no candidate 'fusion/none'; valid: efficientnet_lite0_linear_probe$"):
+    with pytest.raises(UserError, match=r"has no candidate 'fusion/none'; valid: efficientnet_lite0/linear_probe$"):
         export_run(run, candidate="fusion/none")
     with pytest.raises(UserError, match="--format 'tflite' is not supported; valid formats: onnx"):
         export_cli(run, "tflite")

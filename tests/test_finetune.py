@@ -368,3 +368,44 @@ def test_refit_without_validation_trains_fixed_epochs(tmp_path, digits):
     assert res.best_epoch == 2 and res.val_proba.shape == (0, 10)
     again = finetune(backbone, train, None, 10, cfg, tmp_path / "refit", progress=False)
     assert again.best_epoch == 2
+
+
+def test_finetune_strategy_selects_its_epoch_inside_the_rows_it_is_given(digits, tmp_path):
+    """adapt.finetune: a fold's fit picks its epoch on an inner split of the rows it is given (an
+    outer fold's training rows); the other rows (the outer validation fold) never reach it:
+    scrambling their pixels and labels leaves the fit unchanged. The shipped refit trains the
+    folds' median epoch on all its rows, with no selection."""
+    from transfuse.adapt.cross_fit import inner_split
+    from transfuse.adapt.finetune import FinetuneStrategy
+    from transfuse.config import HeadConfig
+
+    train, val = digits
+    rows = np.arange(0, len(train), 2)  # 240 rows
+    cfg = quick_cfg(epochs=2, inner_val=0.25, max_train_batches=3)
+
+    def fitted(ds: Dataset, out: Path):
+        st = FinetuneStrategy("finetune", make_backbone(), ds, val, cfg, HeadConfig(), out)
+        return st, st.fit(rows, 0, "fold0")
+
+    st, f = fitted(train, tmp_path / "a")
+    assert set(f.chosen) == {"epochs"} and 1 <= f.chosen["epochs"] <= 2
+    assert [h["epoch"] for h in f.history] == [1, 2] and all("val_loss" in h for h in f.history)
+    # the selection split: 60 of the 240 rows, stratified; its probabilities are the chosen model's
+    itr, iva = inner_split(train.labels[rows], 0.25, 0)
+    assert len(iva) == 60 and not set(itr) & set(iva)
+    with np.load(tmp_path / "a" / "fold0" / "val_proba.npz") as z:
+        np.testing.assert_allclose(z["val_proba"], st.predict(f, rows[iva]), atol=1e-6)
+    other = np.setdiff1d(np.arange(len(train)), rows)
+    items, labels = list(train.items), train.labels.copy()
+    for i in other:
+        items[i], labels[i] = np.zeros_like(items[i]), (labels[i] + 1) % 10
+    scrambled = Dataset(modality="image", items=items, labels=labels, classes=train.classes, ids=train.ids)
+    st2, f2 = fitted(scrambled, tmp_path / "b")
+    assert f2.chosen == f.chosen and f2.history == f.history
+    np.testing.assert_allclose(st2.predict(f2, None), st.predict(f, None), atol=1e-6)
+    # the refit: the median of the folds' epochs, a fixed schedule on all its rows
+    assert st.final_choice([{"epochs": 1}, {"epochs": 3}, {"epochs": 2}]) == {"epochs": 2}
+    assert st.final_choice([{}, {}]) is None
+    g = st.fit(rows, 0, "final", {"epochs": 1})
+    assert g.chosen == {"epochs": 1} and [h["epoch"] for h in g.history] == [1]
+    assert all("val_loss" not in h for h in g.history)

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from transfuse.errors import UserError
-from transfuse.fuse.merge import METHODS, TensorContext, get_method, merge_method
-from transfuse.fuse.merge import blocks
+from transfuse.fuse.merge import METHODS, TensorContext, blocks, get_method, merge_method
 
 T = torch.tensor
 

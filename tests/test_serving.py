@@ -1,12 +1,16 @@
-"""Every kind of saved candidate is served: ``transfuse predict RUN FILES --candidate NAME``
+"""Every kind of saved model is served: ``transfuse predict RUN FILES --candidate NAME``
 reproduces the test probabilities the run saved for that candidate (``candidates/NAME/proba.npz``),
 and ``transfuse predict RUN FILES`` those of the chosen model (``model/test_proba.npy``, calibrated).
 
-The candidates checked are the ones the runs produce, and every model kind the code knows
-(:data:`transfuse.artifacts.spec.Kind`) must appear among them: a new kind fails here until a run
-below produces and serves it. Two small real runs: digits PNGs through EfficientNet-Lite0/Lite1 at
-32 px (probes, fine-tuning, LP-FT, every ensemble, the feature fusion, a distilled student, the joint
-fusion), and WordNet glosses through TF-IDF and MiniLM-L3 (TF-IDF alone and inside every ensemble).
+The tests are generated from the model kinds the code knows (:data:`transfuse.artifacts.spec.Kind`):
+a new kind fails here until a run below produces and serves it. Every candidate the runs produce is
+checked through :func:`transfuse.export.predict.predict` (what the CLI calls), and one candidate of
+each sort (spec kind, strategy, method: e.g. probe/distill, finetune/lp_ft, ensemble/greedy) also
+through the ``transfuse`` command itself, in a fresh process (a command is mostly start-up: all of
+them would take minutes). Two small real runs: digits PNGs through EfficientNet-Lite0/Lite1 at 32 px
+(probes, fine-tuning, LP-FT, a stacking ensemble of them, the feature fusion, a distilled student,
+the joint fusion; the CV winner is a fusion), and WordNet glosses through TF-IDF and MiniLM-L3
+(TF-IDF alone and inside every ensemble: mean, weighted, greedy, stacking).
 """
 
 from __future__ import annotations
@@ -16,13 +20,15 @@ import os
 import shutil
 import typing
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import cli, write_digits_folder
 
-from transfuse.artifacts.spec import Kind, load_spec
+from transfuse.adapt.result import safe_name
+from transfuse.artifacts.spec import Kind, ModelSpec, load_spec
 
 pytestmark = pytest.mark.real
 
@@ -53,7 +59,7 @@ def image_run(tmp_path_factory) -> Path:
         "adapt": {"strategies": list(STRATEGIES)},
         "train": {"finetune": {"epochs": 1, "max_train_batches": 2, "batch_size": 8, "lr": 1e-3,
                                "num_workers": 0}},
-        "fuse": {"distill": {"enabled": True},
+        "fuse": {"ensembles": ["stacking"], "distill": {"enabled": True},  # the text run has all four
                  "joint": {"enabled": True, "epochs": 1, "max_train_batches": 2, "batch_size": 8}},
         "output": {"dir": str(root / "run")}})
 
@@ -88,93 +94,125 @@ def _test_inputs(run: Path, tmp: Path) -> tuple[list[str], list[str]]:
     return files, list(test.classes)
 
 
-def _predict(run: Path, files: list[str], classes: list[str], *extra: str) -> np.ndarray:
+def _predict_cli(run: Path, files: list[str], classes: list[str], *extra: str) -> np.ndarray:
     p = cli("predict", str(run), *files, "--json", *extra, env=CLI_ENV)
     rows = [json.loads(line) for line in p.stdout.splitlines()]
     assert [r["input"] for r in rows] == files
     return np.array([[r["proba"][c] for c in classes] for r in rows])
 
 
-def _candidates(run: Path) -> dict[str, Path]:
-    """Every finished candidate of the run: its name (as the report gives it) and folder."""
-    return {json.loads((f / "result.json").read_text())["name"]: f
-            for f in sorted((run / "candidates").iterdir()) if (f / "result.json").is_file()}
+def _diff(got: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(got - ref).max()) if got.shape == ref.shape else np.inf
 
 
-def _serve_all(run: Path, tmp: Path) -> dict[str, str]:
-    """``{candidate: spec kind}``, after checking that predict reproduces each one."""
-    files, classes = _test_inputs(run, tmp)
-    cands = _candidates(run)
+@dataclass
+class Served:
+    run: str  # "image" | "text"
+    name: str
+    spec: ModelSpec
+    diff: float = np.inf  # max |predicted - saved test probabilities|
+    by_cli: bool = False  # through `transfuse predict` (else export.predict.predict in this process)
 
-    def check(name: str) -> str | None:
-        with np.load(cands[name] / "proba.npz") as z:
-            ref = z["test"]
-        got = _predict(run, files, classes, "--candidate", name)
-        diff = float(np.abs(got - ref).max()) if got.shape == ref.shape else np.inf
-        return None if diff <= TOL else f"{name}: shape {got.shape} vs {ref.shape}, max |diff| {diff:.2e}"
-
-    with ThreadPoolExecutor(2) as pool:
-        problems = [p for p in pool.map(check, cands) if p is not None]
-    assert not problems, "predict --candidate does not reproduce the run's test probabilities:\n" + \
-        "\n".join(problems)
-    return {name: load_spec(folder).kind for name, folder in cands.items()}
+    @property
+    def sort(self) -> tuple[str, str | None, str | None]:
+        return self.spec.kind, self.spec.strategy, self.spec.method
 
 
 @pytest.fixture(scope="module")
-def served(image_run: Path, text_run: Path, tmp_path_factory) -> dict[str, dict[str, str]]:
+def served(image_run: Path, text_run: Path, tmp_path_factory) -> dict[tuple[str, str], Served]:
+    """``{(run, candidate): Served}`` over both runs."""
+    from transfuse.export.predict import predict
+
     tmp = tmp_path_factory.mktemp("inputs")
-    return {"image": _serve_all(image_run, tmp / "image"), "text": _serve_all(text_run, tmp / "text")}
+    runs = {"text": text_run, "image": image_run}  # text first: its ensembles hold TF-IDF
+    inputs = {k: _test_inputs(run, tmp / k) for k, run in runs.items()}
+    out: dict[tuple[str, str], Served] = {}
+    for key, run in runs.items():
+        for f in sorted((run / "candidates").iterdir()):
+            if (f / "result.json").is_file():
+                name = json.loads((f / "result.json").read_text())["name"]
+                out[key, name] = Served(key, name, load_spec(f))
+    firsts: dict[tuple, Served] = {}
+    for s in out.values():
+        firsts.setdefault(s.sort, s)
+
+    def saved(s: Served) -> np.ndarray:
+        with np.load(runs[s.run] / "candidates" / safe_name(s.name) / "proba.npz") as z:
+            return z["test"]
+
+    def check(s: Served) -> float:
+        return _diff(_predict_cli(runs[s.run], *inputs[s.run], "--candidate", s.name), saved(s))
+
+    with ThreadPoolExecutor(2) as pool:  # the command: one candidate of each sort
+        for s, d in zip(firsts.values(), pool.map(check, firsts.values())):
+            s.diff, s.by_cli = d, True
+    for s in out.values():  # the others: the same function, in this process
+        if not s.by_cli:
+            s.diff = _diff(predict(runs[s.run], inputs[s.run][0], candidate=s.name, engine="torch")["proba"],
+                           saved(s))
+    return out
 
 
-def test_every_candidate_is_served_by_predict(served: dict[str, dict[str, str]]):
-    """The candidates the runs were asked for all exist and were checked (in ``served``)."""
-    img, txt = served["image"], served["text"]
+@pytest.mark.parametrize("kind", typing.get_args(Kind))
+def test_every_kind_is_served_by_predict(served: dict[tuple[str, str], Served], kind: str):
+    """At least one candidate of each model kind; predict reproduces every one of them (the
+    ``transfuse predict --candidate`` command one of each sort, at least one of this kind)."""
+    mine = {f"{r}:{n}": s for (r, n), s in served.items() if s.spec.kind == kind}
+    assert mine, f"no candidate of model kind {kind!r} is produced by the runs of this test; add one"
+    assert any(s.by_cli for s in mine.values())
+    bad = {n: (s.diff, "transfuse predict" if s.by_cli else "predict()") for n, s in mine.items()
+           if not s.diff <= TOL}
+    assert not bad, f"predict does not reproduce the run's test probabilities (max |diff|): {bad}"
+
+
+def test_the_runs_produce_every_candidate_asked_for(served: dict[tuple[str, str], Served]):
+    img = {n for r, n in served if r == "image"}
+    txt = {n for r, n in served if r == "text"}
     singles = {f"{b}/{s}" for b in ("efficientnet_lite0", "efficientnet_lite1") for s in STRATEGIES}
-    fusions = {f"fusion/{m}" for m in (*ENSEMBLES, "features", "joint")}
-    assert singles | fusions <= set(img)
-    assert [n for n in img if n.startswith("distill/")] == ["distill/efficientnet_lite0"] or \
-        [n for n in img if n.startswith("distill/")] == ["distill/efficientnet_lite1"]
-    assert {"tfidf", "minilm_l3/linear_probe"} | {f"fusion/{m}" for m in ENSEMBLES} <= set(txt)
-    assert txt["tfidf"] == "raw"
-
-
-def test_every_model_kind_is_served(served: dict[str, dict[str, str]], text_run: Path):
-    """Each kind of :data:`Kind` is served by at least one candidate above; and an ensemble whose
-    members include the raw TF-IDF baseline is among them."""
-    kinds = set(served["image"].values()) | set(served["text"].values())
-    missing = set(typing.get_args(Kind)) - kinds
-    assert not missing, f"model kind(s) {sorted(missing)} have no candidate checked by this test; add one"
-    for m in ENSEMBLES:
-        spec = load_spec(text_run / "candidates" / f"fusion_{m}")
-        assert spec.kind == "ensemble" and "tfidf" in spec.members and "minilm_l3/linear_probe" in spec.members
+    fusions = {f"fusion/{m}" for m in ("stacking", "features", "joint")}
+    assert singles | fusions <= img
+    student = [n for n in img if n.startswith("distill/")]
+    assert len(student) == 1 and served["image", student[0]].sort == ("probe", "distill", None)
+    assert {"tfidf", "minilm_l3/linear_probe"} | {f"fusion/{m}" for m in ENSEMBLES} == txt
+    assert served["text", "tfidf"].spec.kind == "raw"
+    for m in ENSEMBLES:  # TF-IDF is fused like any member; the command served each such ensemble
+        s = served["text", f"fusion/{m}"]
+        assert sorted(s.spec.members) == ["minilm_l3/linear_probe", "tfidf"] and s.by_cli
+    # the sorts the command checked: one of each
+    assert {s.sort for s in served.values() if s.by_cli} == {s.sort for s in served.values()}
 
 
 def test_chosen_model_is_served_by_predict(image_run: Path, text_run: Path, tmp_path: Path):
     """``transfuse predict RUN`` (no --candidate) gives ``model/test_proba.npy``: the chosen
     candidate with its calibration temperature; on the image run the CV winner is a fusion."""
-    for run in (image_run, text_run):
-        files, classes = _test_inputs(run, tmp_path / run.name)
-        ref = np.load(run / "model" / "test_proba.npy")
-        got = _predict(run, files, classes)
-        assert got.shape == ref.shape and np.abs(got - ref).max() <= TOL, run
-        spec = load_spec(run / "model")
-        assert spec.temperature is not None  # calibration is on by default
+    from transfuse.export.predict import predict
+
     rep = json.loads((image_run / "report.json").read_text())
     kinds = {c["name"]: c["kind"] for c in rep["candidates"]}
     assert kinds[rep["chosen"]] == "fusion", f"the image run chose {rep['chosen']}, not a fusion"
-    assert load_spec(image_run / "model").candidate == rep["chosen"]
+    spec = load_spec(image_run / "model")
+    assert spec.candidate == rep["chosen"] and spec.temperature is not None  # calibrated
+    files, classes = _test_inputs(image_run, tmp_path / "image")
+    ref = np.load(image_run / "model" / "test_proba.npy")
+    assert _diff(_predict_cli(image_run, files, classes), ref) <= TOL
+    files, _ = _test_inputs(text_run, tmp_path / "text")
+    ref = np.load(text_run / "model" / "test_proba.npy")
+    assert _diff(predict(text_run, files, engine="torch")["proba"], ref) <= TOL
 
 
 def test_export_refuses_a_tfidf_ensemble_and_exports_the_feature_fusion(image_run: Path, text_run: Path,
                                                                         tmp_path: Path):
-    p = cli("export", str(text_run), "--candidate", "fusion/stacking", check=False)
-    assert p.returncode == 2, p.stderr
-    assert "is a raw-input estimator (TF-IDF), which ONNX cannot hold" in p.stderr
-    assert "Traceback" not in p.stderr and p.stderr.strip().count("\n") == 0
-    assert not (text_run / "candidates" / "fusion_stacking" / "model.onnx").exists()
     run = tmp_path / "run"  # a copy: the export changes what predict --candidate uses (onnx)
     shutil.copytree(image_run, run)
-    p = cli("export", str(run), "--candidate", "fusion/features")
+    with ThreadPoolExecutor(2) as pool:
+        refused, p = pool.map(lambda a: cli("export", *a, check=False, env=CLI_ENV),
+                              [(str(text_run), "--candidate", "fusion/stacking"),
+                               (str(run), "--candidate", "fusion/features")])
+    assert refused.returncode == 2, refused.stderr
+    assert "is a raw-input estimator (TF-IDF), which ONNX cannot hold" in refused.stderr
+    assert "Traceback" not in refused.stderr and refused.stderr.strip().count("\n") == 0
+    assert not (text_run / "candidates" / "fusion_stacking" / "model.onnx").exists()
+    assert p.returncode == 0, p.stderr[-3000:]
     assert "parity max |p_onnx - p_torch|" in p.stdout
     meta = json.loads((run / "candidates" / "fusion_features" / "onnx.json").read_text())
     assert meta["kind"] == "features" and meta["inputs"] == ["m0.input", "m1.input"]

@@ -219,8 +219,8 @@ def search(config: Path = typer.Argument(..., help="Experiment YAML file (its se
            worker: bool = typer.Option(False, "--worker", help="Join an existing study instead of creating it."),
            quiet: bool = typer.Option(False, "--quiet")) -> None:
     """Hyperparameter search: heads on cached features, then (optionally) fine-tuning trials."""
-    from transfuse.search.run import search_cli
     from transfuse.progress import console
+    from transfuse.search.run import search_cli
 
     res = search_cli(config, set_ or [], storage, trials, worker, progress=not quiet)
     for s in res["stages"]:

@@ -71,7 +71,10 @@ class RunFolder:
         """The folder of candidate ``name``; one-line error naming the valid names if absent."""
         folder = self.candidate_dir(name)
         if not (folder / "result.json").is_file():
-            names = sorted(p.name for p in (self.path / "candidates").glob("*") if (p / "result.json").is_file())
+            from transfuse.io import read_json
+
+            names = sorted(read_json(p / "result.json")["name"] for p in (self.path / "candidates").glob("*")
+                           if (p / "result.json").is_file())
             raise UserError(f"run {str(self.path)!r} has no candidate {name!r}; valid: {', '.join(names) or 'none'}")
         return folder
 

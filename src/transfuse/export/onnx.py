@@ -189,27 +189,41 @@ def _modules() -> dict[str, type]:
     return {"Graph": Graph, "Single": Single, "Features": Features, "Ensemble": Ensemble}
 
 
+def check_exportable(folder: Path) -> None:
+    """Refuse, before loading anything, a model ONNX cannot hold: a joint fusion, a raw-input
+    estimator (TF-IDF), or an ensemble with such a member."""
+    from transfuse.artifacts.serve import run_root
+    from transfuse.artifacts.spec import load_spec
+    from transfuse.artifacts.store import RunFolder
+
+    spec = load_spec(folder)
+    what = {"joint": "a jointly fine-tuned fusion (fusion/joint)", "raw": "a raw-input estimator (TF-IDF)"}
+    culprit = spec.kind if spec.kind in what else None
+    if spec.kind == "ensemble":
+        run = RunFolder(run_root(folder))
+        raw = [m for m in spec.members if load_spec(run.candidate(m)).kind in what]
+        if raw:
+            raise ExportError(f"{str(folder)!r}: ensemble member {raw[0]!r} is a raw-input estimator (TF-IDF) or a "
+                              "joint fusion, which ONNX cannot hold; serve this fusion with 'transfuse predict', or "
+                              "export another candidate (transfuse export RUN --candidate NAME)")
+    if culprit:
+        raise ExportError(f"{str(folder)!r}: {what[culprit]} cannot be exported to ONNX; serve it with "
+                          "'transfuse predict', or export another candidate (transfuse export RUN --candidate NAME)")
+
+
 def build_graph(model: Any, spec: Any, folder: Path) -> tuple[Any, list[Part]]:
-    """The torch module the ONNX graph is traced from, and its input parts, for any served model."""
-    from transfuse.artifacts.serve import EnsembleModel, FeatureFusionModel, RawModel
+    """The torch module the ONNX graph is traced from, and its input parts, for a served model that
+    :func:`check_exportable` accepts."""
+    from transfuse.artifacts.serve import EnsembleModel, FeatureFusionModel
 
     M = _modules()
     temperature = float(spec.temperature or 1.0)
-    if spec.kind in ("joint", "raw"):
-        what = {"joint": "a jointly fine-tuned fusion (fusion/joint)", "raw": "a raw-input estimator (TF-IDF)"}
-        raise ExportError(f"{str(folder)!r}: {what[spec.kind]} cannot be exported to ONNX; serve it with "
-                          "'transfuse predict', or export another candidate (transfuse export RUN --candidate NAME)")
     if isinstance(model, FeatureFusionModel):
         parts = [Part(b, {"name": r.name, "options": r.options}) for b, r in zip(model.backbones, spec.backbones,
                                                                                strict=True)]
         core = M["Features"](model.backbones, model.est.means_, model.est.scales_, model.est.net_)
         logits = True
     elif isinstance(model, EnsembleModel):
-        raw = [n for n, m in zip(spec.members, model.members, strict=True) if isinstance(m, RawModel)]
-        if raw:
-            raise ExportError(f"{str(folder)!r}: ensemble member {raw[0]!r} is a raw-input estimator (TF-IDF), "
-                              "which ONNX cannot hold; serve this fusion with 'transfuse predict', or export "
-                              "another candidate (transfuse export RUN --candidate NAME)")
         parts = [Part(m.backbone, {"name": m.backbone.spec, "options": m.backbone_options}) for m in model.members]
         core = M["Ensemble"](model.members, model.method, model.params, model.tensors, len(spec.classes))
         logits = False
@@ -304,6 +318,7 @@ def export_run(run_dir: str | Path, int8: bool = False, tolerance: float = 1e-4,
     from transfuse.artifacts.store import RunFolder
 
     folder = Path(run_dir) / "model" if candidate is None else RunFolder(run_dir).candidate(candidate)
+    check_exportable(folder)
     model, spec = load_model(folder)
     graph, parts = build_graph(model, spec, folder)
     train, test = run_datasets(run_root(folder))
@@ -366,7 +381,7 @@ def export_cli(run_dir: str | Path, format: str = "onnx", int8: bool = False, ca
     if format != "onnx":
         raise UserError(f"--format {format!r} is not supported; valid formats: onnx")
     run_dir = Path(run_dir)
-    if not (run_dir / "model" / "model.json").exists():
+    if candidate is None and not (run_dir / "model" / "model.json").exists():
         raise UserError(f"{str(run_dir)!r} has no chosen model (model/model.json); give a finished run "
                         "folder, or finish this one with 'transfuse resume'")
     tol, opset, n, method = 1e-4, 18, 32, "auto"

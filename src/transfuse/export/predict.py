@@ -27,6 +27,14 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".aiff", ".aif"}
 
 
+def _is_file(s: str) -> bool:
+    """``s`` names an existing file (a long text is not a path: the OS refuses its name)."""
+    try:
+        return Path(s).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def check_modality(paths: list[str], modality: str) -> None:
     """A one-line error for a file of another modality (e.g. a .wav given to an image model)."""
     kinds = {"image": IMAGE_SUFFIXES, "audio": AUDIO_SUFFIXES}
@@ -45,13 +53,12 @@ def load_inputs(paths_or_texts: list[str], modality: str) -> Any:
     from transfuse.data.base import Dataset
 
     if modality == "text":
-        check_modality([s for s in paths_or_texts if Path(s).is_file()], modality)
+        check_modality([s for s in paths_or_texts if _is_file(s)], modality)
         items = []
         for s in paths_or_texts:
-            p = Path(s)
-            items.append(p.read_text(encoding="utf-8", errors="replace") if p.is_file() else s)
+            items.append(Path(s).read_text(encoding="utf-8", errors="replace") if _is_file(s) else s)
         return Dataset("text", items, np.zeros(len(items), int), ["?"], [str(i) for i in range(len(items))])
-    missing = [s for s in paths_or_texts if not Path(s).is_file()]
+    missing = [s for s in paths_or_texts if not _is_file(s)]
     if missing:
         raise UserError(f"input file {missing[0]!r} does not exist; give paths of {modality} files")
     check_modality(list(paths_or_texts), modality)

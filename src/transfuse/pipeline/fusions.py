@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from transfuse.adapt.result import CandidateResult
 from transfuse.artifacts import save
 from transfuse.artifacts.spec import ModelSpec
