@@ -68,6 +68,10 @@ def make_storage(url: str, heartbeat_s: int) -> Any:
                 retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
                 kw = {"heartbeat_stale_trial_callback": retry(max_retry=3)} if retry else \
                     {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=3)}
+                if url.startswith("sqlite"):
+                    # wait for another worker's write lock up to 60 s (sqlite's default 5 s ran out
+                    # on 2 loaded cores: "database is locked" surfaced as a failed commit)
+                    kw["engine_kwargs"] = {"connect_args": {"timeout": 60}}
                 storage = optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s,
                                                      grace_period=2 * heartbeat_s, **kw)
             break
