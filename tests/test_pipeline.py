@@ -169,6 +169,9 @@ def test_kill_during_finetune_then_resume(tmp_path: Path):
     assert ft["selected"]["final"] == {"epochs": max(1, int(round(float(np.median(chosen)))))}
     assert set(rep["test"]) >= {"accuracy", "macro_f1", "log_loss", "ece"}
     assert (out / "model" / "model.json").exists()
+    # a finished candidate's checkpoints are released (they only serve a resume midway)
+    assert (out / "work" / "efficientnet_lite0_finetune" / "fold0" / "finetune.json").exists()
+    assert not list((out / "work").glob("*/*/checkpoints"))
 
 
 def test_run_refuses_a_folder_holding_another_experiment(probe_run: Path, tmp_path: Path):

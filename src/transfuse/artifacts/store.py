@@ -63,6 +63,12 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.config_file, config_yaml)
 
+    def release_work(self, name: str) -> None:
+        """Delete a finished candidate's fine-tuning checkpoints (they exist to resume a fit midway;
+        two per fold at about 4x the weights' size). Logs, curves and fold weights stay."""
+        for ckpt in self.work_dir(name).glob("*/checkpoints"):
+            shutil.rmtree(ckpt, ignore_errors=True)
+
     def done(self, name: str) -> CandidateResult | None:
         """A finished candidate (resume), or None."""
         return CandidateResult.load(self.candidate_dir(name))

@@ -115,6 +115,7 @@ def run_singles(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
                 method=name if raw else None, history=cv.history, fit_seconds=time.perf_counter() - t,
                 params=params, inference_ms_per_example=inference_ms(backbone, test), selected=cv.selected)
             res.save(folder)
+            run.release_work(name)
             results.append(res)
             timings[f"candidate:{name}"] = time.perf_counter() - t
             console.print(f"  cv {metric} {res.cv_mean:.4f} ± {res.cv_std:.4f}")
