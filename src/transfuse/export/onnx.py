@@ -201,11 +201,12 @@ def check_exportable(folder: Path) -> None:
     culprit = spec.kind if spec.kind in what else None
     if spec.kind == "ensemble":
         run = RunFolder(run_root(folder))
-        raw = [m for m in spec.members if load_spec(run.candidate(m)).kind in what]
-        if raw:
-            raise ExportError(f"{str(folder)!r}: ensemble member {raw[0]!r} is a raw-input estimator (TF-IDF) or a "
-                              "joint fusion, which ONNX cannot hold; serve this fusion with 'transfuse predict', or "
-                              "export another candidate (transfuse export RUN --candidate NAME)")
+        kinds = {m: load_spec(run.candidate(m)).kind for m in spec.members}
+        bad = next((m for m, k in kinds.items() if k in what), None)
+        if bad is not None:
+            raise ExportError(f"{str(folder)!r}: ensemble member {bad!r} is {what[kinds[bad]]}, which ONNX cannot "
+                              "hold; serve this fusion with 'transfuse predict', or export another candidate "
+                              "(transfuse export RUN --candidate NAME)")
     if culprit:
         raise ExportError(f"{str(folder)!r}: {what[culprit]} cannot be exported to ONNX; serve it with "
                           "'transfuse predict', or export another candidate (transfuse export RUN --candidate NAME)")
