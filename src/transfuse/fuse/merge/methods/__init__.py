@@ -9,9 +9,14 @@ from transfuse.fuse.merge.methods import (  # noqa: F401  (registers the built-i
     fisher,
     linear,
     model_stock,
+    pairwise,
+    passthrough,
+    ram,
     regmean,
+    sce,
     slerp,
     soup,
+    spherical,
     task_arithmetic,
 )
 
