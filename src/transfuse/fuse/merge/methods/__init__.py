@@ -17,7 +17,9 @@ from transfuse.fuse.merge.methods import (  # noqa: F401  (registers the built-i
     slerp,
     soup,
     spherical,
+    svd,
     task_arithmetic,
+    wudi,
 )
 
 
