@@ -3,7 +3,8 @@
 The expected tensors come from running mergekit once (``tests/data/make_mergekit_golden.py``, which
 stores the inputs and mergekit's outputs in ``tests/data/mergekit_golden.npz``); this test needs
 no mergekit. Each case runs ``merge`` on the same mergekit-format config, from safetensors files,
-so the config plumbing (names, defaults, base handling, filter lists) is checked with the numbers.
+so the config plumbing (names, defaults, base handling, filter lists, passthrough's slices and the
+output's layer count) is checked with the numbers.
 DELLA's masks are random: the generator made mergekit draw transfuse's masks (same seed per tensor
 and model), so the rest of the method is compared exactly.
 """
@@ -43,7 +44,7 @@ def _config(cfg: dict, root: Path) -> dict:
     out = json.loads(json.dumps(cfg))
     if "base_model" in out:
         out["base_model"] = str(root / out["base_model"])
-    for m in out["models"]:
+    for m in out.get("models", []) + [src for sl in out.get("slices", []) for src in sl["sources"]]:
         m["model"] = str(root / m["model"])
     return {**out, "dtype": "float32", "hash_inputs": False}
 
@@ -51,15 +52,18 @@ def _config(cfg: dict, root: Path) -> dict:
 @pytest.mark.parametrize("case", [c["case"] for c in META["cases"]])
 def test_merge_equals_mergekit(golden, case, tmp_path):
     root, arrays = golden
-    cfg = next(c["config"] for c in META["cases"] if c["case"] == case)
-    merge(_config(cfg, root), tmp_path / "out")
+    spec = next(c for c in META["cases"] if c["case"] == case)
+    merge(_config(spec["config"], root), tmp_path / "out")
+    layers = json.loads((tmp_path / "out" / "config.json").read_text())["num_hidden_layers"]
+    assert layers == spec["num_hidden_layers"]
     ours = load_file(tmp_path / "out" / "model.safetensors")
     theirs = {k.split("/", 1)[1]: torch.from_numpy(arrays[k]) for k in arrays.files
               if k.startswith(case + "/")}
     assert sorted(ours) == sorted(theirs)
     worst = max(float((ours[k] - theirs[k]).abs().max()) for k in theirs)
     assert worst <= TOL, f"{case}: max abs diff {worst:.3g}"
-    moved = max(float((theirs[k] - arrays[f"m0/{k}"]).abs().max()) for k in theirs)
+    moved = max(float((theirs[k] - arrays[f"m0/{k}"]).abs().max()) for k in theirs
+                if f"m0/{k}" in arrays.files)
     assert moved > 1e-3  # the case merges something (not the base copied through)
 
 
@@ -101,3 +105,14 @@ def test_nearswap_and_multislerp_edge_cases():
     assert torch.allclose(out, torch.tensor([0.0, 0.5, 1.0]))  # weight min(1, t / |diff|)
     same = torch.randn(3, 4)  # no model moved the tensor: mergekit raises, transfuse keeps it
     assert torch.equal(get_method("multislerp")([same] * 3, same), same)
+
+
+def test_slices_beyond_a_models_layers_are_named(golden, tmp_path):
+    root, _ = golden
+    cfg = {"merge_method": "passthrough", "slices": [
+        {"sources": [{"model": str(root / "m1"), "layer_range": [0, 1]}]},
+        {"sources": [{"model": str(root / "m2"), "layer_range": [0, 3]}]}]}
+    with pytest.raises(UserError, match=r"^slices\[1\]: layer_range \[0, 3\] but model 'm2' has "
+                                        r"layers 0..0 under 'model.layers'; fix layer_range$"):
+        merge(cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -1,6 +1,6 @@
 """Generate tests/data/mergekit_golden.{npz,json}: mergekit 0.1.5's merged tensors for the methods
 transfuse took from it later (NuSLERP, Multi-SLERP, Karcher, SCE, NearSwap, Arcee Fusion, DELLA,
-RAM, passthrough), each run once through mergekit's own ``run_merge`` on a tiny Llama-shaped
+RAM, passthrough, also with slices), each run once through mergekit's own ``run_merge`` on a tiny Llama-shaped
 checkpoint set (a base and three fine-tunes whose task vectors are partly exactly zero, so RAM's
 unique/shared entries and SCE's zero variances occur).
 
@@ -108,6 +108,11 @@ CASES: list[tuple[str, dict]] = [
                     "models": [{"model": m} for m in ("m1", "m2", "m3")]}),
     ("passthrough", {"merge_method": "passthrough", "models": [{"model": "m2", "parameters": {
         "scale": [{"filter": "o_proj", "value": 0.0}, {"filter": "down_proj", "value": 0.5}]}}]}),
+    ("passthrough_slices", {"merge_method": "passthrough", "slices": [
+        {"sources": [{"model": "m1", "layer_range": [0, 1]}]},
+        {"sources": [{"model": "m2", "layer_range": [0, 1], "parameters": {
+            "scale": [{"filter": "o_proj", "value": 0.0}, {"value": 1.0}]}}]},
+        {"sources": [{"model": "m3", "layer_range": [0, 1]}], "parameters": {"scale": 0.5}}]}),
 ]
 
 
@@ -116,7 +121,7 @@ def with_paths(cfg: dict, root: Path) -> dict:
     out = json.loads(json.dumps(cfg))
     if "base_model" in out:
         out["base_model"] = str(root / out["base_model"])
-    for m in out["models"]:
+    for m in out.get("models", []) + [src for sl in out.get("slices", []) for src in sl["sources"]]:
         m["model"] = str(root / m["model"])
     out["dtype"] = "float32"
     return out
@@ -165,6 +170,7 @@ def main() -> None:
             (root / m).mkdir()
             save_file(sd, root / m / "model.safetensors")
             (root / m / "config.json").write_text(json.dumps(LLAMA))
+        layers = {}
         for case, cfg in CASES:
             out = root / f"out_{case}"
             with transfuse_della_masks():
@@ -174,11 +180,12 @@ def main() -> None:
             for f in sorted(out.glob("*.safetensors")):
                 merged.update(load_file(f))
             arrays.update({f"{case}/{k}": v.numpy() for k, v in merged.items()})
+            layers[case] = json.loads((out / "config.json").read_text())["num_hidden_layers"]
     np.savez_compressed(HERE / "mergekit_golden.npz", **arrays)
     meta = {"generator": "tests/data/make_mergekit_golden.py",
             "mergekit": getattr(mergekit, "__version__", "0.1.5"), "torch": torch.__version__,
             "date": datetime.date.today().isoformat(), "llama_config": LLAMA, "models": MODELS,
-            "cases": [{"case": c, "config": cfg} for c, cfg in CASES]}
+            "cases": [{"case": c, "config": cfg, "num_hidden_layers": layers[c]} for c, cfg in CASES]}
     (HERE / "mergekit_golden.json").write_text(json.dumps(meta, indent=1) + "\n")
     print(f"{len(CASES)} cases, {len(arrays)} arrays -> {HERE / 'mergekit_golden.npz'}")
 
