@@ -24,7 +24,7 @@ from transfuse.fuse.merge import get_method, merge
 
 DATA = Path(__file__).parent / "data"
 META = json.loads((DATA / "mergekit_golden.json").read_text())
-TOL = 2e-6  # float32 arithmetic in a different order (measured worst: see docs/merge.md)
+TOL = 2e-6  # measured 0 on every case; room for other BLAS builds and CPUs
 
 
 @pytest.fixture(scope="module")
