@@ -11,6 +11,7 @@ Writes benchmarks/results/merge_vs_fusionbench.{json,md}: per method the paramet
 absolute difference of any merged weight, and each tool's time (ratios only; the machine is shared).
 FusionBench runs its own algorithm classes (``.run`` on a pool of ``nn.Module``) or state-dict
 functions; transfuse runs the registered method (``get_method``) tensor by tensor, as ``merge`` does.
+The SVD family (TSV-M, Iso-C, Iso-CTS, WUDI) runs FusionBench's state-dict functions.
 """
 
 from __future__ import annotations
@@ -263,7 +264,64 @@ def run() -> list[dict[str, Any]]:
     tf, t_tf = timed(lambda: tf_merge("slerp", fts[:1], base, t=t))
     row("SLERP", f"t={t}, DOT_THRESHOLD=0.9995", f"t={t}", fb, tf, t_fb, t_tf,
         "same formula; FusionBench computes the angle in float32 torch, transfuse in float64 math")
+    svd_family(rows, row, base, fts)
     return rows
+
+
+def svd_family(rows: list[dict[str, Any]], row: Callable[..., None], base: SD, fts: list[SD]) -> None:
+    """TSV-M, Iso-C, Iso-CTS and WUDI: FusionBench's state-dict functions on the task vectors
+    (what its algorithm classes call), scaled and added to the base as the classes do."""
+    from fusion_bench.method.isotropic_merging.iso_utils import iso_c, iso_cts
+    from fusion_bench.method.task_singular_vector.utils.TSVM_utils import (
+        compute_and_sum_svd_mem_reduction,
+    )
+    from fusion_bench.method.wudi.wudi import wudi_merging
+
+    cpu = torch.device("cpu")
+    tvs = [{k: f[k] - base[k] for k in base} for f in fts]
+
+    def plus(tv: SD, scale: float = 1.0) -> SD:
+        return {k: base[k] + scale * tv[k].detach() for k in base}
+
+    def float64_note(fb_fn: Callable[[list[SD]], SD], method: str, **params: Any) -> str:
+        """How far FusionBench's float32 result is from its own float64 one, and transfuse's
+        float64 result from FusionBench's float64 one: the truncated SVDs amplify rounding."""
+        tvs64 = [{k: v.double() for k, v in tv.items()} for tv in tvs]
+        fb64 = {k: base[k].double() + v for k, v in fb_fn(tvs64).items()}
+        fb32 = {k: base[k] + v for k, v in fb_fn([dict(tv) for tv in tvs]).items()}
+        tf64 = tf_merge(method, [{k: v.double() for k, v in f.items()} for f in fts],
+                        {k: v.double() for k, v in base.items()}, **params)
+        return (f"FusionBench float32 vs its float64: {diff(fb32, fb64)['max_abs_diff']:.1e}; "
+                f"transfuse float64 vs FusionBench float64: {diff(tf64, fb64)['max_abs_diff']:.1e}")
+
+    alpha = 1.0
+    fb, t_fb = timed(lambda: plus(compute_and_sum_svd_mem_reduction(
+        [dict(tv) for tv in tvs], accelerator=cpu), alpha))
+    tf, t_tf = timed(tf_merge, "tsv_merge", fts, base, alpha=alpha)
+    note = float64_note(lambda t: compute_and_sum_svd_mem_reduction(t, accelerator=cpu), "tsv_merge")
+    row("TSV-M", f"TaskSingularVectorMerging alpha={alpha}", f"tsv_merge alpha={alpha}",
+        fb, tf, t_fb, t_tf, "same algorithm; FusionBench pads the concatenated singular vectors "
+        f"with zero columns, transfuse orthogonalises only the kept ones. {note}")
+    scale = 1.3
+    fb, t_fb = timed(lambda: plus(iso_c([dict(tv) for tv in tvs], accelerator=cpu), scale))
+    tf, t_tf = timed(tf_merge, "iso_c", fts, base, alpha=scale)
+    note = float64_note(lambda t: iso_c(t, accelerator=cpu), "iso_c")
+    row("Iso-C", f"ISO_C_Merge scaling_factor={scale}", f"iso_c alpha={scale}", fb, tf, t_fb, t_tf,
+        "same algorithm; FusionBench divides the summed task vectors by T and multiplies back. "
+        + note)
+    fb, t_fb = timed(lambda: plus(iso_cts([dict(tv) for tv in tvs], 0.8, accelerator=cpu), scale))
+    tf, t_tf = timed(tf_merge, "iso_cts", fts, base, alpha=scale, common_space_fraction=0.8)
+    note = float64_note(lambda t: iso_cts(t, 0.8, accelerator=cpu), "iso_cts")
+    row("Iso-CTS", f"ISO_CTS_Merge scaling_factor={scale}, common_space_fraction=0.8",
+        f"iso_cts alpha={scale}, common_space_fraction=0.8", fb, tf, t_fb, t_tf,
+        "same algorithm and subspace sizes. " + note + " (both at alpha 1)")
+    steps = 300
+    fb, t_fb = timed(lambda: plus(wudi_merging([dict(tv) for tv in tvs], accelerator=cpu,
+                                               iter_num=steps)))
+    tf, t_tf = timed(tf_merge, "wudi", fts, base, iter_num=steps)
+    row("WUDI", f"WUDIMerging iter_num={steps} (lr 1e-5)", f"wudi iter_num={steps}, lr=1e-5",
+        fb, tf, t_fb, t_tf, "same loss, start and Adam steps; transfuse computes the gradient in "
+        "closed form (no autograd), the Gram form on these shapes")
 
 
 def main() -> None:

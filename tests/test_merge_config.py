@@ -60,7 +60,18 @@ def test_transfuse_keys_round_trip():
 @pytest.mark.parametrize("config,pattern", [
     ({"merge_method": "tie", "models": ["a"]}, r"unknown merge method 'tie'; valid names: .*ties"),
     ({"merge_method": "ties", "models": ["a"], "modles": 1}, r"unknown merge config key 'modles'; valid keys: .*models"),
-    ({"merge_method": "ties", "models": ["a"], "slices": []}, r"'slices'.*not supported"),
+    ({"merge_method": "ties", "slices": []}, r"^slices: supported with merge_method: passthrough only"),
+    ({"merge_method": "passthrough", "slices": [{"sources": [{"model": "a", "layer_range": [0, 2]},
+                                                             {"model": "b", "layer_range": [0, 2]}]}]},
+     r"slices\[0\].sources: passthrough takes exactly one source per slice, got 2"),
+    ({"merge_method": "passthrough", "slices": [{"sources": [{"model": "a", "layer_range": [3, 1]}]}]},
+     r"slices\[0\].sources\[0\].layer_range: got \[3, 1\]; give \[START, END\]"),
+    ({"merge_method": "passthrough", "models": ["a"], "slices": [
+        {"sources": [{"model": "a", "layer_range": [0, 1]}]}]}, r"either models: or slices:"),
+    ({"merge_method": "passthrough", "slices": [{"sources": [
+        {"model": "a", "layer_range": [0, 1], "parameters": {"weight": 1}}]}]},
+     r"slices\[0\].parameters: unknown parameter 'weight'.*valid parameters: scale"),
+    ({"merge_method": "linear", "models": ["a"], "modules": {}}, r"'modules'.*not supported"),
     ({"merge_method": "ties", "models": ["a"], "dtype": "fp16"}, r"dtype: got 'fp16'; valid values: float32, float16, bfloat16"),
     ({"merge_method": "ties", "models": ["a"], "parameters": {"t": 0.5}},
      r"parameters: unknown parameter 't' for merge method 'ties'; valid parameters: .*density"),
@@ -88,3 +99,14 @@ def test_bad_yaml_and_missing_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("models: [a\n")
     with pytest.raises(UserError, match="bad.yaml: not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_passthrough_slices_parse_and_round_trip():
+    cfg = load_config({"merge_method": "passthrough", "slices": [
+        {"sources": [{"model": "a", "layer_range": [0, 4]}], "parameters": {"scale": 0.5}},
+        {"sources": [{"model": "b", "layer_range": [2, 6], "parameters": {"scale": 2.0}}]},
+        {"sources": [{"model": "a", "layer_range": [4, 8]}]}]})
+    assert [m.model for m in cfg.models] == ["a", "b"]
+    assert [(s.model, s.start, s.end, dict(s.parameters)) for s in cfg.slices] == [
+        ("a", 0, 4, {"scale": 0.5}), ("b", 2, 6, {"scale": 2.0}), ("a", 4, 8, {})]
+    assert load_config(cfg.to_dict()) == cfg

@@ -323,15 +323,20 @@ def _layered(seed: int, dtype=torch.float16) -> dict[str, torch.Tensor]:
     ("linear", {"weight": [0.3, 1.1, 0.6]}),
     ("task_arithmetic", {"weight": [0.7, -0.2, 1.3], "lambda": 0.8, "normalize": True}),
     ("ties", {"weight": [1.0, 0.5, 0.8], "density": 0.4}),
+    ("ram", {"epsilon": 0.01}),
+    ("nearswap", {"t": 0.01}),
+    ("passthrough", {"scale": [0.5]}),
 ])
 def test_blockwise_results_equal_whole_tensor_results(tmp_path, method, params):
     base, *ms = [_layered(s) for s in range(4)]
+    ms = ms[:get_method(method).max_models or 3]
+    uses_base = get_method(method).base != "none"
     per_model = {k: v for k, v in params.items() if isinstance(v, list)}
     glob = {k: v for k, v in params.items() if not isinstance(v, list)}
     cfg = {"merge_method": method, "dtype": "float16", "parameters": glob,
            "models": [{"model": _save(m, tmp_path / f"m{i}.safetensors"),
                        "parameters": {k: v[i] for k, v in per_model.items()}} for i, m in enumerate(ms)]}
-    if method != "linear":
+    if uses_base:
         cfg["base_model"] = _save(base, tmp_path / "base.safetensors")
     merge(cfg, tmp_path / "blocks", chunk_elems=97)  # blocks that cut rows and tensors unevenly
     merge(cfg, tmp_path / "whole", chunk_elems=10**9)
@@ -340,15 +345,15 @@ def test_blockwise_results_equal_whole_tensor_results(tmp_path, method, params):
     kw = {k: v for k, v in params.items()}
     for k in ("emb.weight", "blk.weight", "norm.weight"):
         xs = [m[k].float() for m in ms]
-        want = fn(xs, base[k].float() if method != "linear" else None, **kw).half()
+        want = fn(xs, base[k].float() if uses_base else None, **kw).half()
         assert torch.equal(whole[k], want), k  # the whole-tensor run is the method itself
         assert torch.equal(blocks[k], want), k  # and blocks are bit-identical to it
     # BatchNorm statistics: uniform average of the merged models (not task-vector merged);
     # the integer counter comes from the base model (the first model without a base)
     for k in ("bn.running_mean", "bn.running_var"):
-        want = (sum(m[k].float() for m in ms) / 3).half()
+        want = (sum(m[k].float() for m in ms) / len(ms)).half()
         assert torch.equal(blocks[k], want), k
-    first = base if method != "linear" else ms[0]
+    first = base if uses_base else ms[0]
     assert int(blocks["bn.num_batches_tracked"]) == int(first["bn.num_batches_tracked"])
 
 

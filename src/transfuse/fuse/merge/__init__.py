@@ -1,4 +1,6 @@
-"""Streaming weight merging: soups, task arithmetic, TIES, DARE, SLERP, Model Stock, Fisher, RegMean.
+"""Streaming weight merging: soups, task arithmetic, TIES, DARE, DELLA, SLERP and its spherical kin,
+Model Stock, Fisher, RegMean, SCE, RAM, passthrough frankenmerges, and the SVD family (TSV-M, Iso-C,
+Iso-CTS, WUDI).
 
 ``estimate`` computes Fisher/RegMean statistics from data, ``tune`` picks a greedy soup and
 ``search`` searches coefficients on a validation score, ``multitask`` rebuilds one model per task

@@ -81,6 +81,28 @@ def random_mask(shape: torch.Size, density: float, seed: int) -> Tensor:
     return torch.bernoulli(torch.full(tuple(shape), float(density)), generator=g).bool()
 
 
+def probability_mask(probs: Tensor, seed: int) -> Tensor:
+    """Keep-mask with entry-wise keep probabilities ``probs``, drawn on the CPU from ``seed``."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.bernoulli(probs.detach().to("cpu", torch.float32), generator=g).bool()
+
+
+def magprune_probabilities(x: Tensor, density: float, epsilon: float) -> Tensor:
+    """DELLA's MagPrune keep probabilities: ``density - epsilon`` for the smallest magnitude of a
+    row up to ``density + epsilon`` for the largest, linear in the magnitude's rank.
+
+    As mergekit: ranks run along dim 1 (a 1-D tensor is one row), so the mean probability is
+    ``density``. Equal magnitudes are ranked by position (mergekit's ``argsort`` breaks them
+    arbitrarily); a rank axis of length 1 gets ``density`` (mergekit divides 0 by 0 there).
+    """
+    x2 = x.unsqueeze(0) if x.dim() < 2 else x
+    order = torch.argsort(x2.abs(), dim=1, stable=True)
+    ranks = order.argsort(dim=1, stable=True).to(torch.float32)  # 0-based: rank - min rank
+    span = x2.shape[1] - 1
+    rank_norm = ranks / span if span > 0 else torch.full_like(ranks, 0.5)
+    return ((density - epsilon) + rank_norm.clamp(0, 1) * 2 * epsilon).reshape(x.shape)
+
+
 def rescale_masked(x: Tensor, mask: Tensor, norm: RescaleNorm | None, eps: float = 1e-7) -> Tensor:
     """``x * mask``, scaled to keep ``x``'s l1 / l2 / max norm (mergekit's DARE rescale is l1).
 

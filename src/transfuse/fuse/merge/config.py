@@ -5,7 +5,8 @@ top-level ``parameters`` (global ones, and defaults of per-model ones), ``dtype`
 ``tokenizer_source`` (tokenizer files are copied from the base model; other values get a note).
 A parameter value is a number/bool/string or a mergekit filter list
 (``[{filter: self_attn, value: 0.3}, {value: 0.5}]``: first entry whose filter is a substring of
-the tensor name). transfuse keys: ``device``, ``max_shard_size``, ``seed``, ``heads``, ``tied``,
+the tensor name). ``slices`` (layer ranges) works with ``passthrough``, one source per slice.
+transfuse keys: ``device``, ``max_shard_size``, ``seed``, ``heads``, ``tied``,
 ``hash_inputs``, ``models[].name`` and per-model tensor files named by the method (``fisher``, ``gram``).
 """
 
@@ -23,11 +24,11 @@ from transfuse.errors import UserError
 from transfuse.fuse.merge.method import MergeMethod
 from transfuse.fuse.merge.methods import get_method
 
-MERGEKIT_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "out_dtype",
-                 "tokenizer_source"}
+MERGEKIT_KEYS = {"merge_method", "base_model", "models", "slices", "parameters", "dtype",
+                 "out_dtype", "tokenizer_source"}
 TRANSFUSE_KEYS = {"device", "max_shard_size", "seed", "heads", "tied", "hash_inputs", "bn_stats"}
 UNSUPPORTED = {
-    "slices": "slices (layer ranges / frankenmerges) are not supported; list whole models under models:",
+    "modules": "modules (per-module slices) are not supported; use slices: for one layer stack",
     "tokenizer": "the tokenizer block is not supported; tokenizer files are copied from the base model",
     "chat_template": "chat_template is not supported; edit tokenizer_config.json after merging",
 }
@@ -45,6 +46,16 @@ class ModelSpec:
     name: str
     parameters: Mapping[str, Any] = field(default_factory=dict)
     files: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SliceSpec:
+    """One mergekit output slice: layers ``[start, end)`` of model ``model`` (a ModelSpec name)."""
+
+    model: str
+    start: int
+    end: int
+    parameters: Mapping[str, Any] = field(default_factory=dict)  # the source's, then the slice's
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,7 @@ class MergeConfig:
     hash_inputs: bool = True
     bn_stats: str = "average"  # BatchNorm running mean/var: "average" (uniform) or "method"
     root: Path | None = None  # folder that relative model paths may be relative to
+    slices: tuple[SliceSpec, ...] = ()  # passthrough frankenmerges; models then lists their inputs
 
     @property
     def method(self) -> MergeMethod:
@@ -86,6 +98,11 @@ class MergeConfig:
         d: dict[str, Any] = {"merge_method": self.merge_method}
         if self.base_model is not None:
             d["base_model"] = self.base_model
+        if self.slices:
+            paths = {m.name: m.model for m in self.models}
+            d["slices"] = [{"sources": [{"model": paths[s.model], "layer_range": [s.start, s.end],
+                                         **({"parameters": dict(s.parameters)} if s.parameters else {})}]}
+                           for s in self.slices]
         d["models"] = []
         for m in self.models:
             entry: dict[str, Any] = {"model": m.model, "name": m.name}
@@ -93,6 +110,8 @@ class MergeConfig:
                 entry["parameters"] = dict(m.parameters)
             entry.update(m.files)
             d["models"].append(entry)
+        if self.slices:
+            del d["models"]
         if self.parameters:
             d["parameters"] = dict(self.parameters)
         for key in ("dtype", "out_dtype", "tokenizer_source"):
@@ -196,7 +215,11 @@ def load_config(config: Mapping[str, Any] | str | Path, root: Path | None = None
         base = base.get("model")
     if base is not None and not isinstance(base, str):
         raise UserError(f"base_model: expected a path or model id, got {base!r}")
-    raw_models = data.get("models")
+    raw_slices = data.get("slices")
+    if raw_slices is not None:
+        raw_models, raw_slices = _slice_models(data, method.name, raw_slices)
+    else:
+        raw_models = data.get("models")
     if not isinstance(raw_models, list) or not raw_models:
         raise UserError("merge config: 'models' must be a non-empty list of {model: PATH} entries")
     models, taken = [], set()
@@ -221,6 +244,12 @@ def load_config(config: Mapping[str, Any] | str | Path, root: Path | None = None
         models.append(ModelSpec(m["model"], name, params, files))
     params = {k: _check_setting(method, k, v, "parameters", per_model=False)
               for k, v in (data.get("parameters") or {}).items()}
+    slices = ()
+    if raw_slices is not None:
+        names = {m.model: m.name for m in models}
+        slices = tuple(SliceSpec(names[ref], start, end, {
+            k: _check_setting(method, k, v, f"slices[{i}].parameters", per_model=True)
+            for k, v in sp.items()}) for i, (ref, start, end, sp) in enumerate(raw_slices))
     heads = data.get("heads") or ()
     if heads == "auto":
         heads = ("auto",)
@@ -251,4 +280,47 @@ def load_config(config: Mapping[str, Any] | str | Path, root: Path | None = None
         hash_inputs=hash_inputs,
         bn_stats=_choice("bn_stats", data.get("bn_stats", "average"), ("average", "method")),
         root=root,
+        slices=slices,
     )
+
+
+def _slice_models(data: Mapping[str, Any], method: str, raw: Any
+                  ) -> tuple[list[dict[str, Any]], list[tuple[str, int, int, dict[str, Any]]]]:
+    """mergekit's ``slices:`` (passthrough only): the distinct models, and per slice (model,
+    start, end, parameters: the source's over the slice's)."""
+    if method != "passthrough":
+        raise UserError(f"slices: supported with merge_method: passthrough only (got {method!r}); "
+                        "for other methods list whole models under models:")
+    if data.get("models"):
+        raise UserError("slices: give either models: or slices:, not both")
+    if data.get("heads"):
+        raise UserError("slices: heads: cannot be combined with slices; remove heads:")
+    if not isinstance(raw, list) or not raw:
+        raise UserError("slices: must be a non-empty list of {sources: [{model: PATH, "
+                        "layer_range: [START, END]}]}")
+    models: list[dict[str, Any]] = []
+    out = []
+    for i, sl in enumerate(raw):
+        where = f"slices[{i}]"
+        if not isinstance(sl, Mapping) or set(sl) - {"sources", "parameters"}:
+            raise UserError(f"{where}: expected {{sources: [...], parameters: {{...}}}}, got {sl!r}")
+        sources = sl.get("sources")
+        if not isinstance(sources, list) or len(sources) != 1:
+            raise UserError(f"{where}.sources: passthrough takes exactly one source per slice, got "
+                            f"{len(sources) if isinstance(sources, list) else sources!r}")
+        src = sources[0]
+        if not isinstance(src, Mapping) or not isinstance(src.get("model"), str) or \
+                set(src) - {"model", "layer_range", "parameters"}:
+            raise UserError(f"{where}.sources[0]: expected {{model: PATH, layer_range: [START, END], "
+                            f"parameters: {{...}}}}, got {src!r}")
+        lr = src.get("layer_range")
+        if not (isinstance(lr, list) and len(lr) == 2 and all(isinstance(v, int) and
+                                                              not isinstance(v, bool) for v in lr)
+                and 0 <= lr[0] < lr[1]):
+            raise UserError(f"{where}.sources[0].layer_range: got {lr!r}; give [START, END] with "
+                            "0 <= START < END (END excluded)")
+        if not any(m["model"] == src["model"] for m in models):
+            models.append({"model": src["model"]})
+        params = {**(sl.get("parameters") or {}), **(src.get("parameters") or {})}
+        out.append((src["model"], lr[0], lr[1], params))
+    return models, out

@@ -13,6 +13,7 @@ output.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -29,6 +30,7 @@ from transfuse.errors import UserError
 from transfuse.fuse.merge.config import MergeConfig, load_config, resolve_setting
 from transfuse.fuse.merge.method import MergeMethod, TensorContext
 from transfuse.fuse.merge.methods import get_method
+from transfuse.fuse.merge.slices import LAYER_KEYS, n_layers, plan_slices
 from transfuse.fuse.merge.sources import (
     COPY_FILES,
     INDEX_NAME,
@@ -92,6 +94,7 @@ class _Job:
     base: int | None
     dtype: torch.dtype
     shape: tuple[int, ...]
+    slice: int | None = None  # passthrough slices: the slice whose parameters apply
 
 
 class _Inputs:
@@ -104,7 +107,7 @@ class _Inputs:
             raise UserError(f"merge method {method.name!r} needs base_model: (the pretrained model)")
         specs = [m for m in cfg.models if not (uses_base and m.model == cfg.base_model)]
         lo, hi = method.min_models, method.max_models
-        if len(specs) < lo or (hi is not None and len(specs) > hi):
+        if not cfg.slices and (len(specs) < lo or (hi is not None and len(specs) > hi)):
             want = f"exactly {lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
             raise UserError(f"merge method {method.name!r} takes {want} model(s) besides the base "
                             f"model, got {len(specs)}; fix models:")
@@ -142,8 +145,21 @@ def _is_bn_stat(name: str) -> bool:
     return name.endswith(BN_STATS)
 
 
+def _plan_slices(inp: _Inputs) -> list[_Job]:
+    """passthrough with ``slices:``: layer ranges of the models, renumbered (see ``slices``)."""
+    jobs = []
+    for t in plan_slices(inp.cfg, [list(m.tensors) for m in inp.models]):
+        e = inp.models[t.model].tensors[t.name]
+        kind = "merge" if e.is_float else "copy"
+        jobs.append(_Job(t.out, kind, t.name, (t.model,), None, _out_dtype(inp.cfg, e), e.shape,
+                         t.slice))
+    return jobs
+
+
 def _plan(inp: _Inputs, bn_stats: BnStats = "average") -> tuple[list[_Job], dict[str, list[str]]]:
     """Decide every output tensor; all inconsistencies are reported together."""
+    if inp.cfg.slices:
+        return _plan_slices(inp), {}
     cfg, ref = inp.cfg, inp.reference
     ckpts = ([inp.base] if inp.base else []) + inp.models
     labels = (["base_model"] if inp.base else []) + inp.names
@@ -262,7 +278,7 @@ def _run_jobs(inp: _Inputs, jobs: list[_Job], where: dict[str, tuple[int, int]],
                 del parts
                 base = xs.pop(0) if job.base is not None else None
                 if first == 0:
-                    params = _params_for(cfg, inp, job.name) if job.kind == "merge" else {}
+                    params = _params_for(cfg, inp, job) if job.kind == "merge" else {}
                 if job.kind == "average":
                     x = linear(xs, None, weight=[1.0] * len(xs), normalize=True)
                 else:
@@ -278,9 +294,17 @@ def _run_jobs(inp: _Inputs, jobs: list[_Job], where: dict[str, tuple[int, int]],
     return stats
 
 
-def _params_for(cfg: MergeConfig, inp: _Inputs, name: str) -> dict[str, Any]:
-    method = inp.method
+def _params_for(cfg: MergeConfig, inp: _Inputs, job: _Job) -> dict[str, Any]:
+    method, name = inp.method, job.name
     out: dict[str, Any] = {}
+    if job.slice is not None:  # one source: the slice's parameters (filters see the output name)
+        own = cfg.slices[job.slice].parameters
+        for key, p in method.per_model.items():
+            v = resolve_setting(own.get(key), job.out)
+            if v is None:
+                v = resolve_setting(cfg.parameters.get(key), job.out)
+            out[key] = [p.default if v is None else v]
+        return out
     for key in method.global_params:
         if key in cfg.parameters:
             v = resolve_setting(cfg.parameters[key], name)
@@ -458,6 +482,12 @@ def _write_side_files(tmp: Path, cfg: MergeConfig, inp: _Inputs, jobs: list[_Job
         for f in COPY_FILES:
             if (folder / f).is_file():
                 shutil.copyfile(folder / f, tmp / f)
+    if cfg.slices and (tmp / "config.json").is_file():  # the stacked model's number of layers
+        model_cfg = json.loads((tmp / "config.json").read_text())
+        key = next((k for k in LAYER_KEYS if k in model_cfg), None)
+        if key is not None:
+            model_cfg[key] = n_layers(cfg)
+            atomic_write_json(tmp / "config.json", model_cfg)
 
 
 def run_merge_cli(config_path: str | Path, out_dir: str | Path, overwrite: bool = False) -> MergeResult:

@@ -103,6 +103,7 @@ class MergeMethod:
     order_independent: bool = True
     needs_evaluate: bool = False
     elementwise: bool = False  # output element i depends on input elements i only: run in blocks
+    idempotent: bool = True  # merging copies of one model gives that model back
     notes: tuple[str, ...] = field(default=())
 
     @property
@@ -207,6 +208,7 @@ def merge_method(
     order_independent: bool = True,
     needs_evaluate: bool = False,
     elementwise: bool = False,
+    idempotent: bool = True,
     notes: Sequence[str] = (),
 ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Register ``func`` as merge method ``name`` (fails loudly on a duplicate name)."""
@@ -230,6 +232,7 @@ def merge_method(
                 order_independent=order_independent,
                 needs_evaluate=needs_evaluate,
                 elementwise=elementwise,
+                idempotent=idempotent,
                 notes=tuple(notes),
             ),
         )

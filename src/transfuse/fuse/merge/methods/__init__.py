@@ -9,10 +9,17 @@ from transfuse.fuse.merge.methods import (  # noqa: F401  (registers the built-i
     fisher,
     linear,
     model_stock,
+    pairwise,
+    passthrough,
+    ram,
     regmean,
+    sce,
     slerp,
     soup,
+    spherical,
+    svd,
     task_arithmetic,
+    wudi,
 )
 
 
