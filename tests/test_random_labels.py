@@ -1,6 +1,4 @@
-"""Run by hand (not yet in the suite: 5:50 on 2 cores): .venv/bin/python -m pytest -q benchmarks/random_labels.py
-
-Random-label test: with the training labels randomly permuted, every candidate's CV is at chance.
+"""Random-label test: with the training labels randomly permuted, every candidate's CV is at chance.
 
 A CV score that reuses the rows it is scored on (to stop training, to keep a checkpoint, to pick
 one setting of a grid or one trial of a search) is optimistic. With labels that carry no
@@ -17,52 +15,57 @@ cross-validated rows: 1/C). Labels independent of the inputs make every predicti
 probability ``p``; k-fold CV scores each of the ``n`` training rows once, so a CV accuracy has mean
 at most ``p`` and, as a binomial proportion, standard error ``sqrt(p(1-p)/n)``. ``R`` independent
 permutations (seeds) pool to ``SE = sqrt(p(1-p)/n) / sqrt(R)``; candidates that share a run (the
-two MiniLM probes) are averaged and counted once. The threshold is ``p + 3 SE``: an honest
-estimate exceeds it with probability ~0.13 %.
+two MiniLM probes) are averaged and counted once. With ``R >= MIN_RUNS_FOR_SPREAD`` runs the SE
+is the larger of that and the runs' own spread (SD of the per-run CVs / sqrt(R)). The threshold
+is ``p + 3 SE``: an honest estimate exceeds it with probability ~0.13 %.
 
-- images, fine-tuning: p = 1/2, n = 60, R = 3: SE = sqrt(0.25/180) = 0.0373, threshold 0.612
-- texts (TF-IDF, probes, fusions, distillation) and search: p = 1/3, n = 57, R = 16:
-  SE = sqrt((2/9)/912) = 0.0156, threshold 0.380
+- images, fine-tuning: p = 1/2, n = 60, R = 2: SE = sqrt(0.25/120) = 0.0456, threshold 0.637
+- texts (TF-IDF, probes, fusions): p = 1/3, n = 57, R = 24: binomial SE 0.0127; the distilled
+  student (R = 10) and search (R = 10): binomial SE 0.0197, threshold 0.393
 
 Two effects move honest estimates away from that binomial model:
 
 - Anti-correlation (pushes down). A permutation fixes the class totals, and stratified folds fix
   them per fold, so whatever a model learnt from a fold's training labels is slightly
   anti-correlated with that fold's validation labels: honest CVs land at or below chance
-  (measured on these texts, 16 permutations: TF-IDF 0.321, probes 0.321, mean/weighted/greedy
-  ensembles 0.320-0.322, feature fusion 0.315, against 0.333). Harmless for a one-sided test.
+  (measured on these texts, 10 permutations: TF-IDF 0.314, probes 0.315, mean/weighted/greedy
+  ensembles 0.312-0.321, feature fusion 0.311, against 0.333).
 - Chance associations between a group of similar inputs and a label (widen the spread). They are
   in the training and the validation rows alike, so an honest CV follows them and varies more than
   binomially across permutations. Measured standard deviation of a probe's CV over 30 permutations
   (36 rows, 3 classes, 5 folds; binomial 0.082): WordNet glosses of all noun supersenses 0.126
-  (MiniLM-L3), of artifacts only 0.092 (MiniLM-L3) and 0.087 (TF-IDF); digits 0-9 0.098, one
-  digit 0.076. Hence the texts are glosses of one supersense. The images are all ten digits
-  anyway: on one digit's near-identical features a fine-tuned head more often predicts one class
-  for every row, which leaves a per-fold checkpoint choice less to exploit (per-seed z of
-  fine-tuning with these settings, measured outside the pipeline: 2.6-3.4 on one digit, 3.1-3.9
-  on all ten); with the 1.2x wider spread, 3 binomial SE are still 2.5 standard deviations.
+  (MiniLM-L3), of artifacts only 0.092 (MiniLM-L3) and 0.087 (TF-IDF). Hence the texts are
+  glosses of one supersense. The images are all ten digits: on one digit's near-identical features
+  a fine-tuned head more often predicts one class for every row, which leaves a per-fold checkpoint
+  choice less to exploit. With fewer images per fold-set the clusters matter more: at 32 images
+  (10 folds of 3) the Lite0 probe's CV over 8 permutations spread 0.17 (binomial 0.09; one
+  permutation scored 0.833); at 62 images (20 folds) 0.055 (binomial 0.065), hence 62.
+- Stacking spreads wider still (SD 0.091 over 16 permutations, binomial 0.062; per permutation
+  from 0.14 to 0.51): its logistic regression can learn to invert its members' anti-correlated
+  out-of-fold rows, which helps on some permutations and hurts on others. Its mean over 16
+  permutations was 0.354 (z +0.9 on that spread), over the first 10 alone 0.398: hence 24
+  permutations for the ensembles and the spread-widened SE.
 
 Measured on the code before the pipeline rewrite (which kept each fold's checkpoint, the
-distillation setting and the search trial by the scored folds), mean CV against the threshold:
+distillation setting and the search trial by the scored folds; commit 0ce4682's parent), with
+these settings, mean CV against the threshold:
 
-- ``finetune`` 0.739 and ``lp_ft`` 0.750 > 0.612 (z +6.4, +6.7): each fold keeps its best epoch
+- ``finetune`` 0.692 and ``lp_ft`` 0.758 > 0.637 (z +4.2, +5.7): each fold keeps its best epoch
   by accuracy on the fold's own 3 rows (2 of one class, 1 of the other) and stops 8 epochs after
   it. One batch of 8 rows per epoch moves the head a lot, so predictions change from epoch to
   epoch: a fold scores 2/3 as soon as any epoch predicts its majority class for all three rows,
-  1 when one epoch gets all three right. The probe of the same runs: 0.539 (z +1.0).
-- ``distill/*`` 0.408 > 0.380 (z +4.8): its CV was the best of the 48 settings' CVs.
-- searched 0.399 > 0.380 (z +4.2): the best of 12 head trials (MLP heads of random widths, 2 to
-  20 iterations: diverse predictions), rerun on the folds it was searched on.
-- ``fusion/*`` of the image runs 0.667-0.733 > 0.612: ensembles inherit their fine-tuned members'
-  optimistic out-of-fold rows. Of honest members (the text runs) they stay at chance, stacking
-  the highest: 0.355 (z +1.4). Stacking can learn to invert its members' anti-correlated
-  out-of-fold rows, which only CV rows have: with 2 folds instead of 3 (stronger
-  anti-correlation) it reached 0.395 (z +3.9) while the other ensembles stayed at 0.30.
+  1 when one epoch gets all three right. The rewrite: 0.450 and 0.433.
+- ``fusion/*`` of the image runs: mean 0.692, weighted 0.742, greedy 0.750 (z +4.2 to +5.5),
+  stacking 0.633 (z +2.9, just inside): ensembles inherit their fine-tuned members' optimistic
+  out-of-fold rows. The rewrite: 0.467-0.500.
+- ``distill/*`` 0.405 > 0.393 (z +3.6): its CV was the best of the 48 settings' CVs. The
+  rewrite: 0.339.
+- searched 0.402 > 0.393 (z +3.5): the best of 16 head trials (MLP heads of random widths, 2 to
+  20 iterations: diverse predictions), rerun on the folds it was searched on. The rewrite: 0.333.
 
 Runtime: the runs share two single-threaded worker processes, one per core (the first runs the
-three fine-tuning runs, one at a time, then helps with the rest). Before the rewrite: 385 s of
-CPU, 4.1 minutes on 2 cores; on the rewrite's working tree of 2026-12-04 (nested CV of the
-distillation grid and of the search, both ~k times dearer): 670 s of CPU, 5.8 minutes.
+two fine-tuning runs, one at a time, then helps with the rest): 12.6 minutes at load 5-8 (benchmarks
+sharing the 2 cores); about 590 s of CPU.
 """
 
 from __future__ import annotations
@@ -111,13 +114,18 @@ def run_searched(raw: dict[str, Any], n_trials: int) -> dict[str, Any]:
 
 #: Images (fine-tuning): 2 classes x 31 handwritten digits at 32 px; 2 go to the test split, 60
 #: are cross-validated in 20 folds of 3 rows (2 of one class, 1 of the other).
-IMG_CLASSES, IMG_PER_CLASS, IMG_FOLDS, IMG_SEEDS = 2, 31, 20, (0, 1, 2)
+IMG_CLASSES, IMG_PER_CLASS, IMG_FOLDS, IMG_SEEDS = 2, 31, 20, (0, 1)
 #: Texts (baseline, fusions, distillation, search): 3 classes x 20 WordNet glosses of artifacts;
 #: 3 go to the test split, 57 are cross-validated in 3 folds of 19 rows.
-TXT_CLASSES, TXT_PER_CLASS, TXT_FOLDS, TXT_SEEDS = 3, 20, 3, tuple(range(16))
-SEARCH_SEEDS, SEARCH_TRIALS = tuple(range(16)), 12
+TXT_CLASSES, TXT_PER_CLASS, TXT_FOLDS, TXT_SEEDS = 3, 20, 3, tuple(range(24))
+#: The seeds whose text runs also distil a student (the dearest part of a text run).
+DISTILL_SEEDS = tuple(range(10))
+SEARCH_SEEDS, SEARCH_TRIALS = tuple(range(10)), 16
 #: One-sided threshold: mean CV <= chance + Z_MAX standard errors.
 Z_MAX = 3.0
+#: With at least this many runs, the SE is the larger of the binomial one and the runs' own
+#: spread (standard deviation of the per-run CVs / sqrt(runs)).
+MIN_RUNS_FOR_SPREAD = 8
 
 #: Many short epochs (one batch of 8 rows each) and early stopping, the checkpoint kept by
 #: validation accuracy.
@@ -273,10 +281,11 @@ def reports(tmp_path_factory) -> dict[str, list[dict[str, Any]]]:
                                   permuted_labels(IMG_CLASSES, IMG_PER_CLASS, seed))
         finetuning.append(("images", (image_config(seed, data, root / f"image-run{seed}", n_img),)))
     for seed in TXT_SEEDS:
+        distill = {"distill": DISTILL} if seed in DISTILL_SEEDS else {}
         rest.append(("texts", (text_config(
             seed, tables[seed], root / f"text-run{seed}",
             backbones=[TFIDF, "bundled:minilm_l3", "bundled:minilm_l6"],
-            fuse={"ensembles": ["mean", "weighted", "greedy", "stacking"], "distill": DISTILL}),)))
+            fuse={"ensembles": ["mean", "weighted", "greedy", "stacking"], **distill}),)))
     for seed in SEARCH_SEEDS:
         rest.append(("search", (text_config(
             seed, tables[seed], root / f"search-run{seed}", backbones=["bundled:minilm_l3"],
@@ -340,8 +349,10 @@ def pooled(kind: str, reports: list[dict[str, Any]], pick) -> Pooled:
         variances.append(p * (1 - p) / n)
         n_total += n
     r = len(cvs)
-    return Pooled(kind, float(np.mean(cvs)), float(np.mean(chances)), float(np.sqrt(np.sum(variances)) / r),
-                  r, n_total)
+    se = float(np.sqrt(np.sum(variances)) / r)
+    if r >= MIN_RUNS_FOR_SPREAD:  # a spread wider than binomial across permutations widens the SE
+        se = max(se, float(np.std(cvs, ddof=1) / np.sqrt(r)))
+    return Pooled(kind, float(np.mean(cvs)), float(np.mean(chances)), se, r, n_total)
 
 
 def check(stat: Pooled) -> None:
@@ -377,7 +388,9 @@ def test_fusions(reports, method):
 
 
 def test_distilled_student(reports):
-    check(pooled("distill", reports["texts"], lambda c: c["name"].startswith("distill/")))
+    distilled = [r for r in reports["texts"] if any(c["name"].startswith("distill/") for c in r["candidates"])]
+    assert len(distilled) == len(DISTILL_SEEDS)
+    check(pooled("distill", distilled, lambda c: c["name"].startswith("distill/")))
 
 
 def test_searched_candidate(reports):
