@@ -36,6 +36,17 @@ class Prepared:
     quarantined: list[Quarantined] = field(default_factory=list)
 
 
+def check_data_options(cfg: Any) -> None:
+    """``data.options`` / ``data.test_options`` against their sources' own options (a one-line
+    did-you-mean): checked before a run folder is written."""
+    from transfuse.data.registry import check_options
+
+    d = cfg.data
+    check_options(d.source, d.options, "data.options")
+    if d.test_path is not None or d.test_source is not None:
+        check_options(d.test_source or d.source, d.test_options, "data.test_options")
+
+
 class RunFolder:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -106,6 +117,8 @@ class RunFolder:
         is saved and reused on resume."""
         from transfuse.data.registry import load_dataset
         from transfuse.data.splits import Splits, make_splits
+
+        check_data_options(cfg)
         from transfuse.progress import console
 
         d = cfg.data

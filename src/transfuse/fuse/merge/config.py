@@ -172,8 +172,13 @@ def load_config(config: Mapping[str, Any] | str | Path, root: Path | None = None
         path = Path(config)
         if not path.is_file():
             raise UserError(f"merge config {path} not found")
+        from transfuse.config.load import MAX_FILE_BYTES, load_yaml
+
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise UserError(f"merge config {path} is {path.stat().st_size >> 20} MB; a merge config is "
+                            "a few KB: give the merge's YAML file")
         try:
-            data = yaml.safe_load(path.read_text())
+            data = load_yaml(path.read_text(encoding="utf-8", errors="replace"), f"merge config {path}")
         except yaml.YAMLError as e:
             raise UserError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
         root = path.resolve().parent
