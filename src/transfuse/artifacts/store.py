@@ -21,6 +21,8 @@ from transfuse.errors import UserError
 from transfuse.io import atomic_save_npy, atomic_write_text
 
 CONFIG_FILE = "config.yaml"
+#: Written into a run folder before anything else: the folder is transfuse's to write in.
+MARKER_FILE = ".transfuse-run"
 SPLITS_FILE = "splits.json"
 TEST_PROBA = "test_proba.npy"
 
@@ -64,6 +66,39 @@ class RunFolder:
 
     def work_dir(self, name: str) -> Path:
         return self.path / "work" / safe_name(name)
+
+    def claim(self, cfg: Any = None) -> None:
+        """Make sure the folder is ours to write in, then mark it: a new or empty folder, or a run
+        folder (its marker, or ``config.yaml`` for runs made before the marker). A folder holding
+        anything else, a file, or a folder inside (or equal to) the data folder is refused: the
+        run would replace the user's files, or read its own files as data on resume."""
+        p = self.path
+        if p.exists() and not p.is_dir():
+            raise UserError(f"output folder {str(p)!r} is an existing file; give a folder (--out)")
+        if cfg is not None:
+            target = p.resolve()
+            for key, data in (("data.path", cfg.data.path), ("data.test_path", cfg.data.test_path)):
+                if data and Path(data).expanduser().is_dir():
+                    root = Path(data).expanduser().resolve()
+                    if target == root or root in target.parents:
+                        where = "is the" if target == root else "is inside the"
+                        raise UserError(f"output folder {str(p)!r} {where} data folder {data!r} ({key}); "
+                                        "its files would be read as data: give an output folder outside "
+                                        "the data (--out)")
+        if (p / MARKER_FILE).is_file():
+            return
+        if p.is_dir() and not (p / CONFIG_FILE).is_file():
+            try:
+                first = next(iter(sorted(p.iterdir())), None)
+            except OSError as e:
+                raise UserError(f"output folder {str(p)!r} cannot be read ({e.strerror}); give another "
+                                "folder (--out)") from None
+            if first is not None:
+                raise UserError(f"output folder {str(p)!r} exists and is not a transfuse run folder "
+                                f"(it holds {first.name!r} and no {CONFIG_FILE}); give a new or empty "
+                                "folder (--out), so that none of its files are replaced")
+        p.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(p / MARKER_FILE, "transfuse run folder: transfuse writes and replaces files here\n")
 
     def start(self, config_yaml: str) -> None:
         """Create the folder, or check that an existing one holds the same experiment."""
@@ -119,6 +154,7 @@ class RunFolder:
         from transfuse.data.splits import Splits, make_splits
 
         check_data_options(cfg)
+        self.claim(cfg)
         from transfuse.progress import console
 
         d = cfg.data

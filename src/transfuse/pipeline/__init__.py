@@ -33,6 +33,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, pro
 
     check_data_options(cfg)
     run = RunFolder(run_dir if run_dir is not None else run_dir_for(cfg))
+    run.claim(cfg)
     run.start(config_to_yaml(cfg))
     t = time.perf_counter()
     data = run.prepare_data(cfg)
