@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from transfuse.config.problems import short_repr
 from transfuse.errors import UserError
 from transfuse.fuse.merge.method import MergeMethod
 from transfuse.fuse.merge.methods import get_method
@@ -134,7 +135,7 @@ def _check_setting(method: MergeMethod, key: str, value: Any, where: str, per_mo
         if not all(isinstance(e, Mapping) and set(e) <= {"filter", "value"} and "value" in e
                    for e in value):
             raise UserError(
-                f"{where}: parameter {key!r} is a list {value!r}; transfuse takes a single value "
+                f"{where}: parameter {key!r} is a list {short_repr(value)}; transfuse takes a single value "
                 "or a filter list ([{filter: NAME_PART, value: V}, {value: DEFAULT}]); mergekit's "
                 "layer gradients are not supported")
         return [{**e, "value": p.check(e["value"], where)} for e in value]
@@ -147,12 +148,12 @@ def _size(value: Any) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
     if m and m.group(2).lower() in _UNITS and float(m.group(1)) > 0:
         return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    raise UserError(f"max_shard_size: got {value!r}; give bytes or a size like '2GB' or '500MB'")
+    raise UserError(f"max_shard_size: got {short_repr(value)}; give bytes or a size like '2GB' or '500MB'")
 
 
 def _choice(key: str, value: Any, valid: tuple[str, ...]) -> Any:
     if value is not None and value not in valid:
-        raise UserError(f"{key}: got {value!r}; valid values: {', '.join(valid)}")
+        raise UserError(f"{key}: got {short_repr(value)}; valid values: {', '.join(valid)}")
     return value
 
 
@@ -200,7 +201,7 @@ def load_config(config: Mapping[str, Any] | str | Path, root: Path | None = None
     if isinstance(base, Mapping):
         base = base.get("model")
     if base is not None and not isinstance(base, str):
-        raise UserError(f"base_model: expected a path or model id, got {base!r}")
+        raise UserError(f"base_model: expected a path or model id, got {short_repr(base)}")
     raw_models = data.get("models")
     if not isinstance(raw_models, list) or not raw_models:
         raise UserError("merge config: 'models' must be a non-empty list of {model: PATH} entries")
@@ -211,7 +212,7 @@ def load_config(config: Mapping[str, Any] | str | Path, root: Path | None = None
         if isinstance(m, str):
             m = {"model": m}
         if not isinstance(m, Mapping) or not isinstance(m.get("model"), str):
-            raise UserError(f"{where}: expected {{model: PATH}}, got {m!r}")
+            raise UserError(f"{where}: expected {{model: PATH}}, got {short_repr(m)}")
         for key in m:
             if key not in model_keys:
                 raise UserError(f"{where}: unknown key {key!r}; valid keys: "
@@ -230,16 +231,16 @@ def load_config(config: Mapping[str, Any] | str | Path, root: Path | None = None
     if heads == "auto":
         heads = ("auto",)
     elif not (isinstance(heads, (list, tuple)) and all(isinstance(h, str) for h in heads)):
-        raise UserError(f"heads: got {heads!r}; give 'auto' or a list of tensor-name prefixes")
+        raise UserError(f"heads: got {short_repr(heads)}; give 'auto' or a list of tensor-name prefixes")
     tied = data.get("tied") or {}
     if not (isinstance(tied, Mapping) and all(isinstance(v, str) for v in tied.values())):
-        raise UserError(f"tied: got {tied!r}; give a mapping alias_name: source_name")
+        raise UserError(f"tied: got {short_repr(tied)}; give a mapping alias_name: source_name")
     seed = data.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
-        raise UserError(f"seed: got {seed!r}; give an integer")
+        raise UserError(f"seed: got {short_repr(seed)}; give an integer")
     hash_inputs = data.get("hash_inputs", True)
     if not isinstance(hash_inputs, bool):
-        raise UserError(f"hash_inputs: got {hash_inputs!r}; give true or false")
+        raise UserError(f"hash_inputs: got {short_repr(hash_inputs)}; give true or false")
     return MergeConfig(
         merge_method=method.name,
         models=tuple(models),

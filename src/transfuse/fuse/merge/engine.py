@@ -462,9 +462,9 @@ def _check_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
         ours = _ours(out)
         foreign = sorted(p.name for p in out.iterdir() if p.name not in ours)
         if foreign:
-            raise UserError(f"--out {out} holds {foreign[0]!r}{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}, "
-                            "which transfuse merge did not write; --overwrite only replaces a previous merge's "
-                            "output: move them or give another folder")
+            names = ", ".join(map(repr, foreign[:3])) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise UserError(f"--out {out} holds {names}, which transfuse merge did not write; --overwrite "
+                            "only replaces a previous merge's output: move them or give another folder")
 
 
 def _extra(inp: _Inputs, key: str, name: str, device: torch.device) -> list[Tensor] | None:
