@@ -152,10 +152,10 @@ class RunFolder:
         is saved and reused on resume."""
         from transfuse.data.registry import load_dataset
         from transfuse.data.splits import Splits, make_splits
+        from transfuse.progress import console
 
         check_data_options(cfg)
         self.claim(cfg)
-        from transfuse.progress import console
 
         d = cfg.data
         # text cleaning: only when the user set it (sources such as spamassassin have own defaults)

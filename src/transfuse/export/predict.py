@@ -153,12 +153,13 @@ def predict(run_dir: str | Path, inputs: list[str], batch_size: int = 32, engine
     spec = load_spec(folder)
     engine = resolve_engine(folder, engine)
     data, errors = load_inputs(inputs, spec.modality, folder)
-    proba = np.full((len(inputs), len(spec.classes)), np.nan, np.float32)
+    p = np.zeros((0, len(spec.classes)), np.float32)
     if len(data):
         if engine == "onnx":
-            p = OnnxClassifier(folder, read_meta(folder) or {}).predict_proba(data, batch_size)
+            p = np.asarray(OnnxClassifier(folder, read_meta(folder) or {}).predict_proba(data, batch_size))
         else:
             model, spec = load_model(folder)
-            p = predict_proba(model, spec, data, batch_size)
-        proba[[i for i in range(len(inputs)) if i not in errors]] = np.asarray(p)
+            p = np.asarray(predict_proba(model, spec, data, batch_size))
+    proba = np.full((len(inputs), len(spec.classes)), np.nan, np.result_type(p.dtype, np.float32))
+    proba[[i for i in range(len(inputs)) if i not in errors]] = p
     return {"classes": spec.classes, "proba": proba, "engine": engine, "errors": errors}
