@@ -164,3 +164,70 @@ def test_config_imports_nothing_heavy_and_only_errors_of_transfuse():
             "'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['config', 'errors'] False"
+
+
+def _bomb(levels: int) -> str:
+    """A YAML alias bomb: ``levels`` anchors, each a list of 9 aliases of the previous one."""
+    rows = ['  l0: &l0 ["xxxxxxxxxx", "xxxxxxxxxx", "xxxxxxxxxx"]']
+    rows += [f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "name: bomb\nbackbones: [tfidf]\ndata:\n  source: folder\n  options:\n  " + "\n  ".join(rows) + "\n"
+
+
+def test_alias_bombs_are_refused_before_expansion(tmp_path):
+    from transfuse.config.load import MAX_VALUES
+
+    f = tmp_path / "bomb.yaml"
+    f.write_text(_bomb(9))  # ~0.5 KB; 3 * 9^8 strings if expanded
+    t = time.perf_counter()
+    with pytest.raises(UserError) as e:
+        load_config(f)
+    assert time.perf_counter() - t < 2
+    assert str(e.value) == (f"config file {str(f)!r}: its aliases (*name) expand to more than {MAX_VALUES} "
+                            "values (an alias bomb?); write the values out or use fewer aliases")
+    with pytest.raises(UserError, match="--set seed: its aliases"):  # the same bound on --set values
+        apply_overrides(BASE, ["seed=" + "{a: &a [1,1,1,1,1,1,1,1,1,1], b: &b [" + ", ".join(["*a"] * 30)
+                                + "], c: &c [" + ", ".join(["*b"] * 30) + "], d: [" + ", ".join(["*c"] * 30) + "]}"])
+
+
+def test_small_aliases_still_work_and_are_written_expanded(tmp_path):
+    from transfuse.config import config_to_yaml
+
+    f = tmp_path / "ok.yaml"
+    f.write_text("name: ok\nbackbones: [bundled:efficientnet_lite0]\n"
+                 "data: {source: folder, path: &p /data, test_path: *p}\n")
+    cfg = load_config(f)
+    assert cfg.data.test_path == "/data"
+    assert "test_path: /data" in config_to_yaml(cfg)
+
+
+def test_deep_nesting_and_recursive_aliases_are_one_line_errors(tmp_path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("seed: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(UserError) as e:
+        load_config(deep)
+    assert str(e.value) == (f"config file {str(deep)!r} line 1: nested more than 50 levels deep; a config "
+                            "needs a few levels, flatten the value")
+    rec = tmp_path / "rec.yaml"
+    rec.write_text("seed: &a [1, *a]\n")
+    with pytest.raises(UserError, match=r"rec.yaml': an alias refers to a collection that contains it "
+                                        r"\(recursive\); write the value out instead of the alias"):
+        load_config(rec)
+
+
+def test_misspelt_data_source_option_gives_did_you_mean():
+    from transfuse.artifacts.store import check_data_options
+
+    cfg = validate_config(apply_overrides({**BASE, "data": {"source": "folder", "path": "/d"}},
+                                          ["data.options.valdate=false"]))
+    with pytest.raises(UserError) as e:
+        check_data_options(cfg)
+    assert str(e.value) == ("data.options.valdate: data source 'folder' has no such option; did you mean "
+                            "'validate'? valid options: validate")
+    cfg = validate_config({**BASE, "data": {"source": "text_table", "path": "/d.csv", "modality": "text",
+                                            "test_options": {"text_col": "t"}}, "backbones": ["tfidf"]})
+    check_data_options(cfg)  # no test set: test_options unused
+    cfg = validate_config({**BASE, "data": {"source": "text_table", "path": "/d.csv", "modality": "text",
+                                            "test_path": "/t.csv", "test_options": {"text_col": "t"}}})
+    with pytest.raises(UserError, match=r"^data.test_options.text_col: data source 'text_table' has no such "
+                                        r"option; did you mean 'text_column'\? valid options: text_column, "):
+        check_data_options(cfg)

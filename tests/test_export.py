@@ -99,3 +99,48 @@ def test_text_model_exports_with_input_ids_and_attention_mask(tmp_path):
     with pytest.raises(UserError, match="has no ONNX model; run 'transfuse export"):
         (tmp_path / "run" / "model" / "model.onnx").unlink()
         predict(tmp_path / "run", texts, engine="onnx")
+
+
+def test_predict_answers_the_good_inputs_and_gives_each_bad_one_an_error(image_run, tmp_path):
+    """One bad input in a batch is an error record (the reason ``fit`` would quarantine it); the
+    others get the same probabilities as a batch of good inputs alone, on both engines."""
+    import struct
+
+    from transfuse.export.predict import predict
+
+    run, files = image_run
+    (tmp_path / "zero.png").write_bytes(b"")
+    (tmp_path / "notes.png").write_text("not an image")
+    (tmp_path / "bomb.bmp").write_bytes(b"BM" + struct.pack("<IHHI", 54, 0, 0, 54)
+                                        + struct.pack("<IiiHHIIiiII", 40, 20000, 20000, 1, 24, 0, 0, 1, 1, 0, 0))
+    bad = [str(tmp_path / n) for n in ("zero.png", "notes.png", "bomb.bmp", "missing.png")]
+    batch = [files[0], bad[0], files[1], bad[1], bad[2], files[2], bad[3]]
+    for engine in ("onnx", "torch"):
+        good = predict(run, files[:3], engine=engine)
+        res = predict(run, batch, engine=engine)
+        assert good["errors"] == {}
+        assert res["errors"] == {1: "empty file (0 bytes)", 3: "not an image: the file holds text",
+                                 4: "too large to decode safely: Image size (400000000 pixels) exceeds limit of "
+                                    "178956970 pixels, could be decompression bomb DOS attack.",
+                                 6: "file not found"}
+        assert np.abs(res["proba"][[0, 2, 5]] - good["proba"]).max() < 1e-6
+        assert np.isnan(res["proba"][[1, 3, 4, 6]]).all()
+
+
+def test_predict_audio_inputs_are_checked_like_fit_checks_them(tmp_path):
+    """Empty, silent and over-long audio get error records (a silent hour is not 'high 1.0000')."""
+    import soundfile as sf
+
+    from transfuse.export.predict import load_inputs
+
+    sr = 16000
+    t = np.arange(sr) / sr
+    sf.write(tmp_path / "ok.wav", (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), sr)
+    sf.write(tmp_path / "silent.wav", np.zeros(sr, np.float32), sr)
+    sf.write(tmp_path / "long.wav", np.full(40 * 8000, 0.1, np.float32), 8000)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    names = ["ok.wav", "silent.wav", "empty.wav", "long.wav"]
+    data, errors = load_inputs([str(tmp_path / n) for n in names], "audio")
+    assert data.items == [str(tmp_path / "ok.wav")]
+    assert errors == {1: "all-silent (peak 0.0e+00 <= silence_threshold=0.0001)",
+                      2: "zero-length file (0 bytes)", 3: "over-long clip: 40.0 s > max_seconds=30"}

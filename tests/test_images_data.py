@@ -365,3 +365,21 @@ def test_fashion_mnist_real_2k_subset(tmp_path):
         np.testing.assert_array_equal(np.asarray(folder.load(i))[..., 0], raw[k])
         assert folder.classes[folder.labels[i]] == images.FASHION_MNIST_CLASSES[raw_y[k]].replace("/", "_")
     assert samples.ensure_fashion_mnist(install=False) == d
+
+
+def test_manifest_giant_line_is_quarantined_not_a_crash(manifest_dir):
+    """A 10 MB manifest line (over the csv module's 128 KiB field limit, and over any file name's
+    length) is one quarantined row; the other rows load."""
+    giant = "imgs/" + "a" * 10_000_000
+    (manifest_dir / "m.csv").write_text(f"path,label\nimgs/0.png,red\n{giant},red\nimgs/1.png,green\n"
+                                        f"imgs/2.png,{'b' * 2000}\n")
+    ds = load_dataset("manifest", str(manifest_dir / "m.csv"))
+    assert ds.ids == ["imgs/0.png", "imgs/1.png"]
+    assert [(q.path, q.reason) for q in ds.quarantined] == [
+        (f"{manifest_dir / 'm.csv'}:3", "path field has 10000005 characters (limit 4096); check the row's columns"),
+        (f"{manifest_dir / 'm.csv'}:5", "label field has 2000 characters (limit 1000); check the row's columns")]
+    name_too_long = "imgs/" + "c" * 300 + ".png"  # under PATH_MAX, over NAME_MAX: the OS refuses it
+    (manifest_dir / "n.jsonl").write_text(json.dumps({"path": name_too_long, "label": "red"}) + "\n"
+                                          + json.dumps({"path": "imgs/0.png", "label": "red"}) + "\n")
+    ds = load_dataset("manifest", str(manifest_dir / "n.jsonl"))
+    assert ds.ids == ["imgs/0.png"] and ds.quarantined[0].reason == "file not found (row 1 of n.jsonl)"

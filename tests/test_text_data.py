@@ -309,3 +309,23 @@ def test_real_spamassassin_counts():
     assert ds.class_counts() == {"ham": 250, "spam": 500}
     assert not any(t.startswith("Return-Path") or "Received: from" in t[:200] for t in ds.items)
     assert np.mean([len(t) for t in ds.items]) > 100
+
+
+def test_csv_fields_over_128_kib_are_read_and_truncated(tmp_path: Path, caplog):
+    """The csv module stops at 128 KiB fields by default; a long text is cut to max_chars like
+    JSONL's, and an absurd label (a runaway quote) is quarantined, not a crash."""
+    import csv
+
+    long_text = "word " * 60_000  # 300 KB in one field
+    f = tmp_path / "t.csv"
+    f.write_text(f'text,label\n"{long_text}",spam\nshort one,ham\nanother,ham\nhi there,"{"x" * 200_000}"\n')
+    before = csv.field_size_limit()
+    with caplog.at_level(logging.WARNING):
+        ds = load_text_table(f, cleaning={"max_chars": 1000})
+    assert csv.field_size_limit() == before  # the module's limit is restored
+    assert ds.ids == ["t.csv:2", "t.csv:3", "t.csv:4"] and len(ds.items[0]) == 1000
+    assert ds.truncated == ["t.csv:2"] and "over max_chars=1000 truncated" in caplog.text
+    assert [(q.path, q.reason) for q in ds.quarantined] == [
+        ("t.csv:5", "label field has 200000 characters (limit 1000); check the row's columns")]
+    (tmp_path / "t.tsv").write_text(f"text\tlabel\n{long_text}\tspam\nb\tham\n")
+    assert len(load_text_table(tmp_path / "t.tsv", cleaning={"max_chars": 50}).items[0]) == 50

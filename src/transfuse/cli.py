@@ -135,18 +135,28 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
             as_json: bool = typer.Option(False, "--json", help="Print JSON lines with all probabilities."),
             engine: str = typer.Option("auto", "--engine", help="onnx | torch | auto (onnx when exported)."),
             candidate: Optional[str] = typer.Option(None, "--candidate", help="Predict with this candidate (e.g. fusion/stacking) instead of the chosen model.")) -> None:
-    """Predict with a run's chosen model, or with one of its candidates."""
+    """Predict with a run's chosen model, or with one of its candidates. One line per input, in
+    order; an input that cannot be read gets an error record (``INPUT<tab>ERROR<tab>reason``, or
+    ``{"input", "error"}`` with --json) and the others are answered. Exit code: 0 when every input
+    was predicted, 1 when some got an error record, 2 for an error of the whole command."""
     from transfuse.export.predict import predict as _predict
 
     res = _predict(run_dir, inputs, engine=engine, candidate=candidate)
-    classes = res["classes"]
-    for inp, p in zip(inputs, res["proba"]):
+    classes, errors = res["classes"], res["errors"]
+    for i, (inp, p) in enumerate(zip(inputs, res["proba"])):
+        if i in errors:
+            print(json.dumps({"input": inp, "error": errors[i]}) if as_json else f"{inp}\tERROR\t{errors[i]}")
+            continue
         k = int(p.argmax())
         if as_json:
             print(json.dumps({"input": inp, "label": classes[k],
                               "proba": {c: float(v) for c, v in zip(classes, p)}}))
         else:
             print(f"{inp}\t{classes[k]}\t{p[k]:.4f}")
+    if errors:
+        print(f"warning: {len(errors)} of {len(inputs)} inputs could not be read (error records above); "
+              "fix or remove them", file=sys.stderr)
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -35,12 +35,20 @@ def view(dataset: Any, modality: str) -> Any:
     return dataset_for(dataset, modality)
 
 
-def _tensors(folder: Path, spec: ModelSpec, key: str) -> dict[str, Any]:
-    from safetensors.torch import load_file
+def _tensors(folder: Path, spec: ModelSpec, key: str, lib: str = "torch") -> dict[str, Any]:
+    """The tensors of the spec's file ``key`` (torch or numpy arrays); a missing or damaged file is
+    a one-line error (the header is checked before a byte is read)."""
+    from transfuse.tensorfile import check_safetensors
 
     f = folder / spec.files.get(key, "")
     if key not in spec.files or not f.is_file():
-        raise UserError(f"{str(f)!r} is missing; rerun the candidate ('transfuse resume')")
+        raise UserError(f"{str(f)!r} is missing; rerun the candidate ('transfuse resume' after "
+                        "deleting its folder) or restore the file")
+    check_safetensors(f)
+    if lib == "numpy":
+        from safetensors.numpy import load_file
+    else:
+        from safetensors.torch import load_file
     return load_file(str(f))
 
 
@@ -81,12 +89,10 @@ class RawModel:
 
 
 def _raw(folder: Path, spec: ModelSpec) -> RawModel:
-    from safetensors.numpy import load_file
-
     from transfuse.backbones.registry import create_backbone
 
     est = create_backbone(spec.estimator["name"], **spec.estimator.get("options", {}))
-    arrays = load_file(str(folder / spec.files["estimator"]))
+    arrays = _tensors(folder, spec, "estimator", lib="numpy")
     return RawModel(type(est).from_state(spec.params, arrays), spec.modality, len(spec.classes))
 
 
@@ -128,11 +134,9 @@ class EnsembleModel:
 
 
 def _ensemble(folder: Path, spec: ModelSpec) -> EnsembleModel:
-    from safetensors.numpy import load_file
-
     root = run_root(folder)
     members = [load_model(root / "candidates" / safe_name(m))[0] for m in spec.members]
-    tensors = load_file(str(folder / spec.files["fusion"])) if "fusion" in spec.files else {}
+    tensors = _tensors(folder, spec, "fusion", lib="numpy") if "fusion" in spec.files else {}
     return EnsembleModel(spec.method or "", members, spec.params, tensors, spec.modality)
 
 

@@ -21,6 +21,8 @@ from transfuse.errors import UserError
 from transfuse.io import atomic_save_npy, atomic_write_text
 
 CONFIG_FILE = "config.yaml"
+#: Written into a run folder before anything else: the folder is transfuse's to write in.
+MARKER_FILE = ".transfuse-run"
 SPLITS_FILE = "splits.json"
 TEST_PROBA = "test_proba.npy"
 
@@ -34,6 +36,17 @@ class Prepared:
     test: Dataset
     folds: list[tuple[np.ndarray, np.ndarray]]
     quarantined: list[Quarantined] = field(default_factory=list)
+
+
+def check_data_options(cfg: Any) -> None:
+    """``data.options`` / ``data.test_options`` against their sources' own options (a one-line
+    did-you-mean): checked before a run folder is written."""
+    from transfuse.data.registry import check_options
+
+    d = cfg.data
+    check_options(d.source, d.options, "data.options")
+    if d.test_path is not None or d.test_source is not None:
+        check_options(d.test_source or d.source, d.test_options, "data.test_options")
 
 
 class RunFolder:
@@ -53,6 +66,39 @@ class RunFolder:
 
     def work_dir(self, name: str) -> Path:
         return self.path / "work" / safe_name(name)
+
+    def claim(self, cfg: Any = None) -> None:
+        """Make sure the folder is ours to write in, then mark it: a new or empty folder, or a run
+        folder (its marker, or ``config.yaml`` for runs made before the marker). A folder holding
+        anything else, a file, or a folder inside (or equal to) the data folder is refused: the
+        run would replace the user's files, or read its own files as data on resume."""
+        p = self.path
+        if p.exists() and not p.is_dir():
+            raise UserError(f"output folder {str(p)!r} is an existing file; give a folder (--out)")
+        if cfg is not None:
+            target = p.resolve()
+            for key, data in (("data.path", cfg.data.path), ("data.test_path", cfg.data.test_path)):
+                if data and Path(data).expanduser().is_dir():
+                    root = Path(data).expanduser().resolve()
+                    if target == root or root in target.parents:
+                        where = "is the" if target == root else "is inside the"
+                        raise UserError(f"output folder {str(p)!r} {where} data folder {data!r} ({key}); "
+                                        "its files would be read as data: give an output folder outside "
+                                        "the data (--out)")
+        if (p / MARKER_FILE).is_file():
+            return
+        if p.is_dir() and not (p / CONFIG_FILE).is_file():
+            try:
+                first = next(iter(sorted(p.iterdir())), None)
+            except OSError as e:
+                raise UserError(f"output folder {str(p)!r} cannot be read ({e.strerror}); give another "
+                                "folder (--out)") from None
+            if first is not None:
+                raise UserError(f"output folder {str(p)!r} exists and is not a transfuse run folder "
+                                f"(it holds {first.name!r} and no {CONFIG_FILE}); give a new or empty "
+                                "folder (--out), so that none of its files are replaced")
+        p.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(p / MARKER_FILE, "transfuse run folder: transfuse writes and replaces files here\n")
 
     def start(self, config_yaml: str) -> None:
         """Create the folder, or check that an existing one holds the same experiment."""
@@ -107,6 +153,9 @@ class RunFolder:
         from transfuse.data.registry import load_dataset
         from transfuse.data.splits import Splits, make_splits
         from transfuse.progress import console
+
+        check_data_options(cfg)
+        self.claim(cfg)
 
         d = cfg.data
         # text cleaning: only when the user set it (sources such as spamassassin have own defaults)

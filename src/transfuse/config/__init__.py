@@ -32,6 +32,7 @@ from transfuse.config.load import (
     apply_overrides,
     config_to_yaml,
     load_config,
+    load_yaml,
     parse_override,
     read_yaml,
     validate_config,
@@ -67,6 +68,6 @@ __all__ = [
     "Optimizer", "OutputConfig", "ParamSpace", "PositiveFloat", "PreprocessConfig", "SearchConfig", "Section",
     "SplitConfig", "Strategy", "TextCleaning", "TrainConfig", "UnitFloat", "UnlabelledSource",
     "apply_overrides", "config_to_yaml", "default_finetune_space", "default_head_space", "field_defaults",
-    "format_validation_error", "load_config", "parse_override", "read_yaml", "validate_config",
+    "format_validation_error", "load_config", "load_yaml", "parse_override", "read_yaml", "validate_config",
     "validation_error", "validation_problems",
 ]

@@ -13,6 +13,77 @@ from transfuse.config.experiment import ExperimentConfig
 from transfuse.config.problems import validation_error
 from transfuse.errors import UserError
 
+#: Bounds on a YAML document: nesting depth, values after alias expansion, file size. A real
+#: config is a few levels deep and a few hundred values; a 0.5 KB alias bomb expands past 10^9.
+MAX_DEPTH = 50
+MAX_VALUES = 20_000
+MAX_FILE_BYTES = 16 << 20
+
+
+def _depth_line(text: str) -> int | None:
+    """The line where ``text`` first nests deeper than ``MAX_DEPTH`` (or None). Reads parser events,
+    which need no recursion, so a 5,000-level document cannot overflow the stack here."""
+    depth = 0
+    for ev in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(ev, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return ev.start_mark.line + 1
+        elif isinstance(ev, yaml.CollectionEndEvent):
+            depth -= 1
+    return None
+
+
+def _expanded_size(node: yaml.Node) -> int:
+    """Values in ``node`` once every alias is expanded (an alias repeats its anchor's values);
+    counted over the node graph, not by expanding. A recursive alias is a ValueError."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(n: yaml.Node) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        if id(n) in active:
+            raise ValueError("an alias refers to a collection that contains it (recursive)")
+        active.add(id(n))
+        total = 1
+        if isinstance(n, yaml.SequenceNode):
+            total += sum(size(c) for c in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in n.value)
+        active.discard(id(n))
+        sizes[id(n)] = min(total, MAX_VALUES + 1)  # enough to refuse; keeps the sums small
+        return sizes[id(n)]
+
+    return size(node)
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` with bounds: nesting at most ``MAX_DEPTH`` levels, at most ``MAX_VALUES``
+    values after alias expansion (so no alias bomb is ever expanded), no recursive aliases. A
+    document over the bounds is a one-line :class:`UserError` naming ``where``; bad YAML raises
+    ``yaml.YAMLError`` as ``safe_load`` does."""
+    line = _depth_line(text)
+    if line is not None:
+        raise UserError(f"{where} line {line}: nested more than {MAX_DEPTH} levels deep; a config "
+                        "needs a few levels, flatten the value")
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        try:
+            n = _expanded_size(node)
+        except ValueError as e:
+            raise UserError(f"{where}: {e}; write the value out instead of the alias") from None
+        if n > MAX_VALUES:
+            raise UserError(f"{where}: its aliases (*name) expand to more than {MAX_VALUES} values "
+                            "(an alias bomb?); write the values out or use fewer aliases")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``a.b.c=value`` -> (["a","b","c"], parsed YAML value)."""
@@ -20,7 +91,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.finetune.epochs=3")
     key, _, raw = item.partition("=")
     try:
-        value = yaml.safe_load(raw) if raw else ""
+        value = load_yaml(raw, f"--set {key.strip()}") if raw else ""
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value
@@ -47,8 +118,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {str(path)!r} does not exist; give the path of a YAML file")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise UserError(f"config file {str(path)!r} is {path.stat().st_size >> 20} MB; a config is a "
+                        f"few KB (limit {MAX_FILE_BYTES >> 20} MB): give the experiment's YAML file")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8", errors="replace"), f"config file {str(path)!r}")
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

@@ -31,9 +31,12 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _short(value: Any) -> str:
-    """``repr(value)``, shortened to at most ``MAX_VALUE`` characters."""
+def short_repr(value: Any) -> str:
+    """``repr(value)``, shortened to at most ``MAX_VALUE`` characters (for error messages)."""
     return _clip(_repr.repr(value), MAX_VALUE)
+
+
+_short = short_repr
 
 
 def _is_union(tp: Any) -> bool:

@@ -19,7 +19,7 @@ from transfuse.data.audio_folder import (
     build_dataset,
     load_audio_folder,
 )
-from transfuse.data.base import Dataset, Quarantined
+from transfuse.data.base import Dataset, Quarantined, csv_field_limit, field_problem
 from transfuse.data.registry import DATA_SOURCES
 from transfuse.data.speech import load_speech
 from transfuse.errors import UserError
@@ -43,7 +43,7 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
                 rows.append(row)
         return rows
     if suffix in (".csv", ".tsv", ".txt"):
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8") as f, csv_field_limit(path.stat().st_size):
             return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
     raise UserError(f"data.path {path}: unknown manifest type {suffix!r}; give .csv, .tsv or .jsonl")
 
@@ -75,6 +75,10 @@ def load_audio_manifest(path: str | Path | None, *, path_column: str = "path", l
         if not rel or not label:
             missing = path_column if not rel else label_column
             quarantined.append(Quarantined(f"{manifest}:{n}", f"row {n}: missing {missing}"))
+            continue
+        problem = field_problem(rel, "path") or field_problem(label, "label")
+        if problem:
+            quarantined.append(Quarantined(f"{manifest}:{n}", f"row {n}: {problem}"))
             continue
         f = Path(rel) if Path(rel).is_absolute() else manifest.parent / rel
         items.append((f, label, rel))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -48,7 +50,42 @@ def hash_item(item: Any, text: bool = False) -> str:
 
 
 def _looks_like_file(s: str) -> bool:
-    return len(s) < 4096 and "\n" not in s and Path(s).is_file()
+    return len(s) < MAX_PATH_CHARS and "\n" not in s and is_file(s)
+
+
+#: Longest path a manifest row may name (Linux's PATH_MAX) and longest label: a longer field is
+#: a broken row (a text pasted into the wrong column, a runaway quote), quarantined, never a crash.
+MAX_PATH_CHARS = 4096
+MAX_LABEL_CHARS = 1000
+
+
+def is_file(path: str | Path) -> bool:
+    """``Path(path).is_file()`` that is False, never an exception, for a name the OS refuses
+    (too long, a NUL byte)."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def field_problem(value: str, kind: str) -> str | None:
+    """Why a manifest's path or label field cannot be one (too long), in a few words, or None."""
+    limit = MAX_PATH_CHARS if kind == "path" else MAX_LABEL_CHARS
+    if len(value) > limit:
+        return f"{kind} field has {len(value)} characters (limit {limit}); check the row's columns"
+    return None
+
+
+@contextmanager
+def csv_field_limit(size: int) -> Iterator[None]:
+    """Let the csv module read fields of up to ``size`` characters (its default stops at 128 KiB
+    with ``_csv.Error``); pass the size of the text being parsed, so no field can exceed it."""
+    old = csv.field_size_limit()
+    csv.field_size_limit(max(old, min(int(size) + 1, 2**31 - 1)))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
 
 
 @dataclass

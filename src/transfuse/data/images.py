@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from transfuse import paths
-from transfuse.data.base import Dataset, Quarantined
+from transfuse.data.base import Dataset, Quarantined, csv_field_limit, field_problem, is_file
 from transfuse.data.registry import DATA_SOURCES
 from transfuse.errors import UserError
 
@@ -250,7 +250,7 @@ def folder(path: str | None, *, validate: bool = True) -> Dataset:
 
 def _read_manifest_rows(p: Path, fmt: str) -> list[dict[str, Any]]:
     if fmt == "csv":
-        with open(p, newline="", encoding="utf-8-sig") as f:
+        with open(p, newline="", encoding="utf-8-sig") as f, csv_field_limit(os.path.getsize(p)):
             return list(csv.DictReader(f))
     rows = []
     with open(p, encoding="utf-8") as f:
@@ -317,12 +317,16 @@ def manifest(
         if not raw:
             quarantined.append(Quarantined(f"{p}:{n}", f"row has an empty {path_column!r}"))
             continue
+        problem = field_problem(raw, "path") or field_problem(label, "label")
+        if problem:
+            quarantined.append(Quarantined(f"{p}:{n}", problem))
+            continue
         f = Path(raw).expanduser()
         f = f if f.is_absolute() else p.parent / f
         if not label:
             quarantined.append(Quarantined(str(f), f"row {n} of {p.name} has an empty {label_column!r}"))
             continue
-        if not f.is_file():
+        if not is_file(f):
             quarantined.append(Quarantined(str(f), f"file not found (row {n} of {p.name})"))
             continue
         entries.append((str(f), raw, label))

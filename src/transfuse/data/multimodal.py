@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from transfuse.data.base import Dataset, Quarantined, _identity, hash_item
+from transfuse.data.base import Dataset, Quarantined, _identity, field_problem, hash_item, is_file
 from transfuse.data.registry import DATA_SOURCES
 from transfuse.errors import UserError
 
@@ -150,15 +150,21 @@ def multimodal_manifest(
         if not label:
             quarantined.append(Quarantined(where, f"row has an empty {label_column!r}"))
             continue
+        if field_problem(label, "label"):
+            quarantined.append(Quarantined(where, field_problem(label, "label") or ""))
+            continue
         item: dict[str, Any] = {}
         reason = None
         for m, col in (("image", image_column), ("audio", audio_column)):
             if col is None:
                 continue
             raw = str(row.get(col) or "").strip()
+            if field_problem(raw, "path"):
+                reason = f"{m} {field_problem(raw, 'path')}"
+                break
             f = Path(raw).expanduser()
             f = f if f.is_absolute() else p.parent / f
-            if not raw or not f.is_file():
+            if not raw or not is_file(f):
                 reason = f"{m} file {raw!r} not found"
             elif m == "image" and validate:
                 reason = check_image(f)

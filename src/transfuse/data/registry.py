@@ -7,9 +7,12 @@ reason) instead of failing the run.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from transfuse.errors import UserError
 from transfuse.registry import Registry, import_modules
 
 DATA_SOURCES: Registry[Callable[..., Any]] = Registry("data source")
@@ -26,7 +29,32 @@ def load_builtin_sources() -> None:
     import_modules(BUILTIN_MODULES)
 
 
-def load_dataset(source: str, path: str | None = None, **options: Any) -> Any:
-    """Load a :class:`~transfuse.data.base.Dataset` from a registered source."""
+def source_options(source: str) -> list[str] | None:
+    """The options data source ``source`` accepts (its keyword parameters after ``path``), or
+    None when it takes any (``**options``). The loader's signature is its schema."""
     load_builtin_sources()
+    params = list(inspect.signature(DATA_SOURCES.get(source)).parameters.values())
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params[1:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def check_options(source: str, options: Mapping[str, Any], where: str = "data.options") -> None:
+    """A one-line error, with a did-you-mean and the valid names, for an option ``source`` does not
+    take (``--set data.options.valdate=false`` on ``folder``)."""
+    valid = source_options(source)
+    if valid is None:
+        return
+    for key in options:
+        if key not in valid:
+            near = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise UserError(f"{where}.{str(key)[:80]}: data source {source!r} has no such option; {hint}"
+                            f"valid options: {', '.join(valid) or 'none'}")
+
+
+def load_dataset(source: str, path: str | None = None, **options: Any) -> Any:
+    """Load a :class:`~transfuse.data.base.Dataset` from a registered source (its options checked
+    against the source's own parameters first)."""
+    check_options(source, options, "options")
     return DATA_SOURCES.get(source)(path, **options)

@@ -28,7 +28,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from transfuse.config import TextCleaning
-from transfuse.data.base import Dataset, Quarantined
+from transfuse.data.base import Dataset, Quarantined, csv_field_limit, field_problem
 from transfuse.data.registry import DATA_SOURCES
 from transfuse.errors import UserError
 from transfuse.paths import home
@@ -178,6 +178,8 @@ def build_dataset(
                 reason = "empty text"
             elif not label:
                 reason = "missing label"
+            elif field_problem(label, "label"):
+                reason = field_problem(label, "label")
             elif known is not None and label not in known:
                 reason = f"unknown label {label!r}; expected one of {sorted(known)}"
             elif len(text) > cleaning.max_chars:
@@ -248,17 +250,18 @@ def _table_rows(path: Path, fmt: str) -> Iterable[tuple[int, dict[str, Any] | No
             yield (n, row, None) if isinstance(row, dict) else (n, None, "line is not a JSON object")
         return
     text = data.decode("utf-8", errors="surrogateescape")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if fmt == "tsv" else ",")
-    header = next(reader, None)
-    if header is None:
-        return
-    header = [h.strip() for h in header]
-    yield 1, {"__header__": header}, None
-    for row in reader:
-        if not row or all(not c.strip() for c in row):
-            continue
-        problem = next((p for p in map(_bad_utf8, row) if p), None)
-        yield reader.line_num, dict(zip(header, row)), problem
+    with csv_field_limit(len(text)):  # a long text is truncated later, as JSONL's is
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if fmt == "tsv" else ",")
+        header = next(reader, None)
+        if header is None:
+            return
+        header = [h.strip() for h in header]
+        yield 1, {"__header__": header}, None
+        for row in reader:
+            if not row or all(not c.strip() for c in row):
+                continue
+            problem = next((p for p in map(_bad_utf8, row) if p), None)
+            yield reader.line_num, dict(zip(header, row)), problem
 
 
 def load_text_table(

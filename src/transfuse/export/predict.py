@@ -48,8 +48,45 @@ def check_modality(paths: list[str], modality: str) -> None:
                             f"give {wanted}")
 
 
-def load_inputs(paths_or_texts: list[str], modality: str) -> Any:
-    """Decode raw inputs into a :class:`~transfuse.data.base.Dataset` without labels."""
+def _audio_check(folder: Path) -> Any:
+    """The run's audio checks (its ``data.options`` thresholds, else the sources' defaults)."""
+    from transfuse.data.audio_folder import AudioCheck
+
+    opts: dict[str, Any] = {}
+    try:
+        from transfuse.artifacts.serve import run_root
+        from transfuse.config import read_yaml
+
+        opts = dict((read_yaml(run_root(folder) / "config.yaml").get("data") or {}).get("options") or {})
+    except (UserError, AttributeError, TypeError):
+        pass
+    keys = ("max_seconds", "min_sample_rate", "silence_threshold")
+    return AudioCheck(**{k: opts[k] for k in keys if k in opts})
+
+
+def input_problem(item: str, modality: str, audio_check: Any = None) -> str | None:
+    """Why one raw input cannot be predicted (the reason ``fit`` would quarantine it), or None."""
+    if modality == "text":
+        return None
+    if not _is_file(item):
+        return "file not found"
+    if modality == "image":
+        from transfuse.data.images import check_image
+
+        return check_image(item)
+    if modality == "audio":
+        from transfuse.data.audio_folder import AudioCheck, check_file
+
+        return check_file(Path(item), audio_check or AudioCheck())
+    return None
+
+
+def load_inputs(paths_or_texts: list[str], modality: str, folder: Path | None = None
+                ) -> tuple[Any, dict[int, str]]:
+    """Decode raw inputs into a :class:`~transfuse.data.base.Dataset` without labels, and the
+    inputs left out: ``{position: reason}`` (a missing, empty, corrupt or undecodable file, a
+    decompression bomb, silent or over-long audio). A file of another modality is an error for the
+    whole command (the wrong model or the wrong files)."""
     from transfuse.data.base import Dataset
 
     if modality == "text":
@@ -57,19 +94,18 @@ def load_inputs(paths_or_texts: list[str], modality: str) -> Any:
         items = []
         for s in paths_or_texts:
             items.append(Path(s).read_text(encoding="utf-8", errors="replace") if _is_file(s) else s)
-        return Dataset("text", items, np.zeros(len(items), int), ["?"], [str(i) for i in range(len(items))])
-    missing = [s for s in paths_or_texts if not _is_file(s)]
-    if missing:
-        raise UserError(f"input file {missing[0]!r} does not exist; give paths of {modality} files")
+        return Dataset("text", items, np.zeros(len(items), int), ["?"], [str(i) for i in range(len(items))]), {}
     check_modality(list(paths_or_texts), modality)
+    audio = _audio_check(folder) if modality == "audio" and folder is not None else None
+    errors = {i: why for i, s in enumerate(paths_or_texts) if (why := input_problem(s, modality, audio))}
+    good = [s for i, s in enumerate(paths_or_texts) if i not in errors]
     if modality == "image":
         from transfuse.data.images import load_image as loader
     else:
         from transfuse.data.audio import AudioLoader
 
         loader = AudioLoader()
-    return Dataset(modality, list(paths_or_texts), np.zeros(len(paths_or_texts), int), ["?"],
-                   list(paths_or_texts), loader=loader)
+    return Dataset(modality, good, np.zeros(len(good), int), ["?"], good, loader=loader), errors
 
 
 class OnnxClassifier:
@@ -104,9 +140,11 @@ def resolve_engine(folder: Path, engine: str) -> str:
 
 def predict(run_dir: str | Path, inputs: list[str], batch_size: int = 32, engine: str = "auto",
             candidate: str | None = None) -> dict[str, Any]:
-    """Class probabilities for raw inputs: ``{"classes", "proba": (n, C) array, "engine"}``, from
-    the run's chosen model or (``candidate``) one of its candidates. The calibration temperature is
-    applied on both engines (the ONNX graph has it folded in)."""
+    """Class probabilities for raw inputs: ``{"classes", "proba": (n, C) array, "engine",
+    "errors": {position: reason}}``, from the run's chosen model or (``candidate``) one of its
+    candidates. An input that cannot be read gets a reason in ``errors`` and a row of NaN in
+    ``proba``; the others are answered. The calibration temperature is applied on both engines
+    (the ONNX graph has it folded in)."""
     from transfuse.artifacts.serve import load_model, predict_proba
     from transfuse.artifacts.spec import load_spec
     from transfuse.export.onnx import read_meta
@@ -114,10 +152,14 @@ def predict(run_dir: str | Path, inputs: list[str], batch_size: int = 32, engine
     folder = model_folder(run_dir, candidate)
     spec = load_spec(folder)
     engine = resolve_engine(folder, engine)
-    data = load_inputs(inputs, spec.modality)
-    if engine == "onnx":
-        proba = OnnxClassifier(folder, read_meta(folder) or {}).predict_proba(data, batch_size)
-    else:
-        model, spec = load_model(folder)
-        proba = predict_proba(model, spec, data, batch_size)
-    return {"classes": spec.classes, "proba": np.asarray(proba), "engine": engine}
+    data, errors = load_inputs(inputs, spec.modality, folder)
+    p = np.zeros((0, len(spec.classes)), np.float32)
+    if len(data):
+        if engine == "onnx":
+            p = np.asarray(OnnxClassifier(folder, read_meta(folder) or {}).predict_proba(data, batch_size))
+        else:
+            model, spec = load_model(folder)
+            p = np.asarray(predict_proba(model, spec, data, batch_size))
+    proba = np.full((len(inputs), len(spec.classes)), np.nan, np.result_type(p.dtype, np.float32))
+    proba[[i for i in range(len(inputs)) if i not in errors]] = p
+    return {"classes": spec.classes, "proba": proba, "engine": engine, "errors": errors}

@@ -66,7 +66,7 @@ def pick_student(student: str | None, results: list[CandidateResult], backbones:
 def transfer_set(data: Any, opts: dict[str, Any], seed: int) -> tuple[list[Any], np.ndarray]:
     """The teacher-labelled extra inputs: ``(parts, source)``: augmented views, then unlabelled
     inputs; ``source[j]`` is the training row transfer row ``j`` was made from (-1: none)."""
-    from transfuse.data.registry import load_dataset
+    from transfuse.data.registry import check_options, load_dataset
     from transfuse.fuse.distill import augmented_views, unlabelled_inputs
 
     parts, source = [], []
@@ -76,6 +76,7 @@ def transfer_set(data: Any, opts: dict[str, Any], seed: int) -> tuple[list[Any],
         source.append(src)
     u = opts["unlabelled"]
     if u:
+        check_options(u["source"], dict(u.get("options") or {}), "fuse.distill.unlabelled.options")
         pool = load_dataset(u["source"], u.get("path"), **dict(u.get("options") or {}))
         if pool.modality != data.train.modality:
             raise UserError(f"fuse.distill.unlabelled gives {pool.modality} inputs but the run's data "

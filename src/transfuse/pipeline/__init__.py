@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from transfuse.artifacts.store import RunFolder
+from transfuse.artifacts.store import RunFolder, check_data_options
 from transfuse.config import ExperimentConfig, config_to_yaml
 from transfuse.errors import UserError
 from transfuse.io import read_json
@@ -31,7 +31,9 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, pro
     from transfuse.pipeline.singles import run_singles
     from transfuse.train.cache import FeatureCache
 
+    check_data_options(cfg)
     run = RunFolder(run_dir if run_dir is not None else run_dir_for(cfg))
+    run.claim(cfg)
     run.start(config_to_yaml(cfg))
     t = time.perf_counter()
     data = run.prepare_data(cfg)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,17 +42,57 @@ class FeatureCache:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else feature_cache_dir()
         self.last = EmbedStats()
+        #: Features computed while the disk could not take them (read-only or full): kept here
+        #: for the rest of the run, so they are computed once.
+        self._memory: dict[Path, dict[str, np.ndarray]] = {}
+        self._warned = False
 
     def folder(self, backbone: Backbone) -> Path:
         return self.root / backbone.cache_key()
 
+    def _warn(self, what: str, e: Exception) -> None:
+        """One warning per cache: the run goes on, computing what it cannot read or keep."""
+        if not self._warned:
+            from transfuse.progress import console
+
+            why = getattr(e, "strerror", None) or " ".join(str(e).split())[:120] or type(e).__name__
+            console.print(f"[yellow]warning:[/yellow] feature cache {self.root}: cannot {what} ({why}); "
+                          "computing features in memory for this run (set TRANSFUSE_FEATURE_CACHE to a "
+                          "writable folder to keep them)", highlight=False, soft_wrap=True)
+            self._warned = True
+
     def _read(self, folder: Path) -> dict[str, np.ndarray]:
         table: dict[str, np.ndarray] = {}
-        for shard in sorted(folder.glob("shard-*.npz")):
-            with np.load(shard, allow_pickle=False) as z:
-                for h, f in zip(z["hashes"].tolist(), z["features"]):
-                    table[h] = f
+        try:
+            shards = sorted(folder.glob("shard-*.npz")) if folder.exists() else []
+        except OSError as e:
+            self._warn("read it", e)
+            shards = []
+        for shard in shards:
+            try:
+                with np.load(shard, allow_pickle=False) as z:
+                    for h, f in zip(z["hashes"].tolist(), z["features"]):
+                        table[h] = f
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:  # unreadable or damaged
+                self._warn(f"read {shard.name}", e)
+        table.update(self._memory.get(folder, {}))
         return table
+
+    def _write(self, folder: Path, backbone: Backbone, new_hashes: list[str], feats: np.ndarray) -> None:
+        """Add a shard; a read-only or full disk keeps the features in memory instead."""
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            meta = folder / "meta.json"
+            if not meta.exists():
+                atomic_write_json(meta, {"spec": backbone.spec, "feature_dim": backbone.feature_dim,
+                                         "weights_hash": backbone.weights_hash(),
+                                         "preprocess": backbone.preprocess_config()})
+            name = hashlib.sha256("".join(new_hashes).encode()).hexdigest()[:16]
+            atomic_save_npz(folder / f"shard-{name}.npz", hashes=np.array(new_hashes),
+                            features=feats.astype(np.float32))
+        except OSError as e:  # EROFS, EACCES, ENOSPC, EDQUOT, ...
+            self._warn("write to it", e)
+            self._memory.setdefault(folder, {}).update(zip(new_hashes, feats.astype(np.float32)))
 
     def embed(self, backbone: Backbone, dataset: Dataset, batch_size: int = 64,
               progress: bool = False) -> np.ndarray:
@@ -59,7 +100,7 @@ class FeatureCache:
         t0 = time.perf_counter()
         folder = self.folder(backbone)
         hashes = dataset.item_hashes()
-        table = self._read(folder) if folder.exists() else {}
+        table = self._read(folder)
         missing = sorted({i for i, h in enumerate(hashes) if h not in table},
                          key=lambda i: i)
         # one computation per distinct content
@@ -71,15 +112,7 @@ class FeatureCache:
             feats = compute_features(backbone, dataset.subset(todo), batch_size, progress,
                                      desc=f"embed {backbone.spec or type(backbone).__name__}")
             new_hashes = [hashes[i] for i in todo]
-            folder.mkdir(parents=True, exist_ok=True)
-            meta = folder / "meta.json"
-            if not meta.exists():
-                atomic_write_json(meta, {"spec": backbone.spec, "feature_dim": backbone.feature_dim,
-                                         "weights_hash": backbone.weights_hash(),
-                                         "preprocess": backbone.preprocess_config()})
-            name = hashlib.sha256("".join(new_hashes).encode()).hexdigest()[:16]
-            atomic_save_npz(folder / f"shard-{name}.npz", hashes=np.array(new_hashes),
-                            features=feats.astype(np.float32))
+            self._write(folder, backbone, new_hashes, feats)
             table.update(zip(new_hashes, feats))
         out = np.stack([table[h] for h in hashes]).astype(np.float32) if hashes else \
             np.zeros((0, backbone.feature_dim), np.float32)

@@ -480,15 +480,19 @@ def _save_finished(out: Path, result: FinetuneResult, cfg: FinetuneConfig) -> No
 def _load_finished(out: Path, backbone: Backbone, n_classes: int, cfg: FinetuneConfig) -> FinetuneResult:
     from safetensors.torch import load_file
 
+    from transfuse.tensorfile import check_safetensors
+
     info = read_json(out / MARKER)
     model = Classifier(copy.deepcopy(backbone), n_classes, cfg.dropout, cfg.freeze_bn)
     model.backbone._weights_hash = None
     try:
+        check_safetensors(out / WEIGHTS)
         model.load_state_dict(load_file(out / WEIGHTS), strict=True)
         with np.load(out / VAL_PROBA, allow_pickle=False) as z:
             val_proba = z["val_proba"]
-    except (OSError, RuntimeError, KeyError) as e:
-        raise UserError(f"{out}: finished fine-tune is incomplete or damaged ({e}); delete the folder") from e
+    except (OSError, RuntimeError, KeyError, UserError) as e:
+        why = " ".join(str(e).split())[:200]
+        raise UserError(f"{out}: finished fine-tune is incomplete or damaged ({why}); delete the folder") from None
     return FinetuneResult(model=model, history=info["history"], best_epoch=int(info["best_epoch"]),
                           best_score=float(info["best_score"]), val_proba=val_proba,
                           seconds=float(info["seconds"]), initial=info.get("initial", {}),

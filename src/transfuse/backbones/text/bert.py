@@ -235,7 +235,12 @@ def load_hf(path_or_name: str | Path, **options: Any) -> TextBackbone:
     """
     from transformers import AutoModel, AutoTokenizer
 
+    from transfuse.tensorfile import check_safetensors
+
     name = str(path_or_name)
+    if Path(name).is_dir():
+        for f in sorted(Path(name).glob("*.safetensors")):
+            check_safetensors(f)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=False)
         model, info = AutoModel.from_pretrained(

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from transfuse.config.problems import short_repr
 from transfuse.errors import UserError
 from transfuse.fuse.merge.method import MergeMethod
 from transfuse.fuse.merge.methods import get_method
@@ -153,7 +154,7 @@ def _check_setting(method: MergeMethod, key: str, value: Any, where: str, per_mo
         if not all(isinstance(e, Mapping) and set(e) <= {"filter", "value"} and "value" in e
                    for e in value):
             raise UserError(
-                f"{where}: parameter {key!r} is a list {value!r}; transfuse takes a single value "
+                f"{where}: parameter {key!r} is a list {short_repr(value)}; transfuse takes a single value "
                 "or a filter list ([{filter: NAME_PART, value: V}, {value: DEFAULT}]); mergekit's "
                 "layer gradients are not supported")
         return [{**e, "value": p.check(e["value"], where)} for e in value]
@@ -166,12 +167,12 @@ def _size(value: Any) -> int:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
     if m and m.group(2).lower() in _UNITS and float(m.group(1)) > 0:
         return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    raise UserError(f"max_shard_size: got {value!r}; give bytes or a size like '2GB' or '500MB'")
+    raise UserError(f"max_shard_size: got {short_repr(value)}; give bytes or a size like '2GB' or '500MB'")
 
 
 def _choice(key: str, value: Any, valid: tuple[str, ...]) -> Any:
     if value is not None and value not in valid:
-        raise UserError(f"{key}: got {value!r}; valid values: {', '.join(valid)}")
+        raise UserError(f"{key}: got {short_repr(value)}; valid values: {', '.join(valid)}")
     return value
 
 
@@ -191,8 +192,13 @@ def load_config(config: Mapping[str, Any] | str | Path, root: Path | None = None
         path = Path(config)
         if not path.is_file():
             raise UserError(f"merge config {path} not found")
+        from transfuse.config.load import MAX_FILE_BYTES, load_yaml
+
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise UserError(f"merge config {path} is {path.stat().st_size >> 20} MB; a merge config is "
+                            "a few KB: give the merge's YAML file")
         try:
-            data = yaml.safe_load(path.read_text())
+            data = load_yaml(path.read_text(encoding="utf-8", errors="replace"), f"merge config {path}")
         except yaml.YAMLError as e:
             raise UserError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
         root = path.resolve().parent
@@ -214,7 +220,7 @@ def load_config(config: Mapping[str, Any] | str | Path, root: Path | None = None
     if isinstance(base, Mapping):
         base = base.get("model")
     if base is not None and not isinstance(base, str):
-        raise UserError(f"base_model: expected a path or model id, got {base!r}")
+        raise UserError(f"base_model: expected a path or model id, got {short_repr(base)}")
     raw_slices = data.get("slices")
     if raw_slices is not None:
         raw_models, raw_slices = _slice_models(data, method.name, raw_slices)
@@ -229,7 +235,7 @@ def load_config(config: Mapping[str, Any] | str | Path, root: Path | None = None
         if isinstance(m, str):
             m = {"model": m}
         if not isinstance(m, Mapping) or not isinstance(m.get("model"), str):
-            raise UserError(f"{where}: expected {{model: PATH}}, got {m!r}")
+            raise UserError(f"{where}: expected {{model: PATH}}, got {short_repr(m)}")
         for key in m:
             if key not in model_keys:
                 raise UserError(f"{where}: unknown key {key!r}; valid keys: "
@@ -254,16 +260,16 @@ def load_config(config: Mapping[str, Any] | str | Path, root: Path | None = None
     if heads == "auto":
         heads = ("auto",)
     elif not (isinstance(heads, (list, tuple)) and all(isinstance(h, str) for h in heads)):
-        raise UserError(f"heads: got {heads!r}; give 'auto' or a list of tensor-name prefixes")
+        raise UserError(f"heads: got {short_repr(heads)}; give 'auto' or a list of tensor-name prefixes")
     tied = data.get("tied") or {}
     if not (isinstance(tied, Mapping) and all(isinstance(v, str) for v in tied.values())):
-        raise UserError(f"tied: got {tied!r}; give a mapping alias_name: source_name")
+        raise UserError(f"tied: got {short_repr(tied)}; give a mapping alias_name: source_name")
     seed = data.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
-        raise UserError(f"seed: got {seed!r}; give an integer")
+        raise UserError(f"seed: got {short_repr(seed)}; give an integer")
     hash_inputs = data.get("hash_inputs", True)
     if not isinstance(hash_inputs, bool):
-        raise UserError(f"hash_inputs: got {hash_inputs!r}; give true or false")
+        raise UserError(f"hash_inputs: got {short_repr(hash_inputs)}; give true or false")
     return MergeConfig(
         merge_method=method.name,
         models=tuple(models),

@@ -47,6 +47,7 @@ from transfuse.fuse.merge.tensor_io import (
     read_tensor,
 )
 from transfuse.fuse.merge.tune import greedy_soup
+from transfuse.io import atomic_write_json
 
 HEAD_PREFIX = "heads"
 _OUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -360,6 +361,8 @@ def merge(
     t0 = time.perf_counter()
     cfg = config if isinstance(config, MergeConfig) else load_config(config)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: --out is an existing file, not a folder; give a new folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"{out}: output folder exists and is not empty; pick another --out "
                         "or pass overwrite")
@@ -385,6 +388,7 @@ def merge(
                      "files were copied from the base (or first) model")
 
     inp = _Inputs(cfg, method)
+    _check_output(out, _input_paths(config, inp), overwrite)
     jobs, heads = _plan(inp, bn_stats or cfg.bn_stats)  # type: ignore[arg-type]
     device = _device(cfg)
     shards = plan_shards([OutEntry(j.out, j.dtype, j.shape) for j in jobs], cfg.max_shard_size)
@@ -422,7 +426,10 @@ def merge(
         hashes = [{f.name: reader.sha256(f) for f in c.files} if cfg.hash_inputs else {}
                   for c in ckpts]
         _write_card(tmp, cfg, method, inp, result, hashes)
+        atomic_write_json(tmp / OUTPUT_MARKER, {"written_by": "transfuse merge", "files": sorted(
+            p.name for p in tmp.iterdir())})
         if out.exists():
+            _check_output(out, _input_paths(config, inp), overwrite)  # still only ours
             shutil.rmtree(out)
         os.replace(tmp, out)
     except BaseException:
@@ -434,6 +441,53 @@ def merge(
         reader.close()
     result.seconds = time.perf_counter() - t0
     return result
+
+
+#: Written last into every merge output: the files the merge wrote (what --overwrite may remove).
+OUTPUT_MARKER = ".transfuse-merge.json"
+
+
+def _input_paths(config: Any, inp: _Inputs) -> list[Path]:
+    """Every file and folder the merge reads: the config file, the models, their auxiliary files."""
+    paths = [Path(config)] if isinstance(config, (str, Path)) else []
+    for c in ([inp.base] if inp.base else []) + inp.models:
+        paths += [c.path, *c.files] + ([c.folder] if c.folder else [])
+    for per_model in inp.extras.values():
+        paths += [e.file for index in per_model for e in index.values()]
+    return paths
+
+
+def _ours(out: Path) -> set[str]:
+    """The names in ``out`` a previous merge wrote: those its marker lists, or (an output written
+    before the marker existed, recognised by its merge.yaml) the names a merge writes."""
+    try:
+        listed = json.loads((out / OUTPUT_MARKER).read_text())["files"]
+        return {str(n) for n in listed} | {OUTPUT_MARKER}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if not (out / "merge.yaml").is_file():
+        return set()
+    return {p.name for p in out.iterdir() if p.name in {"merge.yaml", "heads.json", "README.md",
+                                                         INDEX_NAME, *COPY_FILES}
+            or (p.name.startswith("model") and p.name.endswith(".safetensors"))}
+
+
+def _check_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
+    """Refuse an output folder that is, or holds, a merge input (--overwrite would delete it), and
+    an --overwrite of a folder holding anything a previous merge did not write."""
+    target = out.resolve()
+    for p in inputs:
+        q = p.resolve()
+        if q == target or target in q.parents:
+            raise UserError(f"--out {out} holds the merge input {p}; writing there would replace it: give "
+                            "an output folder outside the inputs")
+    if overwrite and out.is_dir() and any(out.iterdir()):
+        ours = _ours(out)
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in ours)
+        if foreign:
+            names = ", ".join(map(repr, foreign[:3])) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise UserError(f"--out {out} holds {names}, which transfuse merge did not write; --overwrite "
+                            "only replaces a previous merge's output: move them or give another folder")
 
 
 def _extra(inp: _Inputs, key: str, name: str, device: torch.device) -> list[Tensor] | None:

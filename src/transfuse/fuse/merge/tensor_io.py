@@ -11,8 +11,6 @@ is computed: the write buffer is one tensor, whatever the shard size.
 
 from __future__ import annotations
 
-import json
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch
 from torch import Tensor
 
 from transfuse.errors import UserError
+from transfuse.tensorfile import read_safetensors_header
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -29,7 +28,6 @@ DTYPES: dict[str, torch.dtype] = {
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
 CODES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
-MAX_HEADER = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -52,23 +50,18 @@ class TensorEntry:
 
 
 def read_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
-    """The tensors in a safetensors file and its ``__metadata__``; a bad file is a UserError."""
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > MAX_HEADER:
-                raise ValueError("header too large")
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, struct.error) as e:
-        raise UserError(f"{path}: not a readable safetensors file ({e}); re-save it with "
-                        "safetensors.torch.save_file") from None
-    meta = header.pop("__metadata__", None) or {}
+    """The tensors in a safetensors file and its ``__metadata__``; a bad file is a UserError.
+
+    The header is checked first (:func:`transfuse.tensorfile.read_safetensors_header`: ranges
+    inside the file, not overlapping, sizes equal to dtype x shape), so no read can allocate more
+    than the file holds or take another tensor's bytes."""
+    spans, meta = read_safetensors_header(path)
     entries = {}
-    for name, info in header.items():
-        if info["dtype"] not in DTYPES:
-            raise UserError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
-        a, b = info["data_offsets"]
-        entries[name] = TensorEntry(path, info["dtype"], tuple(info["shape"]), 8 + n + a, b - a)
+    for name, s in spans.items():
+        if s.dtype not in DTYPES:
+            raise UserError(f"{path}: tensor {name[:80]!r} has dtype {s.dtype}, which merging does not "
+                            f"support; convert it to one of {', '.join(DTYPES)}")
+        entries[name] = TensorEntry(Path(path), s.dtype, s.shape, s.start, s.nbytes)
     return entries, meta
 
 

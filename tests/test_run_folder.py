@@ -1,0 +1,102 @@
+"""Safe output folders: a run writes only into a new or empty folder or a run folder of its own,
+never into (or as) its data folder; a merge's --overwrite never removes an input or a file it did
+not write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from transfuse.artifacts.store import MARKER_FILE, RunFolder
+from transfuse.config import validate_config
+from transfuse.errors import UserError
+
+
+def _cfg(data: Path):
+    return validate_config({"backbones": ["bundled:efficientnet_lite0"],
+                            "data": {"source": "folder", "path": str(data)}})
+
+
+def test_a_foreign_folder_is_refused_and_left_as_it_was(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    mine = tmp_path / "mine"
+    (mine / "model").mkdir(parents=True)
+    (mine / "model" / "weights.bin").write_text("the user's")
+    (mine / "report.html").write_text("the user's")
+    with pytest.raises(UserError) as e:
+        RunFolder(mine).claim(_cfg(data))
+    assert str(e.value) == (f"output folder {str(mine)!r} exists and is not a transfuse run folder (it holds "
+                            "'model' and no config.yaml); give a new or empty folder (--out), so that none "
+                            "of its files are replaced")
+    assert sorted(p.name for p in mine.rglob("*")) == ["model", "report.html", "weights.bin"]
+
+
+def test_new_empty_and_own_folders_are_accepted(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("new/deeper", "empty"):
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        RunFolder(tmp_path / name).claim(_cfg(data))
+        assert (tmp_path / name / MARKER_FILE).is_file()
+    RunFolder(tmp_path / "empty").claim(_cfg(data))  # again: its own (marker), even with files in it
+    old = tmp_path / "old_run"  # a run made before the marker: recognised by its config.yaml
+    old.mkdir()
+    (old / "config.yaml").write_text("name: old\n")
+    RunFolder(old).claim(_cfg(data))
+
+
+def test_output_in_or_as_the_data_folder_or_a_file_is_refused(tmp_path):
+    data = tmp_path / "data"
+    (data / "cat").mkdir(parents=True)
+    with pytest.raises(UserError, match=rf"^output folder '{data}' is the data folder '{data}' \(data.path\); "
+                                        "its files would be read as data"):
+        RunFolder(data).claim(_cfg(data))
+    with pytest.raises(UserError, match=rf"^output folder '{data}/runs/a' is inside the data folder"):
+        RunFolder(data / "runs" / "a").claim(_cfg(data))
+    assert not (data / "runs").exists() and not (data / MARKER_FILE).exists()
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UserError, match="is an existing file; give a folder"):
+        RunFolder(tmp_path / "f").claim(_cfg(data))
+
+
+def _model(path: Path, seed: int) -> str:
+    g = torch.Generator().manual_seed(seed)
+    save_file({"w": torch.randn(3, 2, generator=g), "b": torch.randn(3, generator=g)}, path)
+    return str(path)
+
+
+def test_merge_overwrite_never_deletes_inputs_or_foreign_files(tmp_path):
+    from transfuse.fuse.merge import merge
+
+    models = tmp_path / "models"
+    models.mkdir()
+    cfg = {"merge_method": "linear", "models": [{"model": _model(models / "a.safetensors", 0)},
+                                                {"model": _model(models / "b.safetensors", 1)}]}
+    before = {p: p.read_bytes() for p in models.iterdir()}
+    for out in (models, tmp_path, models / "a.safetensors"):
+        with pytest.raises(UserError) as e:
+            merge(cfg, out, overwrite=True)
+        assert "\n" not in str(e.value)
+    assert str(e.value) == f"{models / 'a.safetensors'}: --out is an existing file, not a folder; give a new folder"
+    with pytest.raises(UserError, match=rf"^--out {tmp_path} holds the merge input {models}/a.safetensors; "
+                                        "writing there would replace it: give an output folder outside"):
+        merge(cfg, tmp_path, overwrite=True)
+    assert {p: p.read_bytes() for p in models.iterdir()} == before
+    out = tmp_path / "out"
+    merge(cfg, out)
+    assert (out / ".transfuse-merge.json").is_file()
+    merge(cfg, out, overwrite=True)  # a previous merge's output: replaced
+    (out / "notes.txt").write_text("the user's")
+    with pytest.raises(UserError, match=rf"^--out {out} holds 'notes.txt', which transfuse merge did not "
+                                        "write; --overwrite only replaces a previous merge's output"):
+        merge(cfg, out, overwrite=True)
+    assert (out / "notes.txt").read_text() == "the user's" and (out / "model.safetensors").is_file()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "x.bin").write_text("y")
+    with pytest.raises(UserError, match="holds 'x.bin', which transfuse merge did not write"):
+        merge(cfg, other, overwrite=True)
