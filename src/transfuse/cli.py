@@ -44,7 +44,8 @@ def _echo_summary(report: dict[str, Any]) -> None:
 def run(config: Path = typer.Argument(..., help="Experiment YAML file."),
         set_: SetOpt = None,
         out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: output.dir or runs/NAME)."),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress bars.")) -> None:
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run folder that holds a different experiment.")) -> None:
     """Run a whole experiment from a YAML config."""
     from transfuse.config import load_config
 
@@ -56,7 +57,7 @@ def run(config: Path = typer.Argument(..., help="Experiment YAML file."),
 
         _echo_summary(fit_with_search(cfg, out or run_dir_for(cfg), cfg.search.n_trials, progress=not quiet))
         return
-    _echo_summary(run_experiment(cfg, out, progress=not quiet))
+    _echo_summary(run_experiment(cfg, out, progress=not quiet, overwrite=overwrite))
 
 
 def infer_source(data: str, modality: str) -> tuple[str, str | None]:
@@ -93,7 +94,8 @@ def fit(data: str = typer.Option(..., "--data", help="Folder, manifest, SOURCE:P
         set_: SetOpt = None,
         search_trials: Optional[int] = typer.Option(None, "--search", help="First search the head's hyperparameters with N trials (Optuna)."),
         storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL for --search (default: sqlite in the run folder)."),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress bars.")) -> None:
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run folder that holds a different experiment.")) -> None:
     """The same pipeline with defaults, for the common case and for scripts."""
     from transfuse.config import apply_overrides, validate_config
 
@@ -117,7 +119,7 @@ def fit(data: str = typer.Option(..., "--data", help="Folder, manifest, SOURCE:P
         return
     from transfuse.pipeline import run_experiment
 
-    _echo_summary(run_experiment(cfg, out, progress=not quiet))
+    _echo_summary(run_experiment(cfg, out, progress=not quiet, overwrite=overwrite))
 
 
 @app.command()
