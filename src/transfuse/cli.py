@@ -152,6 +152,22 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
 
 
 @app.command()
+def serve(run_dir: Path = typer.Argument(..., help="A finished run folder."),
+          host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+          port: int = typer.Option(8000, "--port"),
+          candidate: Optional[str] = typer.Option(None, "--candidate", help="Serve this candidate instead of the chosen model."),
+          engine: str = typer.Option("auto", "--engine", help="onnx | torch | auto (onnx when exported)."),
+          max_upload_mb: float = typer.Option(10.0, "--max-upload-mb", help="Largest accepted upload, in MB."),
+          max_batch: int = typer.Option(64, "--max-batch", help="Most inputs run together from concurrent requests.")) -> None:
+    """Serve a run's model over HTTP: GET /health, POST /predict (files or JSON texts)."""
+    from transfuse.server import Limits
+    from transfuse.server import serve as _serve
+
+    _serve(run_dir, host, port, candidate, engine,
+           Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_batch=max_batch))
+
+
+@app.command()
 def demo(task: str = typer.Option("image", "--task", help="image | text | audio"),
          out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/demo-TASK)."),
          quiet: bool = typer.Option(False, "--quiet")) -> None:
