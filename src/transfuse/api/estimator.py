@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from transfuse.api.inputs import Batch, as_batch
 from transfuse.errors import UserError
@@ -95,7 +95,8 @@ class TransfuseClassifier(ClassifierMixin, BaseEstimator):
             X = np.asarray(X)
         if isinstance(X, np.ndarray) and X.ndim == 1 and X.dtype.kind in "biufc":
             validate_data(self, X, reset=reset)  # scikit-learn's "Expected 2D array, got 1D array instead"
-        if _is_array_like_2d(X) or _numeric_2d(X):
+        numeric_frame = type(X).__name__ == "DataFrame" and all(dt.kind in "biuf" for dt in X.dtypes)
+        if _is_array_like_2d(X) or _numeric_2d(X) or numeric_frame:
             X = validate_data(self, X, reset=reset, dtype=None if getattr(X, "dtype", None) == np.uint8 else "numeric")
             if reset:
                 self.pixel_range_ = (float(X.min()), float(X.max())) if X.dtype != np.uint8 else None
@@ -115,9 +116,7 @@ class TransfuseClassifier(ClassifierMixin, BaseEstimator):
         if y is None:
             raise ValueError("TransfuseClassifier requires y to be passed, but the target y is None")
         batch = self._as_batch(X, reset=True)
-        y = np.asarray(y)
-        if y.ndim != 1:
-            y = y.ravel() if y.ndim == 2 and y.shape[1] == 1 else y
+        y = column_or_1d(y, warn=True)  # a (n, 1) column: scikit-learn's DataConversionWarning
         check_classification_targets(y)
         if len(y) != len(batch):
             raise ValueError(f"X has {len(batch)} samples but y has {len(y)}")
