@@ -13,7 +13,7 @@ demo: setup
 	.venv/bin/transfuse demo
 
 test: setup
-	.venv/bin/python -m pytest -q -p no:cacheprovider
+	.venv/bin/python -m pytest -q -p no:cacheprovider --durations=15
 
 test-fast: setup
 	.venv/bin/python -m pytest -q -m "not real"

@@ -44,7 +44,8 @@ def _echo_summary(report: dict[str, Any]) -> None:
 def run(config: Path = typer.Argument(..., help="Experiment YAML file."),
         set_: SetOpt = None,
         out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: output.dir or runs/NAME)."),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress bars.")) -> None:
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run folder that holds a different experiment.")) -> None:
     """Run a whole experiment from a YAML config."""
     from transfuse.config import load_config
 
@@ -56,7 +57,7 @@ def run(config: Path = typer.Argument(..., help="Experiment YAML file."),
 
         _echo_summary(fit_with_search(cfg, out or run_dir_for(cfg), cfg.search.n_trials, progress=not quiet))
         return
-    _echo_summary(run_experiment(cfg, out, progress=not quiet))
+    _echo_summary(run_experiment(cfg, out, progress=not quiet, overwrite=overwrite))
 
 
 def infer_source(data: str, modality: str) -> tuple[str, str | None]:
@@ -93,7 +94,8 @@ def fit(data: str = typer.Option(..., "--data", help="Folder, manifest, SOURCE:P
         set_: SetOpt = None,
         search_trials: Optional[int] = typer.Option(None, "--search", help="First search the head's hyperparameters with N trials (Optuna)."),
         storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL for --search (default: sqlite in the run folder)."),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress bars.")) -> None:
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run folder that holds a different experiment.")) -> None:
     """The same pipeline with defaults, for the common case and for scripts."""
     from transfuse.config import apply_overrides, validate_config
 
@@ -117,7 +119,7 @@ def fit(data: str = typer.Option(..., "--data", help="Folder, manifest, SOURCE:P
         return
     from transfuse.pipeline import run_experiment
 
-    _echo_summary(run_experiment(cfg, out, progress=not quiet))
+    _echo_summary(run_experiment(cfg, out, progress=not quiet, overwrite=overwrite))
 
 
 @app.command()
@@ -157,6 +159,22 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
         print(f"warning: {len(errors)} of {len(inputs)} inputs could not be read (error records above); "
               "fix or remove them", file=sys.stderr)
         raise typer.Exit(1)
+
+
+@app.command()
+def serve(run_dir: Path = typer.Argument(..., help="A finished run folder."),
+          host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+          port: int = typer.Option(8000, "--port"),
+          candidate: Optional[str] = typer.Option(None, "--candidate", help="Serve this candidate instead of the chosen model."),
+          engine: str = typer.Option("auto", "--engine", help="onnx | torch | auto (onnx when exported)."),
+          max_upload_mb: float = typer.Option(10.0, "--max-upload-mb", help="Largest accepted upload, in MB."),
+          max_batch: int = typer.Option(64, "--max-batch", help="Most inputs run together from concurrent requests.")) -> None:
+    """Serve a run's model over HTTP: GET /health, POST /predict (files or JSON texts)."""
+    from transfuse.server import Limits
+    from transfuse.server import serve as _serve
+
+    _serve(run_dir, host, port, candidate, engine,
+           Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_batch=max_batch))
 
 
 @app.command()

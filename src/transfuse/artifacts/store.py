@@ -100,14 +100,39 @@ class RunFolder:
         p.mkdir(parents=True, exist_ok=True)
         atomic_write_text(p / MARKER_FILE, "transfuse run folder: transfuse writes and replaces files here\n")
 
-    def start(self, config_yaml: str) -> None:
-        """Create the folder, or check that an existing one holds the same experiment."""
-        if self.config_file.exists():
-            if self.config_file.read_text(encoding="utf-8") != config_yaml:
-                raise UserError(f"run folder {str(self.path)!r} holds a different experiment; use 'transfuse "
-                                f"resume {self.path}' to continue it, or give another output folder (--out)")
+    def finished_candidates(self) -> list[str]:
+        return sorted(p.name for p in (self.path / "candidates").glob("*") if (p / "result.json").is_file())
+
+    def start(self, config_yaml: str, overwrite: bool = False) -> None:
+        """Create the folder, or check that an existing one holds the same experiment. A different
+        experiment replaces it when ``overwrite`` is set, or when it holds nothing finished (a run that
+        failed before its first candidate: the fixed rerun goes ahead, saying so in one line)."""
+        if self.config_file.exists() and self.config_file.read_text(encoding="utf-8") != config_yaml:
+            done = self.finished_candidates()
+            if done and not overwrite:
+                raise UserError(f"run folder {str(self.path)!r} holds a different experiment with {len(done)} "
+                                f"finished candidate(s); continue it with 'transfuse resume {self.path}', replace "
+                                "it with --overwrite, or give another output folder (--out)")
+            from transfuse.progress import console
+
+            self.clear()
+            console.print(f"note: run folder {str(self.path)!r} " + (
+                f"replaced (--overwrite; {len(done)} finished candidate(s) deleted)" if done else
+                "held a run that stopped before its first candidate; starting it again with this config"),
+                soft_wrap=True)
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.config_file, config_yaml)
+
+    def clear(self) -> None:
+        """Delete everything a run wrote (its config, splits, candidates, work, model, reports); data
+        the Python API wrote for it (``inputs/``) and the run-folder marker stay."""
+        for p in self.path.iterdir():
+            if p.name in ("inputs", MARKER_FILE):
+                continue
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
 
     def release_work(self, name: str) -> None:
         """Delete a finished candidate's fine-tuning checkpoints (they exist to resume a fit midway;

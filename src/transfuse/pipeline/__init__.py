@@ -23,9 +23,10 @@ def run_dir_for(cfg: ExperimentConfig) -> Path:
 
 
 def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, progress: bool = True,
-                   wrap: dict[str, Any] | None = None) -> dict[str, Any]:
+                   wrap: dict[str, Any] | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Run (or resume) the whole experiment; returns the report dict. ``wrap``: see
-    :func:`~transfuse.pipeline.singles.run_singles`."""
+    :func:`~transfuse.pipeline.singles.run_singles`; ``overwrite``: replace a run folder that holds
+    a different experiment (see :meth:`~transfuse.artifacts.store.RunFolder.start`)."""
     from transfuse.pipeline.fusions import run_fusions
     from transfuse.pipeline.report import build_report, finish
     from transfuse.pipeline.singles import run_singles
@@ -34,7 +35,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, pro
     check_data_options(cfg)
     run = RunFolder(run_dir if run_dir is not None else run_dir_for(cfg))
     run.claim(cfg)
-    run.start(config_to_yaml(cfg))
+    run.start(config_to_yaml(cfg), overwrite=overwrite)
     t = time.perf_counter()
     data = run.prepare_data(cfg)
     timings = {"data": time.perf_counter() - t}
