@@ -63,3 +63,12 @@ def predict_test_split(run: Path) -> np.ndarray:
     files = [data.items[i] for i in splits["test_idx"]]
     p = cli("predict", str(run), *files, "--json")
     return np.array([[row["proba"][c] for c in data.classes] for row in map(json.loads, p.stdout.splitlines())])
+
+
+def run_config(cfg: dict) -> Path:
+    """Validate a config dict and run the whole pipeline on it; returns its run folder."""
+    from transfuse.config import validate_config
+    from transfuse.pipeline import run_experiment
+
+    run_experiment(validate_config(cfg), progress=False)
+    return Path(cfg["output"]["dir"])

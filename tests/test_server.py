@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import cli, write_digits_folder
+from conftest import cli, run_config, write_digits_folder
 
 pytestmark = pytest.mark.real
 TOL = 1e-5
@@ -27,19 +27,11 @@ TEXTS = ["a domesticated carnivorous mammal that barks", "a sweet baked food mad
          "a large wild feline with a mane", "bread made of wheat flour and yeast"]
 
 
-def _run(cfg: dict) -> Path:
-    from transfuse.config import validate_config
-    from transfuse.pipeline import run_experiment
-
-    run_experiment(validate_config(cfg), progress=False)
-    return Path(cfg["output"]["dir"])
-
-
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("srv_img")
     data = write_digits_folder(root / "digits", classes=(1, 7, 9), per_class=10)
-    return _run({"name": "srv_img", "data": {"source": "folder", "path": str(data)},
+    return run_config({"name": "srv_img", "data": {"source": "folder", "path": str(data)},
                  "split": {"folds": 2, "test_size": 0.25}, "preprocess": {"image_size": 32},
                  "backbones": ["bundled:efficientnet_lite0"], "output": {"dir": str(root / "run")}})
 
@@ -47,7 +39,7 @@ def image_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("srv_txt")
-    return _run({"name": "srv_txt", "data": {"source": "wordnet", "modality": "text",
+    return run_config({"name": "srv_txt", "data": {"source": "wordnet", "modality": "text",
                                              "options": {"supersenses": ["animal", "food"], "max_per_class": 10}},
                  "split": {"folds": 2, "test_size": 0.25}, "backbones": ["tfidf"],
                  "output": {"dir": str(root / "run")}})

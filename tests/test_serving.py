@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli, write_digits_folder
+from conftest import cli, run_config, write_digits_folder
 
 from transfuse.adapt.result import safe_name
 from transfuse.artifacts.spec import Kind, ModelSpec, load_spec
@@ -39,19 +39,11 @@ STRATEGIES = ("linear_probe", "finetune", "lp_ft")
 CLI_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def _run(cfg: dict) -> Path:
-    from transfuse.config import validate_config
-    from transfuse.pipeline import run_experiment
-
-    run_experiment(validate_config(cfg), progress=False)
-    return Path(cfg["output"]["dir"])
-
-
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("serve_img")
     data = write_digits_folder(root / "digits", classes=(1, 7, 9), per_class=10)
-    return _run({
+    return run_config({
         "name": "serve_img", "seed": 0,
         "data": {"source": "folder", "path": str(data), "modality": "image"},
         "split": {"folds": 2, "test_size": 0.25}, "preprocess": {"image_size": 32},
@@ -67,7 +59,7 @@ def image_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("serve_txt")
-    return _run({
+    return run_config({
         "name": "serve_txt", "seed": 0,
         "data": {"source": "wordnet", "modality": "text",
                  "options": {"supersenses": ["animal", "food", "artifact"], "max_per_class": 10}},
