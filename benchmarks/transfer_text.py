@@ -64,8 +64,12 @@ def groups(task: str, args: argparse.Namespace) -> list[tuple[str, str, list[str
         for spec in args.finetune:
             name, wd, overrides = parse_finetune_spec(spec)
             bb, strategy = name.split("/")
+            partial = {k: overrides.pop(k) for k in ("blocks", "init") if k in overrides}
             ft = {"epochs": args.epochs, "batch_size": 32, "lr": args.lr, "patience": None, **overrides}
             train: dict[str, Any] = {"finetune": ft}
+            if partial:  # partial_ft's own settings (train.partial)
+                train["partial"] = partial
+                overrides.update(partial)
             group = name
             if wd is not None:  # the LP-FT probe's head weight decay (e.g. the probe's CV pick)
                 train["head"] = {"weight_decay": wd}

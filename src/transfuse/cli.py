@@ -86,7 +86,7 @@ def infer_source(data: str, modality: str) -> tuple[str, str | None]:
 def fit(data: str = typer.Option(..., "--data", help="Folder, manifest, SOURCE:PATH or a sample set name (emoji, fashion_mnist, wordnet, ...)."),
         modality: str = typer.Option("image", "--modality", help="image | text | audio"),
         backbone: list[str] = typer.Option(..., "--backbone", help="Backbone name (repeatable), e.g. bundled:efficientnet_lite0."),
-        strategy: Optional[list[str]] = typer.Option(None, "--strategy", help="linear_probe | finetune | lp_ft (repeatable; default linear_probe)."),
+        strategy: Optional[list[str]] = typer.Option(None, "--strategy", help="linear_probe | finetune | lp_ft | partial_ft (repeatable; default linear_probe)."),
         out: Path = typer.Option(..., "--out", help="Run folder."),
         test_data: Optional[str] = typer.Option(None, "--test-data", help="External test set (same forms as --data)."),
         folds: int = typer.Option(5, "--folds", help="Cross-validation folds."),

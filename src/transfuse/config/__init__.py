@@ -49,6 +49,7 @@ from transfuse.config.search import (
 )
 from transfuse.config.train import (
     STRATEGIES,
+    TRAINING_STRATEGIES,
     AdaptConfig,
     ClassWeight,
     FinetuneConfig,
@@ -56,16 +57,17 @@ from transfuse.config.train import (
     HeadFit,
     HeadKind,
     Optimizer,
+    PartialConfig,
     Strategy,
     TrainConfig,
 )
 
 __all__ = [
-    "EXTRA_FINETUNE_PARAMS", "STRATEGIES", "AdaptConfig", "AudioAugment", "AugmentConfig", "BackboneConfig",
+    "EXTRA_FINETUNE_PARAMS", "STRATEGIES", "TRAINING_STRATEGIES", "AdaptConfig", "AudioAugment", "AugmentConfig", "BackboneConfig",
     "CalibrationConfig", "ClassWeight", "DataConfig", "DistillOptions", "EnsembleName", "EvaluateConfig",
     "ExperimentConfig", "ExportConfig", "FeatureFusionConfig", "FeatureFusionOptions", "FinetuneConfig",
     "FuseConfig", "HeadConfig", "HeadFit", "HeadKind", "ImageAugment", "JointOptions", "NonNegFloat",
-    "Optimizer", "OutputConfig", "ParamSpace", "PositiveFloat", "PreprocessConfig", "SearchConfig", "Section",
+    "Optimizer", "OutputConfig", "ParamSpace", "PartialConfig", "PositiveFloat", "PreprocessConfig", "SearchConfig", "Section",
     "SplitConfig", "Strategy", "TextCleaning", "TrainConfig", "UnitFloat", "UnlabelledSource",
     "apply_overrides", "config_to_yaml", "default_finetune_space", "default_head_space", "field_defaults",
     "format_validation_error", "load_config", "load_yaml", "parse_override", "read_yaml", "validate_config",

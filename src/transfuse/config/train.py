@@ -9,8 +9,10 @@ from pydantic import Field, field_validator
 
 from transfuse.config.base import Section
 
-Strategy = Literal["linear_probe", "finetune", "lp_ft"]
-STRATEGIES: tuple[str, ...] = ("linear_probe", "finetune", "lp_ft")
+Strategy = Literal["linear_probe", "finetune", "lp_ft", "partial_ft"]
+STRATEGIES: tuple[str, ...] = ("linear_probe", "finetune", "lp_ft", "partial_ft")
+#: Strategies that train backbone weights (they need a trainable backbone).
+TRAINING_STRATEGIES: tuple[str, ...] = ("finetune", "lp_ft", "partial_ft")
 HeadKind = Literal["linear", "mlp"]
 ClassWeight = Literal["none", "balanced"]
 Optimizer = Literal["auto", "lbfgs", "adam"]
@@ -106,9 +108,21 @@ class FinetuneConfig(Section):
         return float(self.head_lr)
 
 
+class PartialConfig(Section):
+    """Cached partial fine-tuning (strategy ``partial_ft``): the bottom of the backbone is frozen and
+    run once per item; only the top ``blocks`` and the head train, on the cached activations, with
+    the ``finetune`` settings (epochs, lr, inner validation split, ...)."""
+
+    blocks: int = Field(2, ge=1, description="top transformer layers (text) or stages (timm EfficientNet/"
+                        "MobileNet) that train; the rest is frozen and cached")
+    init: Literal["probe", "fresh"] = Field("probe", description="start the head from a linear probe on "
+                                            "the same rows (LP-FT) or from a fresh head")
+
+
 class TrainConfig(Section):
     """The ``train`` section: the probe head, fine-tuning and the embedding batch size."""
 
     head: HeadConfig = HeadConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    partial: PartialConfig = PartialConfig()
     embed_batch_size: int = Field(64, ge=1)

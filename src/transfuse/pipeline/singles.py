@@ -11,6 +11,7 @@ import numpy as np
 
 from transfuse.adapt.cross_fit import cross_fit
 from transfuse.adapt.finetune import FinetuneStrategy
+from transfuse.adapt.partial import PartialStrategy
 from transfuse.adapt.probe import ProbeStrategy
 from transfuse.adapt.raw import RawStrategy
 from transfuse.adapt.result import CandidateResult
@@ -18,6 +19,7 @@ from transfuse.artifacts import save
 from transfuse.artifacts.spec import ModelSpec
 from transfuse.artifacts.store import Prepared, RunFolder
 from transfuse.backbones.registry import create_backbone, resolve_options, short_name
+from transfuse.config import TRAINING_STRATEGIES
 from transfuse.data.multimodal import dataset_for
 from transfuse.progress import console
 
@@ -65,7 +67,7 @@ def run_singles(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
         feats: tuple[np.ndarray, np.ndarray] | None = None
         for strategy in ([None] if raw else cfg.adapt.strategies):
             name = short_name(bcfg.name) if raw else f"{short_name(bcfg.name)}/{strategy}"
-            if strategy in ("finetune", "lp_ft") and not getattr(backbone, "trainable", True):
+            if strategy in TRAINING_STRATEGIES and not getattr(backbone, "trainable", True):
                 reason = f"{bcfg.name} cannot be fine-tuned (frozen backbone); only linear_probe applies"
                 console.print(f"[yellow]skip[/yellow] {name}: {reason}")
                 skipped.append({"name": name, "reason": reason})
@@ -77,7 +79,7 @@ def run_singles(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
                 continue
             t = time.perf_counter()
             console.print(f"[bold]candidate[/bold] {name}")
-            if strategy in ("linear_probe", "lp_ft") and feats is None:
+            if strategy in ("linear_probe", "lp_ft", "partial_ft") and feats is None:
                 te = time.perf_counter()
                 feats = (cache.embed(backbone, train, bs, progress), cache.embed(backbone, test, bs, progress))
                 timings[f"embed:{short_name(bcfg.name)}"] = time.perf_counter() - te
@@ -86,6 +88,10 @@ def run_singles(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
                                          [test.load(i) for i in range(len(test))], y, n_classes)
             elif strategy == "linear_probe":
                 strat = ProbeStrategy(cfg.train.head, feats[0], feats[1], y, n_classes)
+            elif strategy == "partial_ft":
+                strat = PartialStrategy(backbone, train, test, cfg.train.finetune, cfg.train.head,
+                                        cfg.train.partial, run.work_dir(name), features=feats[0],
+                                        batch_size=bs, progress=progress)
             else:
                 strat = FinetuneStrategy(strategy, backbone, train, test, cfg.train.finetune, cfg.train.head,
                                          run.work_dir(name), features=feats[0] if feats else None,
@@ -107,8 +113,10 @@ def run_singles(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
                     save.save_probe(folder, spec, cv.final.model)
                     params = (n_params(backbone) or 0) + feats[0].shape[1] * n_classes + n_classes
                 else:
-                    save.save_network(folder, spec.model_copy(update={"kind": "finetune"}), cv.final.model)
-                    params = n_params(cv.final.model)
+                    network = strat.shippable(cv.final.model) if isinstance(strat, PartialStrategy) \
+                        else cv.final.model
+                    save.save_network(folder, spec.model_copy(update={"kind": "finetune"}), network)
+                    params = n_params(network)
             res = CandidateResult(
                 name=name, kind="baseline" if raw else "single", oof=cv.oof, test=cv.test,
                 cv_scores=cv.scores, backbone=None if raw else backbone.spec, strategy=strategy,

@@ -1,0 +1,62 @@
+"""Cached partial fine-tuning (strategy ``partial_ft``): train only the top of a backbone.
+
+The backbone is cut by :func:`transfuse.backbones.split.split_backbone`; its frozen bottom runs
+once per item (training and test), and every fit of the cross-fit loop (each fold's, the refit)
+trains the top blocks + head on those cached activations, with fine-tuning's own honest epoch
+choice (:class:`FinetuneStrategy`: an inner validation split per fold). One step on the cache
+equals one step through the whole network with the bottom frozen (tests/test_partial.py). The
+shipped model is the whole backbone with the trained top written back, served like any fine-tune.
+
+Augmentation is not applied: the cache holds one plain view per item (docs/decisions.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from transfuse.adapt.finetune import FinetuneStrategy
+from transfuse.backbones.split import Split, split_backbone
+from transfuse.config import FinetuneConfig, HeadConfig, PartialConfig
+from transfuse.data.base import Dataset
+
+
+def cached_activations(split: Split, backbone: Any, ds: Dataset, batch_size: int) -> Dataset:
+    """``ds`` with each item replaced by the bottom's activation of it (eval transform)."""
+    from transfuse.train.loaders import make_loader
+
+    acts: list[Any] = []
+    if len(ds):
+        for batch, _ in make_loader(ds, backbone, train=False, batch_size=batch_size, num_workers=0,
+                                    pin_memory=False):
+            acts.extend(split.bottom(batch))
+    return Dataset(modality=ds.modality, items=acts, labels=ds.labels, classes=list(ds.classes),
+                   ids=list(ds.ids), name=ds.name)
+
+
+class PartialStrategy(FinetuneStrategy):
+    """:class:`FinetuneStrategy` on the top of a split backbone (``features``: the whole
+    backbone's cached features of the training part, for the probe the head starts from)."""
+
+    def __init__(self, backbone: Any, train: Dataset, test: Dataset, ft: FinetuneConfig, head: HeadConfig,
+                 partial: PartialConfig, workdir: Path, *, features: np.ndarray | None = None,
+                 batch_size: int = 64, progress: bool = False):
+        self.split = split_backbone(backbone, partial.blocks)
+        with torch.inference_mode(False):
+            c_train = cached_activations(self.split, backbone, train, batch_size)
+            c_test = cached_activations(self.split, backbone, test, batch_size)
+        init = "lp_ft" if partial.init == "probe" else "finetune"
+        super().__init__(init, self.split.top, c_train, c_test, ft, head, workdir,
+                         features=features if init == "lp_ft" else None, batch_size=batch_size,
+                         progress=progress)
+
+    def shippable(self, model: Any) -> Any:
+        """The whole network (frozen bottom + trained top + head) that ships and serves."""
+        from transfuse.train.finetune import Classifier
+
+        whole = Classifier(self.split.merge(model.backbone), model.n_classes, self.ft.dropout, self.ft.freeze_bn)
+        whole.head.load_state_dict(model.head.state_dict())
+        return whole.eval()
