@@ -41,11 +41,21 @@ def test_onnx_parity_and_temperature(image_run):
     assert meta["parity_max_abs_diff"] <= 1e-4 and meta["parity_samples"] == len(files)
     assert meta["temperature"] == info["temperature"] != 1.0
     assert meta["inputs"] == ["input"]
-    # int8: accuracy re-measured on the run's test split, both engines side by side
-    assert set(meta["test_accuracy"]) == {"fp32", "int8"}
-    assert meta["int8"]["size_bytes"] < 0.5 * meta["size_bytes"]
-    assert meta["int8"]["method"] == "static" and meta["kind"] == "probe"  # a conv net: calibrated QDQ
-    assert meta["int8"]["accuracy_drop"] == pytest.approx(meta["test_accuracy"]["fp32"] - meta["test_accuracy"]["int8"])
+    # int8: a conv net gets calibrated QDQ; each calibration was tried on training rows (27 here,
+    # all of them also calibrate), the one flipping the fewest fp32 decisions kept
+    q = meta["int8"]
+    assert q["method"] == "static" and meta["kind"] == "probe"
+    assert [t["calibration"] for t in q["tried"]] == ["MinMax", "Percentile", "Entropy"]
+    assert q["check_rows"] == q["calibration_samples"] == 27
+    best = min(q["tried"], key=lambda t: t["flipped"])  # first of equals, as the export keeps it
+    assert q["calibration"] == best["calibration"] and q["check_accuracy_drop"] == best["accuracy_drop"]
+    assert q["shipped"] == (best["accuracy_drop"] <= 0.01)
+    if q["shipped"]:  # test accuracy re-measured, both engines side by side
+        assert set(meta["test_accuracy"]) == {"fp32", "int8"}
+        assert q["size_bytes"] < 0.5 * meta["size_bytes"]
+        assert q["accuracy_drop"] == pytest.approx(meta["test_accuracy"]["fp32"] - meta["test_accuracy"]["int8"])
+    else:
+        assert set(meta["test_accuracy"]) == {"fp32"} and not (run / "model" / "model.int8.onnx").exists()
 
 
 def test_predict_engines_agree_and_onnx_is_the_default(image_run):
@@ -144,3 +154,27 @@ def test_predict_audio_inputs_are_checked_like_fit_checks_them(tmp_path):
     assert data.items == [str(tmp_path / "ok.wav")]
     assert errors == {1: "all-silent (peak 0.0e+00 <= silence_threshold=0.0001)",
                       2: "zero-length file (0 bytes)", 3: "over-long clip: 40.0 s > max_seconds=30"}
+
+
+def test_int8_that_loses_accuracy_is_not_shipped(image_run, tmp_path, monkeypatch):
+    """With a drop threshold no int8 model can meet, the export ships fp32 only and says why;
+    asking for the int8 model then fails with that reason."""
+    import shutil
+
+    import transfuse.export.onnx as onnx_export
+    import transfuse.export.quantize as quantize
+    from transfuse.export.predict import OnnxClassifier
+
+    run, _ = image_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    monkeypatch.setattr(onnx_export, "INT8_MAX_DROP", -1.0)
+    monkeypatch.setattr(quantize, "CALIBRATIONS", ("MinMax",))  # one variant is enough here
+    meta = onnx_export.export_run(copy, int8=True)
+    q = meta["int8"]
+    assert q["shipped"] is False and q["file"] is None and not (copy / "model" / "model.int8.onnx").exists()
+    assert q["reason"] == (f"int8 loses {100 * q['check_accuracy_drop']:.1f} points on 27 training rows held out "
+                           "from calibration (more than -100, best of 1 calibration(s)); model.onnx (fp32) ships")
+    assert not list((copy / "model").glob(".int8-*"))  # no variant left behind
+    with pytest.raises(UserError, match=r"no int8 model \(int8 loses .*\); use the fp32 ONNX model"):
+        OnnxClassifier(copy / "model", meta, int8=True)

@@ -80,5 +80,6 @@ def test_distilled_student_exports_and_int8_is_static_for_a_conv_net(fusion_run)
     assert meta["parity_max_abs_diff"] <= 1e-4
     q = meta["int8"]
     assert q["method"] == "static" and q["calibration_samples"] == 27  # all 27 training images
-    assert q["accuracy_drop"] == pytest.approx(meta["test_accuracy"]["fp32"] - meta["test_accuracy"]["int8"])
-    assert ("warning" in q) == (q["accuracy_drop"] > 0.01)
+    assert q["shipped"] == (q["check_accuracy_drop"] <= 0.01)
+    if q["shipped"]:
+        assert q["accuracy_drop"] == pytest.approx(meta["test_accuracy"]["fp32"] - meta["test_accuracy"]["int8"])

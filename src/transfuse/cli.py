@@ -273,8 +273,11 @@ def export(run_dir: Path = typer.Argument(..., help="A finished run folder."),
           f"on {res['parity_samples']} inputs")
     if "int8" in res:
         acc = res.get("test_accuracy") or {}
-        print(f"{folder / res['int8']['file']}: test accuracy fp32 {acc.get('fp32', float('nan')):.4f}, "
-              f"int8 {acc.get('int8', float('nan')):.4f}")
+        if res["int8"].get("file"):
+            print(f"{folder / res['int8']['file']}: calibration {res['int8'].get('calibration', 'none')}; test "
+                  f"accuracy fp32 {acc.get('fp32', float('nan')):.4f}, int8 {acc.get('int8', float('nan')):.4f}")
+        else:
+            print(f"no int8 model: {res['int8']['reason']}")
 
 
 @data_app.command("speech")

@@ -116,7 +116,11 @@ class OnnxClassifier:
         from transfuse.export.onnx import parts_from_meta, session
 
         self.parts = parts_from_meta(meta)
-        f = meta["int8"]["file"] if int8 and meta.get("int8") else meta["file"]
+        q = meta.get("int8") or {}
+        if int8 and not q.get("file"):
+            raise UserError(f"{folder}: no int8 model ({q.get('reason') or 'export it with --int8'}); "
+                            "use the fp32 ONNX model")
+        f = q["file"] if int8 else meta["file"]
         self.session = session(folder / f)
 
     def predict_proba(self, dataset: Any, batch_size: int = 32) -> np.ndarray:
