@@ -309,6 +309,13 @@ def main() -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:
+        from transfuse.io import disk_full_message
+
+        if (msg := disk_full_message(e)) is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted; finished steps are saved: continue with 'transfuse resume RUN_DIR'", file=sys.stderr)
         sys.exit(130)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -31,9 +32,27 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.filename is None:  # a failed write() names no file: name the one being written
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+#: errno values of a full disk, a full quota and a file over the file-size limit (RLIMIT_FSIZE)
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def disk_full_message(e: OSError) -> str | None:
+    """The one-line error for a write that failed for lack of space, or None for other errors."""
+    if e.errno not in DISK_FULL:
+        return None
+    where = f" writing {e.filename!r}" if e.filename else ""
+    return (f"out of disk space{where} ({e.strerror}); free some space (or raise the file-size limit), "
+            "then continue with 'transfuse resume RUN_DIR': finished steps are kept")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
