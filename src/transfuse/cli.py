@@ -37,6 +37,9 @@ def _echo_summary(report: dict[str, Any]) -> None:
     console.print(table)
     if report.get("quarantined"):
         console.print(f"{len(report['quarantined'])} input(s) quarantined (listed in the report)")
+    if report.get("outside_data_root"):
+        console.print(f"{len(report['outside_data_root'])} input(s) read from outside the data folder (links, "
+                      "../ or absolute manifest paths; listed in the report)")
     console.print(f"report: {Path(report['run_dir']) / 'report.html'}")
 
 

@@ -9,7 +9,9 @@ fault and the outcome it must have in that command's result:
 - ``quarantined``: the run finishes and its report lists the input with this reason;
 - ``record``: ``predict`` answers the other inputs and prints this error record for the bad one;
 - ``warning``: the command finishes and prints this one warning;
-- ``kept``: the command finishes and the input is used (e.g. a long text truncated, not dropped).
+- ``kept``: the command finishes and the input is used (e.g. a long text truncated, not dropped);
+- ``listed``: the command finishes, the input is used and the report lists it as read from outside
+  its data folder (the file it read: ``expect``).
 
 ``new`` marks the faults of issue 13 (crashes, hangs, silent corruption or data loss before the
 fix); the others were handled already and stay in the corpus so that they stay handled.
@@ -152,12 +154,22 @@ def fit_images(d: Path, _: dict[str, Path]) -> tuple[list[str], dict[str, str]]:
     (data / "digit7" / "loop_a.png").symlink_to("loop_b.png")
     (data / "digit7" / "loop_b.png").symlink_to("loop_a.png")
     (data / "empty_class").mkdir()
+    # files read from outside their data folder: a link out of it, manifest rows with ../ and an
+    # absolute path (the manifest is in lists/, its images beside it)
+    for name, size, c in (("far.png", 30, 0), ("near.png", 27, 7), ("abs.png", 26, 1)):
+        src = next((write_digits_folder(d / "elsewhere" / name, classes=(c,), per_class=1, size=size)).rglob("*.png"))
+        src.rename(d / "elsewhere" / f"{name}.tmp")
+        shutil.rmtree(d / "elsewhere" / name)
+        (d / "elsewhere" / f"{name}.tmp").rename(d / "elsewhere" / name)
+    (data / "digit0" / "linked_out.png").symlink_to("../../elsewhere/far.png")
     test = write_digits_folder(d / "test_images", per_class=3, size=28)  # other bytes: not duplicates
-    rows = ["path,label"] + [f"{p.relative_to(d)},{p.parent.name}" for p in sorted(test.rglob("*.png"))]
-    rows += ["test_images/missing.png,digit0", "test_images/" + "a" * 10_000_000 + ".png,digit1"]
-    (d / "test.csv").write_text("\n".join(rows) + "\n")
+    rows = ["path,label"] + [f"../{p.relative_to(d)},{p.parent.name}" for p in sorted(test.rglob("*.png"))]
+    rows += ["../test_images/missing.png,digit0", "test_images/" + "a" * 10_000_000 + ".png,digit1",
+             "../elsewhere/near.png,digit7", f"{d}/elsewhere/abs.png,digit1"]
+    (d / "lists").mkdir()
+    (d / "lists" / "test.csv").write_text("\n".join(rows) + "\n")
     (d / "afile").write_text("a file where the cache folder should be")
-    return (["fit", "--data", "digits", "--test-data", "test.csv", "--backbone", "bundled:efficientnet_lite0",
+    return (["fit", "--data", "digits", "--test-data", "lists/test.csv", "--backbone", "bundled:efficientnet_lite0",
              "--out", "run", "--folds", "2", "--set", "preprocess.image_size=32", "--quiet"],
             {"TRANSFUSE_FEATURE_CACHE": str(d / "afile" / "cache")})
 
@@ -404,6 +416,12 @@ CASES = [
          "warning: feature cache {d}/afile/cache: cannot write to it (Not a directory); computing features "
          "in memory for this run (set TRANSFUSE_FEATURE_CACHE to a writable folder to keep them)",
          "fit_images", new=True),
+    Case("outside_symlink", "data source", "a symlink out of the data folder", "listed", "{d}/elsewhere/far.png",
+         "fit_images", new=True, item="linked_out.png"),
+    Case("outside_manifest_parent", "manifest", "a manifest row with ../", "listed", "{d}/elsewhere/near.png",
+         "fit_images", new=True, item="near.png"),
+    Case("outside_manifest_absolute", "manifest", "a manifest row with an absolute path", "listed",
+         "{d}/elsewhere/abs.png", "fit_images", new=True, item="abs.png"),
     Case("manifest_missing_file", "manifest", "a row naming a file that does not exist", "quarantined",
          "file not found (row 11 of test.csv)", "fit_images", item="missing.png"),
     Case("manifest_giant_line", "manifest", "a 10 MB path field (over csv's 128 KiB field limit)",

@@ -210,6 +210,16 @@ def test_fault(case: Case, results: dict[str, Result]):
             rep = json.loads((res.folder / "run" / "report.json").read_text())
             assert rep["task"]["n_train"] + rep["task"]["n_test"] == 41
             assert case.item not in _quarantined(res)
+    elif case.outcome == "listed":
+        import html
+
+        rep = json.loads((res.folder / "run" / "report.json").read_text())
+        listed = {Path(o["path"]).name: o["resolved"] for o in rep["outside_data_root"]}
+        assert listed.get(case.item) == expect, listed
+        assert case.item not in _quarantined(res)
+        page = (res.folder / "run" / "report.html").read_text()
+        assert "Inputs outside the data folder" in page and html.escape(expect) in page
+        assert "read from outside the data folder" in res.stderr
     else:
         raise AssertionError(f"unknown outcome {case.outcome!r}")
 
@@ -218,4 +228,4 @@ def test_corpus_is_complete():
     """Every invocation is checked by a case; the issue's faults are all marked."""
     assert {c.run for c in CASES} == set(BY_NAME)
     assert len(CASES) >= 60 and len({c.name for c in CASES}) == len(CASES)
-    assert {c.outcome for c in CASES} <= {"error", "refused", "quarantined", "record", "warning", "kept"}
+    assert {c.outcome for c in CASES} <= {"error", "refused", "quarantined", "record", "warning", "kept", "listed"}

@@ -39,6 +39,7 @@ def build_report(cfg: Any, run: RunFolder, data: Prepared, results: list[Candida
         "chosen": chosen.name,
         "test": next(c for c in cands if c["name"] == chosen.name)["test"],
         "quarantined": [q.to_dict() for q in data.quarantined],
+        "outside_data_root": list(data.outside),
         "timings": timings,
         "run_dir": str(run.path),
     }
