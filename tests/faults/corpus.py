@@ -253,6 +253,22 @@ def fit_into(kind: str) -> Build:
     return build
 
 
+def export_into(kind: str) -> Build:
+    """``export RUN --out`` inside the run, or into a folder of the user's."""
+    def build(d: Path, need: dict[str, Path]) -> tuple[list[str], dict[str, str]]:
+        if kind == "mine":
+            (d / "mine").mkdir()
+            (d / "mine" / "deploy.sh").write_text("the user's script")
+        return ["export", "../fit_images/run", "--out", "../fit_images/run/ship" if kind == "inside" else "mine"], {}
+    return build
+
+
+def data_into_foreign(d: Path, _: dict[str, Path]) -> tuple[list[str], dict[str, str]]:
+    (d / "clips").mkdir()
+    (d / "clips" / "interview.wav").write_bytes(b"the user's recording")
+    return ["data", "speech", "--words", "one", "--out", "clips"], {}
+
+
 def resume_foreign(d: Path, _: dict[str, Path]) -> tuple[list[str], dict[str, str]]:
     (d / "photos").mkdir()
     (d / "photos" / "a.jpg").write_bytes(b"the user's photo")
@@ -383,6 +399,9 @@ INVOCATIONS = [
     Invocation("fit_out_inside_data", fit_into("inside"), 2),
     Invocation("fit_out_foreign_folder", fit_into("mine"), 2),
     Invocation("resume_foreign_folder", resume_foreign, 2),
+    Invocation("export_out_inside_run", export_into("inside"), 2, needs=("fit_images",)),
+    Invocation("export_out_foreign", export_into("mine"), 2, needs=("fit_images",)),
+    Invocation("data_out_foreign", data_into_foreign, 2),
     Invocation("predict_batch", predict_batch, 1, needs=("fit_images",), max_rss_mb=2000),
     Invocation("predict_no_head", predict_damaged("head"), 2, outputs=("run",), needs=("fit_images",),
                max_rss_mb=2000),
@@ -541,6 +560,16 @@ CASES = [
     Case("fit_out_inside_data", "run folder", "fit --out a folder inside the data folder", "refused",
          "output folder 'data/runs/r1' is inside the data folder 'data' (data.path); its files would be "
          "read as data: give an output folder outside the data (--out)", "fit_out_inside_data", new=True),
+    Case("export_out_inside_run", "run folder", "export --out a folder inside the run", "refused",
+         "--out ../fit_images/run/ship is inside the input folder ../fit_images/run of transfuse export; its "
+         "files would mix with the input's: give an output folder outside the inputs", "export_out_inside_run",
+         new=True),
+    Case("export_out_foreign", "run folder", "export --out a folder holding the user's file", "refused",
+         "--out mine exists and is not empty; give a new or empty folder, so that none of its files are replaced",
+         "export_out_foreign", new=True),
+    Case("data_out_foreign", "run folder", "data speech --out a folder holding the user's recording", "refused",
+         "--out clips exists and is not empty; give a new or empty folder, so that none of its files are replaced",
+         "data_out_foreign", new=True),
     Case("resume_foreign", "run folder", "resume on a folder that is not a run", "error",
          "'photos' is not a transfuse run folder (no config.yaml); give the folder a 'transfuse run' or "
          "'transfuse fit' wrote", "resume_foreign_folder"),
