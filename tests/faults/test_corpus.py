@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from corpus import CASES, INVOCATIONS, Case, Invocation  # noqa: E402
+from corpus import CASES, DOC, INVOCATIONS, Case, Invocation, doc_with_table  # noqa: E402
 
 BY_NAME = {inv.name: inv for inv in INVOCATIONS}
 
@@ -229,3 +229,11 @@ def test_corpus_is_complete():
     assert {c.run for c in CASES} == set(BY_NAME)
     assert len(CASES) >= 60 and len({c.name for c in CASES}) == len(CASES)
     assert {c.outcome for c in CASES} <= {"error", "refused", "quarantined", "record", "warning", "kept", "listed"}
+
+
+def test_reliability_doc_lists_every_case():
+    """docs/reliability.md holds the corpus table as corpus.py generates it (regenerate it with
+    ``python tests/faults/corpus.py``)."""
+    doc = DOC.read_text()
+    assert doc == doc_with_table(doc), "docs/reliability.md is out of date: run python tests/faults/corpus.py"
+    assert all(f"| `{c.name}` |" in doc for c in CASES)
