@@ -158,3 +158,35 @@ def test_data_out_is_a_new_folder_its_own_with_overwrite_and_never_an_input(tmp_
             export(bad, overwrite=True)
     assert sorted(p.name for p in src.iterdir()) == ["0.png", "1.png", "2.png", "3.png"]
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary folder left behind
+
+
+def test_a_full_disk_while_promoting_keeps_the_old_model_and_is_one_line(tmp_path, monkeypatch):
+    import errno
+    import json
+    import shutil
+
+    import numpy as np
+
+    from transfuse.io import disk_full_message
+
+    run = RunFolder(tmp_path / "run")
+    for name in ("a", "b"):
+        (run.candidate_dir(name)).mkdir(parents=True)
+        (run.candidate_dir(name) / "result.json").write_text(json.dumps({"name": name}))
+        (run.candidate_dir(name) / "head.safetensors").write_bytes(name.encode() * 100)
+    run.promote("a", np.zeros((2, 2)), None)
+    copy2 = shutil.copy2
+
+    def full(src, dst, **kw):
+        if Path(src).name == "head.safetensors":
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return copy2(src, dst, **kw)
+
+    monkeypatch.setattr(shutil, "copy2", full)
+    with pytest.raises(OSError) as e:
+        run.promote("b", np.zeros((2, 2)), None)
+    assert disk_full_message(e.value) == (
+        f"out of disk space writing '{run.path}/.model.tmp/head.safetensors' (No space left on device); free "
+        "some space (or raise the file-size limit), then continue with 'transfuse resume RUN_DIR': finished "
+        "steps are kept")
+    assert (run.model_dir / "head.safetensors").read_bytes() == b"a" * 100  # the old model, whole

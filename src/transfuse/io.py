@@ -42,6 +42,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def copy_folder(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy the folder ``src`` to a new folder ``dst``. Unlike ``shutil.copytree``, which gathers
+    every failure into one ``shutil.Error`` without an errno, the first failed copy raises its own
+    ``OSError`` (so that a full disk is reported as one)."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True)
+    for p in sorted(src.rglob("*")):
+        q = dst / p.relative_to(src)
+        if p.is_dir() and not p.is_symlink():
+            q.mkdir(exist_ok=True)
+        else:
+            shutil.copy2(p, q, follow_symlinks=False)
+
+
 #: errno values of a full disk, a full quota and a file over the file-size limit (RLIMIT_FSIZE)
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 

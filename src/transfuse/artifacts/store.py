@@ -18,7 +18,7 @@ from transfuse.adapt.result import CandidateResult, safe_name
 from transfuse.artifacts.save import set_temperature
 from transfuse.data.base import Dataset, Quarantined
 from transfuse.errors import UserError
-from transfuse.io import atomic_save_npy, atomic_write_text
+from transfuse.io import atomic_save_npy, atomic_write_text, copy_folder
 
 CONFIG_FILE = "config.yaml"
 #: Written into a run folder before anything else: the folder is transfuse's to write in.
@@ -185,7 +185,7 @@ class RunFolder:
         src = self.candidate(name)
         tmp = self.path / ".model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
+        copy_folder(src, tmp)
         atomic_save_npy(tmp / TEST_PROBA, np.asarray(test_proba, np.float32))
         if temperature is not None:
             set_temperature(tmp, temperature)

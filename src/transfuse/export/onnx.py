@@ -400,13 +400,12 @@ def copy_export(folder: Path, out: Path, run_dir: Path, overwrite: bool = False)
     """``transfuse export RUN --out OUT``: copy the exported model folder to ``OUT/model/`` (a safe
     output folder, see :mod:`transfuse.outputs`: new or empty, or an earlier export with
     ``--overwrite``; never inside the run). ``transfuse predict OUT`` and ``serve OUT`` read it."""
-    import shutil
-
+    from transfuse.io import copy_folder
     from transfuse.outputs import abandon_output, finish_output, start_output
 
     tmp = start_output(Path(out), "export", [run_dir], overwrite)
     try:
-        shutil.copytree(folder, tmp / "model")
+        copy_folder(folder, tmp / "model")
         return finish_output(tmp, Path(out), "export", [run_dir], overwrite)
     except BaseException:
         abandon_output(tmp)
