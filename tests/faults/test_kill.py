@@ -3,7 +3,8 @@ resumed each time, a run stopped by a full disk and resumed, and two runs sharin
 cache at the same time, all end equal to an uninterrupted run: the same candidates, the same CV
 scores and out-of-fold / test probabilities (to 1e-6), the same choice.
 
-The kills are real (``SIGKILL`` from ``transfuse.faults.fault_point``, the one test hook, set by
+The second kill is at the third fold fit (``fold:3``): MiniLM's probe is finished and saved, TF-IDF
+is in its first fold. The kills are real (``SIGKILL`` from ``transfuse.faults.fault_point``, the one test hook, set by
 ``TRANSFUSE_FAULT_KILL_AT``), and so is the full disk (``RLIMIT_FSIZE``: a write past the limit
 fails with ``EFBIG``, as a full disk fails with ``ENOSPC``). To pay for the imports once, one
 subprocess imports the pipeline and forks a child per command (``transfuse.cli.main`` with the
@@ -114,7 +115,7 @@ def runs(tmp_path_factory) -> tuple[Path, list[dict]]:
     plan = [  # two or three commands at a time: independent folders and caches, but the shared one
         {"run": [cmd(run + [str(root / "ref")], "ref", "ref_cache"),
                  cmd(run + [killed], "kill_embed", "kill_cache", "embed")], "list": [killed]},
-        {"run": [cmd(["resume", killed], "kill_fold", "kill_cache", "fold"),
+        {"run": [cmd(["resume", killed], "kill_fold", "kill_cache", "fold:3"),  # TF-IDF's first fold
                  cmd(run + [full], "full", "full_cache", fsize=FILE_SIZE_LIMIT)], "list": [killed, full]},
         {"run": [cmd(["resume", killed], "kill_fusion", "kill_cache", "fusion"),
                  cmd(["resume", full], "full_resume", "full_cache")], "list": [killed]},
@@ -161,12 +162,14 @@ def test_killed_at_each_stage_and_resumed_ends_like_an_uninterrupted_run(runs):
     assert kills == [-9, -9, -9, -9], [log(root, f"kill_{s}") for s in STAGES]
     after = [steps[i]["files"][str(root / "killed")] for i in range(4)]
     cands = [sorted({f.split("/")[1] for f in files if f.startswith("candidates/")}) for files in after]
-    assert cands[0] == cands[1] == []  # killed while embedding, then in the first fold fit
+    assert cands[0] == []  # killed while embedding
+    assert cands[1] == ["minilm_l3_linear_probe"]  # in TF-IDF's first fold, MiniLM's probe finished
     assert cands[2] == ["minilm_l3_linear_probe", "tfidf"]  # at the start of the fusions
     assert len(cands[3]) == 6 and "model/model.json" in after[3]  # promoted, not reported
     assert not any(f.startswith("report") for files in after for f in files)
     assert not any(f.endswith(".tmp") for files in after for f in files)  # no half-written file
-    assert "resume: minilm_l3/linear_probe already done" in log(root, "kill_report")
+    assert "resume: minilm_l3/linear_probe already done" in log(root, "kill_fusion")
+    assert "resume: tfidf already done" in log(root, "kill_report")
     assert steps[4]["codes"] == [0], log(root, "resume")
     assert_same_run(root / "killed", root / "ref")
     for name in ["kill_" + s for s in STAGES] + ["resume"]:
