@@ -89,6 +89,30 @@ def test_export_errors(image_run, tmp_path):
         predict(run, files, engine="tf")
 
 
+def test_export_out_copies_the_model_into_a_safe_folder(image_run, tmp_path):
+    """``transfuse export RUN --out OUT``: ``OUT/model/`` predicts as the run does; a second export
+    needs --overwrite; a folder of the user's or one inside the run is refused."""
+    from transfuse.export.onnx import copy_export
+    from transfuse.export.predict import predict
+
+    run, files = image_run
+    out = copy_export(run / "model", tmp_path / "ship", run)
+    assert {"model.onnx", "model.int8.onnx", "onnx.json", "model.json"} <= {p.name for p in (out / "model").iterdir()}
+    shipped, original = predict(out, files), predict(run, files)
+    assert shipped["engine"] == "onnx" and np.array_equal(shipped["proba"], original["proba"])
+    with pytest.raises(UserError, match="it holds an earlier 'transfuse export' output: pass --overwrite"):
+        copy_export(run / "model", out, run)
+    copy_export(run / "model", out, run, overwrite=True)
+    (out / "deploy.sh").write_text("the user's")
+    with pytest.raises(UserError, match="holds 'deploy.sh', which transfuse export did not write"):
+        copy_export(run / "model", out, run, overwrite=True)
+    with pytest.raises(UserError, match=f"^--out {run}/ship is inside the input folder {run} of transfuse export"):
+        copy_export(run / "model", run / "ship", run)
+    with pytest.raises(UserError, match=f"^--out {run.parent} holds the input {run} of transfuse export"):
+        copy_export(run / "model", run.parent, run, overwrite=True)
+    assert (out / "deploy.sh").is_file() and (run / "model" / "model.json").is_file()
+
+
 def test_text_model_exports_with_input_ids_and_attention_mask(tmp_path):
     from transfuse.export.onnx import export_cli
     from transfuse.export.predict import predict

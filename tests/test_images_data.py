@@ -336,7 +336,7 @@ def test_emoji_skin_tones_and_export(tmp_path):
     folder = load_dataset("folder", str(out))
     assert folder.classes == ["Activities", "Flags"] and len(folder) == 6 and folder.quarantined == []
     assert samples.ensure_emoji(install=False) == images.locate_emoji()
-    with pytest.raises(UserError, match="already exists and is not empty"):
+    with pytest.raises(UserError, match="exists and is not empty; it holds an earlier 'transfuse data' output"):
         samples.export_emoji_folder(out, per_class=1)
 
 

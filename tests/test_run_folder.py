@@ -100,3 +100,93 @@ def test_merge_overwrite_never_deletes_inputs_or_foreign_files(tmp_path):
     (other / "x.bin").write_text("y")
     with pytest.raises(UserError, match="holds 'x.bin', which transfuse merge did not write"):
         merge(cfg, other, overwrite=True)
+
+
+def _tiny_set(root: Path):
+    """A two-class image set whose items are files in ``root`` (what an export reads)."""
+    import numpy as np
+    from PIL import Image
+
+    from transfuse.data.base import Dataset
+
+    root.mkdir(parents=True)
+    items = []
+    for i in range(4):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(root / f"{i}.png")
+        items.append(str(root / f"{i}.png"))
+    return Dataset("image", items, np.array([0, 0, 1, 1]), ["a", "b"], [f"{i}.png" for i in range(4)])
+
+
+def test_data_out_is_a_new_folder_its_own_with_overwrite_and_never_an_input(tmp_path):
+    """``transfuse data ... --out``: the rules of run and merge folders (the emoji and Fashion-MNIST
+    exports and ``data speech`` share this writer)."""
+    from transfuse.data.samples import _copy_file, _export, _file_folders
+    from transfuse.outputs import OUTPUT_MARKER
+
+    src = tmp_path / "cache" / "emoji"
+    ds = _tiny_set(src)
+
+    def export(out: Path, overwrite: bool = False) -> Path:
+        return _export(ds, out, _copy_file, _file_folders(ds), overwrite)
+
+    out = export(tmp_path / "faces")
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
+        OUTPUT_MARKER, "a", "a/0.png", "a/1.png", "b", "b/2.png", "b/3.png"]
+    with pytest.raises(UserError) as e:  # its own output: replaced only with --overwrite
+        export(out)
+    assert str(e.value) == (f"--out {out} exists and is not empty; it holds an earlier 'transfuse data' output: "
+                            "pass --overwrite to replace it, or give another folder")
+    (out / "a" / "0.png").unlink()
+    export(out, overwrite=True)
+    assert (out / "a" / "0.png").is_file()
+    (out / "thesis.pdf").write_text("the user's")  # a file it did not write: never removed
+    with pytest.raises(UserError) as e:
+        export(out, overwrite=True)
+    assert str(e.value) == (f"--out {out} holds 'thesis.pdf', which transfuse data did not write; --overwrite "
+                            "only replaces a previous 'transfuse data' output: move them or give another folder")
+    assert (out / "thesis.pdf").read_text() == "the user's"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    with pytest.raises(UserError, match=r"exists and is not empty; give a new or empty folder, so that none"):
+        export(mine, overwrite=False)
+    with pytest.raises(UserError, match=r"holds 'notes.txt', which transfuse data did not write"):
+        export(mine, overwrite=True)
+    for bad, what in ((tmp_path / "cache", "holds the input"), (src, "holds the input"),
+                      (src / "copy", "is inside the input folder")):
+        with pytest.raises(UserError, match=f"^--out {bad} {what} {src} of transfuse data"):
+            export(bad, overwrite=True)
+    assert sorted(p.name for p in src.iterdir()) == ["0.png", "1.png", "2.png", "3.png"]
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary folder left behind
+
+
+def test_a_full_disk_while_promoting_keeps_the_old_model_and_is_one_line(tmp_path, monkeypatch):
+    import errno
+    import json
+    import shutil
+
+    import numpy as np
+
+    from transfuse.io import disk_full_message
+
+    run = RunFolder(tmp_path / "run")
+    for name in ("a", "b"):
+        (run.candidate_dir(name)).mkdir(parents=True)
+        (run.candidate_dir(name) / "result.json").write_text(json.dumps({"name": name}))
+        (run.candidate_dir(name) / "head.safetensors").write_bytes(name.encode() * 100)
+    run.promote("a", np.zeros((2, 2)), None)
+    copy2 = shutil.copy2
+
+    def full(src, dst, **kw):
+        if Path(src).name == "head.safetensors":
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return copy2(src, dst, **kw)
+
+    monkeypatch.setattr(shutil, "copy2", full)
+    with pytest.raises(OSError) as e:
+        run.promote("b", np.zeros((2, 2)), None)
+    assert disk_full_message(e.value) == (
+        f"out of disk space writing '{run.path}/.model.tmp/head.safetensors' (No space left on device); free "
+        "some space (or raise the file-size limit), then continue with 'transfuse resume RUN_DIR': finished "
+        "steps are kept")
+    assert (run.model_dir / "head.safetensors").read_bytes() == b"a" * 100  # the old model, whole

@@ -37,6 +37,9 @@ def _echo_summary(report: dict[str, Any]) -> None:
     console.print(table)
     if report.get("quarantined"):
         console.print(f"{len(report['quarantined'])} input(s) quarantined (listed in the report)")
+    if report.get("outside_data_root"):
+        console.print(f"{len(report['outside_data_root'])} input(s) read from outside the data folder (links, "
+                      "../ or absolute manifest paths; listed in the report)")
     console.print(f"report: {Path(report['run_dir']) / 'report.html'}")
 
 
@@ -219,24 +222,26 @@ def info() -> None:
 
 
 @data_app.command("emoji")
-def data_emoji(out: Optional[Path] = typer.Option(None, "--out", help="Also export as an image folder here.")) -> None:
+def data_emoji(out: Optional[Path] = typer.Option(None, "--out", help="Also export as an image folder here (a new or empty folder)."),
+               overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output of this command in --out (never other files).")) -> None:
     """Install the emoji set (npm emoji-datasource-google) into the cache."""
     from transfuse.data import samples
 
     print(samples.ensure_emoji())
     if out:
-        print(samples.export_emoji_folder(out))
+        print(samples.export_emoji_folder(out, overwrite=overwrite))
 
 
 @data_app.command("fashion-mnist")
-def data_fashion(out: Optional[Path] = typer.Option(None, "--out", help="Also export as an image folder here."),
-                 per_class: int = typer.Option(200, "--per-class")) -> None:
+def data_fashion(out: Optional[Path] = typer.Option(None, "--out", help="Also export as an image folder here (a new or empty folder)."),
+                 per_class: int = typer.Option(200, "--per-class"),
+                 overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output of this command in --out (never other files).")) -> None:
     """Install Fashion-MNIST (Debian dataset-fashion-mnist)."""
     from transfuse.data import samples
 
     print(samples.ensure_fashion_mnist())
     if out:
-        print(samples.export_fashion_mnist_folder(out, per_class=per_class))
+        print(samples.export_fashion_mnist_folder(out, per_class=per_class, overwrite=overwrite))
 
 
 @app.command()
@@ -262,13 +267,23 @@ def search(config: Path = typer.Argument(..., help="Experiment YAML file (its se
 def export(run_dir: Path = typer.Argument(..., help="A finished run folder."),
            format: str = typer.Option("onnx", "--format", help="onnx"),
            int8: bool = typer.Option(False, "--int8", help="Also write an int8 model (method chosen per model family; accuracy re-measured)."),
-           candidate: Optional[str] = typer.Option(None, "--candidate", help="Export this candidate (e.g. fusion/features) instead of the chosen model.")) -> None:
+           candidate: Optional[str] = typer.Option(None, "--candidate", help="Export this candidate (e.g. fusion/features) instead of the chosen model."),
+           out: Optional[Path] = typer.Option(None, "--out", help="Also copy the exported model to OUT/model/ (a new or empty folder), to ship or serve on its own."),
+           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output of transfuse export in --out (never other files).")) -> None:
     """Export a run's chosen model, or one candidate (ONNX, parity-checked, temperature folded in)."""
     from transfuse.artifacts.store import RunFolder
     from transfuse.export.onnx import export_cli
 
+    if out is not None:  # refused before the export's work, checked again when written
+        from transfuse.outputs import check_output
+
+        check_output(out, "export", [run_dir], overwrite)
     res = export_cli(run_dir, format, int8, candidate)
     folder = RunFolder(run_dir).candidate(candidate) if candidate else run_dir / "model"
+    if out is not None:
+        from transfuse.export.onnx import copy_export
+
+        folder = copy_export(folder, out, run_dir, overwrite) / "model"
     print(f"{folder / res['file']}: parity max |p_onnx - p_torch| = {res['parity_max_abs_diff']:.2e} "
           f"on {res['parity_samples']} inputs")
     if "int8" in res:
@@ -282,17 +297,18 @@ def export(run_dir: Path = typer.Argument(..., help="A finished run folder."),
 
 @data_app.command("speech")
 def data_speech(words: list[str] = typer.Option(..., "--words", help="Words to say (repeatable); 'digits' and 'commands' expand to word lists."),
-                out: Path = typer.Option(..., "--out", help="Output folder (train/, test/, manifest.csv)."),
+                out: Path = typer.Option(..., "--out", help="Output folder (train/, test/, manifest.csv); a new or empty folder."),
                 voices: Optional[list[str]] = typer.Option(None, "--voices", help="espeak-ng voices, e.g. en-us+f3 (default: 8 accents x 20 variants)."),
                 pitches: Optional[list[int]] = typer.Option(None, "--pitches"),
                 speeds: Optional[list[int]] = typer.Option(None, "--speeds"),
                 seed: int = typer.Option(0, "--seed"),
                 test_fraction: float = typer.Option(0.25, "--test-fraction"),
-                split_by: str = typer.Option("variant", "--split-by", help="variant | voice | accent | accent_and_variant: what the test split holds out.")) -> None:
+                split_by: str = typer.Option("variant", "--split-by", help="variant | voice | accent | accent_and_variant: what the test split holds out."),
+                overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output of this command in --out (never other files).")) -> None:
     """Synthesise spoken words with espeak-ng into a voice-disjoint audio folder (synthetic data)."""
     from transfuse.data.speech import speech_cli
 
-    speech_cli(words, str(out), voices, pitches, speeds, seed, test_fraction, split_by)
+    speech_cli(words, str(out), voices, pitches, speeds, seed, test_fraction, split_by, overwrite=overwrite)
 
 
 @app.command()
@@ -311,6 +327,13 @@ def main() -> None:
         app()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        from transfuse.io import disk_full_message
+
+        if (msg := disk_full_message(e)) is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted; finished steps are saved: continue with 'transfuse resume RUN_DIR'", file=sys.stderr)

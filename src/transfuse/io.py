@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -31,9 +32,43 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.filename is None:  # a failed write() names no file: name the one being written
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def copy_folder(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy the folder ``src`` to a new folder ``dst``. Unlike ``shutil.copytree``, which gathers
+    every failure into one ``shutil.Error`` without an errno, the first failed copy raises its own
+    ``OSError`` (so that a full disk is reported as one)."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True)
+    for p in sorted(src.rglob("*")):
+        q = dst / p.relative_to(src)
+        if p.is_dir() and not p.is_symlink():
+            q.mkdir(exist_ok=True)
+        else:
+            shutil.copy2(p, q, follow_symlinks=False)
+
+
+#: errno values of a full disk, a full quota and a file over the file-size limit (RLIMIT_FSIZE)
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def disk_full_message(e: OSError) -> str | None:
+    """The one-line error for a write that failed for lack of space, or None for other errors."""
+    if e.errno not in DISK_FULL:
+        return None
+    where = f" writing {e.filename!r}" if e.filename else ""
+    return (f"out of disk space{where} ({e.strerror}); free some space (or raise the file-size limit), "
+            "then continue with 'transfuse resume RUN_DIR': finished steps are kept")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

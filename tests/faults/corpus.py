@@ -9,7 +9,9 @@ fault and the outcome it must have in that command's result:
 - ``quarantined``: the run finishes and its report lists the input with this reason;
 - ``record``: ``predict`` answers the other inputs and prints this error record for the bad one;
 - ``warning``: the command finishes and prints this one warning;
-- ``kept``: the command finishes and the input is used (e.g. a long text truncated, not dropped).
+- ``kept``: the command finishes and the input is used (e.g. a long text truncated, not dropped);
+- ``listed``: the command finishes, the input is used and the report lists it as read from outside
+  its data folder (the file it read: ``expect``).
 
 ``new`` marks the faults of issue 13 (crashes, hangs, silent corruption or data loss before the
 fix); the others were handled already and stay in the corpus so that they stay handled.
@@ -23,7 +25,7 @@ import shutil
 import struct
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -39,7 +41,9 @@ Build = Callable[[Path, dict[str, Path]], tuple[list[str], dict[str, str]]]
 class Invocation:
     """One ``transfuse`` command. ``build(folder, needed)`` writes its inputs into ``folder`` and
     returns ``(argv, extra env)``; ``needed`` maps the names in ``needs`` to their folders (read
-    only: the snapshot check covers them too). ``outputs``: paths under ``folder`` it may write."""
+    only: the snapshot check covers them too). ``outputs``: paths under ``folder`` it may write.
+    Memory is bounded twice: the command runs under an address-space limit (``max_vm_mb``) and
+    its peak RSS (from ``wait4``) must stay under ``max_rss_mb``."""
 
     name: str
     build: Build
@@ -48,6 +52,9 @@ class Invocation:
     needs: tuple[str, ...] = ()
     timeout: float = 120.0
     max_rss_mb: float = 1500.0
+    #: the address-space limit it runs under (RLIMIT_AS): a runaway allocation fails at once
+    #: instead of swapping the machine; torch and onnxruntime map ~2-3 GB they never touch
+    max_vm_mb: float = 6144.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,47 @@ def alias_bomb(levels: int = 9) -> list[str]:
     return rows
 
 
+def wav_bytes(samples: list[float], rate: int = 16000, width: int = 2, channels: int = 1) -> bytes:
+    """A PCM WAV (``width`` bytes a sample; 1: unsigned 8-bit) of ``samples`` in [-1, 1]."""
+    import io
+    import wave
+
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        if width == 1:
+            w.writeframes(bytes(int(128 + 127 * v) for v in samples))
+        else:
+            top = (1 << (8 * width - 1)) - 1
+            w.writeframes(b"".join(int(top * v).to_bytes(width, "little", signed=True) for v in samples))
+    return buf.getvalue()
+
+
+def float_wav(samples: list[float], rate: int = 16000) -> bytes:
+    """A 32-bit float WAV (format 3), which the stdlib's ``wave`` cannot write."""
+    data = struct.pack(f"<{len(samples)}f", *samples)
+    fmt = struct.pack("<HHIIHH", 3, 1, rate, rate * 4, 4, 32)
+    return (b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data)) + b"WAVE" + b"fmt "
+            + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data)
+
+
+def tone(freq: float, seconds: float = 0.5, rate: int = 16000, seed: int = 0) -> list[float]:
+    import math
+    import random
+
+    r = random.Random(seed)
+    return [0.5 * math.sin(2 * math.pi * freq * i / rate) + 0.05 * r.uniform(-1, 1) for i in range(int(seconds * rate))]
+
+
+def patched(data: bytes, at: int, fmt: str, value: int) -> bytes:
+    """``data`` with one header field (``struct`` format ``fmt`` at byte ``at``) replaced."""
+    b = bytearray(data)
+    b[at:at + struct.calcsize(fmt)] = struct.pack(fmt, value)
+    return bytes(b)
+
+
 # -- invocations --------------------------------------------------------------------------------
 
 def fit_images(d: Path, _: dict[str, Path]) -> tuple[list[str], dict[str, str]]:
@@ -106,12 +154,22 @@ def fit_images(d: Path, _: dict[str, Path]) -> tuple[list[str], dict[str, str]]:
     (data / "digit7" / "loop_a.png").symlink_to("loop_b.png")
     (data / "digit7" / "loop_b.png").symlink_to("loop_a.png")
     (data / "empty_class").mkdir()
+    # files read from outside their data folder: a link out of it, manifest rows with ../ and an
+    # absolute path (the manifest is in lists/, its images beside it)
+    for name, size, c in (("far.png", 30, 0), ("near.png", 27, 7), ("abs.png", 26, 1)):
+        src = next((write_digits_folder(d / "elsewhere" / name, classes=(c,), per_class=1, size=size)).rglob("*.png"))
+        src.rename(d / "elsewhere" / f"{name}.tmp")
+        shutil.rmtree(d / "elsewhere" / name)
+        (d / "elsewhere" / f"{name}.tmp").rename(d / "elsewhere" / name)
+    (data / "digit0" / "linked_out.png").symlink_to("../../elsewhere/far.png")
     test = write_digits_folder(d / "test_images", per_class=3, size=28)  # other bytes: not duplicates
-    rows = ["path,label"] + [f"{p.relative_to(d)},{p.parent.name}" for p in sorted(test.rglob("*.png"))]
-    rows += ["test_images/missing.png,digit0", "test_images/" + "a" * 10_000_000 + ".png,digit1"]
-    (d / "test.csv").write_text("\n".join(rows) + "\n")
+    rows = ["path,label"] + [f"../{p.relative_to(d)},{p.parent.name}" for p in sorted(test.rglob("*.png"))]
+    rows += ["../test_images/missing.png,digit0", "test_images/" + "a" * 10_000_000 + ".png,digit1",
+             "../elsewhere/near.png,digit7", f"{d}/elsewhere/abs.png,digit1"]
+    (d / "lists").mkdir()
+    (d / "lists" / "test.csv").write_text("\n".join(rows) + "\n")
     (d / "afile").write_text("a file where the cache folder should be")
-    return (["fit", "--data", "digits", "--test-data", "test.csv", "--backbone", "bundled:efficientnet_lite0",
+    return (["fit", "--data", "digits", "--test-data", "lists/test.csv", "--backbone", "bundled:efficientnet_lite0",
              "--out", "run", "--folds", "2", "--set", "preprocess.image_size=32", "--quiet"],
             {"TRANSFUSE_FEATURE_CACHE": str(d / "afile" / "cache")})
 
@@ -195,6 +253,22 @@ def fit_into(kind: str) -> Build:
     return build
 
 
+def export_into(kind: str) -> Build:
+    """``export RUN --out`` inside the run, or into a folder of the user's."""
+    def build(d: Path, need: dict[str, Path]) -> tuple[list[str], dict[str, str]]:
+        if kind == "mine":
+            (d / "mine").mkdir()
+            (d / "mine" / "deploy.sh").write_text("the user's script")
+        return ["export", "../fit_images/run", "--out", "../fit_images/run/ship" if kind == "inside" else "mine"], {}
+    return build
+
+
+def data_into_foreign(d: Path, _: dict[str, Path]) -> tuple[list[str], dict[str, str]]:
+    (d / "clips").mkdir()
+    (d / "clips" / "interview.wav").write_bytes(b"the user's recording")
+    return ["data", "speech", "--words", "one", "--out", "clips"], {}
+
+
 def resume_foreign(d: Path, _: dict[str, Path]) -> tuple[list[str], dict[str, str]]:
     (d / "photos").mkdir()
     (d / "photos" / "a.jpg").write_bytes(b"the user's photo")
@@ -231,6 +305,53 @@ def predict_damaged(what: str) -> Build:
     return build
 
 
+def fit_audio(d: Path, _: dict[str, Path]) -> tuple[list[str], dict[str, str]]:
+    """An audio folder (tones: low / high) with every kind of bad WAV."""
+    data = d / "tones"
+    for k in range(6):
+        for label, f0, step in (("low", 300, 20), ("high", 1200, 40)):
+            (data / label).mkdir(parents=True, exist_ok=True)
+            (data / label / f"{k}.wav").write_bytes(wav_bytes(tone(f0 + step * k, seed=k)))
+    good = wav_bytes(tone(320, seed=9))
+    bad = {
+        "zero.wav": b"",
+        "truncated_header.wav": good[:20],
+        "no_samples.wav": patched(good[:44], 40, "<I", 0),
+        "not_audio.wav": b"this is a text file, not audio\n",
+        "bits0.wav": patched(good, 34, "<H", 0),  # 0 bits a sample
+        "channels0.wav": patched(good, 22, "<H", 0),
+        "silent.wav": wav_bytes([0.0] * 16000),
+        "low_rate.wav": wav_bytes(tone(300, rate=2000), rate=2000),
+        "long.wav": wav_bytes(tone(300, seconds=31, rate=4000), rate=4000, width=1),
+        "nan.wav": float_wav([float("nan"), float("inf")] + tone(310)[2:]),
+        # odd but readable: kept
+        "pcm24.wav": wav_bytes(tone(330, seed=3), width=3),
+        "cut_data.wav": good[: 44 + 4000],  # the data chunk claims more than the file holds
+        "huge_size_field.wav": patched(good, 40, "<I", 0xFFFFFFF0),
+        "stereo8.wav": wav_bytes([v for v in tone(340, seed=4) for _ in range(8)], channels=8),
+    }
+    for name, b in bad.items():
+        (data / "low" / name).write_bytes(b)
+    return (["fit", "--data", "tones", "--modality", "audio", "--backbone", "bundled:speech_embedding", "--out",
+             "run", "--folds", "2", "--set", "fuse.enabled=false", "--quiet"], {})
+
+
+def predict_audio(d: Path, need: dict[str, Path]) -> tuple[list[str], dict[str, str]]:
+    """``predict`` on the audio run: a good clip among an hour of silence and broken files."""
+    (d / "good.wav").write_bytes(wav_bytes(tone(1250, seed=7)))
+    (d / "zero.wav").write_bytes(b"")
+    (d / "truncated_header.wav").write_bytes(wav_bytes(tone(300))[:20])
+    (d / "silent.wav").write_bytes(wav_bytes([0.0] * 16000))
+    with (d / "silent_hour.wav").open("wb") as f:  # 8-bit 4 kHz: 14 MB, written in pieces
+        head = wav_bytes([], rate=4000, width=1)
+        n = 4000 * 3600
+        f.write(patched(patched(head, 4, "<I", 36 + n), 40, "<I", n))
+        for _ in range(60):
+            f.write(b"\x80" * (n // 60))
+    return ["predict", str(need["fit_audio"] / "run"), "good.wav", "silent_hour.wav", "zero.wav",
+            "truncated_header.wav", "silent.wav"], {}
+
+
 BOMB_CONFIG = "name: bomb\nbackbones: [tfidf]\ndata:\n  source: folder\n  path: data\n  options:\n  " + \
     "\n  ".join(alias_bomb()) + "\n"
 TYPED_BOMB = "name: bomb\nbackbones: [tfidf]\ndata: {source: folder, path: data}\nseed:\n  " + \
@@ -239,6 +360,8 @@ TYPED_BOMB = "name: bomb\nbackbones: [tfidf]\ndata: {source: folder, path: data}
 INVOCATIONS = [
     Invocation("fit_images", fit_images, 0, outputs=("run",), timeout=600, max_rss_mb=3000),
     Invocation("fit_text", fit_text, 0, outputs=("run",), timeout=300, max_rss_mb=2000),
+    Invocation("fit_audio", fit_audio, 0, outputs=("run",), timeout=300, max_rss_mb=2000),
+    Invocation("predict_audio", predict_audio, 1, needs=("fit_audio",), max_rss_mb=2000),
     Invocation("config_bomb_options", config(BOMB_CONFIG), 2),
     Invocation("config_bomb_typed", config(TYPED_BOMB), 2),
     Invocation("config_deep", config("name: deep\nbackbones: [tfidf]\nseed: " + "[" * 5000 + "]" * 5000 + "\n"), 2),
@@ -276,6 +399,9 @@ INVOCATIONS = [
     Invocation("fit_out_inside_data", fit_into("inside"), 2),
     Invocation("fit_out_foreign_folder", fit_into("mine"), 2),
     Invocation("resume_foreign_folder", resume_foreign, 2),
+    Invocation("export_out_inside_run", export_into("inside"), 2, needs=("fit_images",)),
+    Invocation("export_out_foreign", export_into("mine"), 2, needs=("fit_images",)),
+    Invocation("data_out_foreign", data_into_foreign, 2),
     Invocation("predict_batch", predict_batch, 1, needs=("fit_images",), max_rss_mb=2000),
     Invocation("predict_no_head", predict_damaged("head"), 2, outputs=("run",), needs=("fit_images",),
                max_rss_mb=2000),
@@ -309,11 +435,50 @@ CASES = [
          "warning: feature cache {d}/afile/cache: cannot write to it (Not a directory); computing features "
          "in memory for this run (set TRANSFUSE_FEATURE_CACHE to a writable folder to keep them)",
          "fit_images", new=True),
+    Case("outside_symlink", "data source", "a symlink out of the data folder", "listed", "{d}/elsewhere/far.png",
+         "fit_images", new=True, item="linked_out.png"),
+    Case("outside_manifest_parent", "manifest", "a manifest row with ../", "listed", "{d}/elsewhere/near.png",
+         "fit_images", new=True, item="near.png"),
+    Case("outside_manifest_absolute", "manifest", "a manifest row with an absolute path", "listed",
+         "{d}/elsewhere/abs.png", "fit_images", new=True, item="abs.png"),
     Case("manifest_missing_file", "manifest", "a row naming a file that does not exist", "quarantined",
          "file not found (row 11 of test.csv)", "fit_images", item="missing.png"),
     Case("manifest_giant_line", "manifest", "a 10 MB path field (over csv's 128 KiB field limit)",
          "quarantined", "path field has 10000016 characters (limit 4096); check the row's columns",
          "fit_images", new=True, item="test.csv:12"),
+    # audio data source: quarantined with the reason, odd but readable files kept
+    Case("audio_zero_bytes", "audio data source", "a zero-byte WAV", "quarantined", "zero-length file (0 bytes)",
+         "fit_audio", item="zero.wav"),
+    Case("audio_truncated_header", "audio data source", "a WAV cut inside its header (20 bytes)", "quarantined",
+         "corrupt or unsupported audio header (Error opening 'tones/low/truncated_header.wav': Error in "
+         "WAV/W64/RF64 file. Malformed 'fmt ' chunk.)", "fit_audio", item="truncated_header.wav"),
+    Case("audio_no_samples", "audio data source", "a WAV header with an empty data chunk", "quarantined",
+         "zero-length audio (no samples)", "fit_audio", item="no_samples.wav"),
+    Case("audio_text_file", "audio data source", "a text file named .wav", "quarantined",
+         "corrupt or unsupported audio header (Error opening 'tones/low/not_audio.wav': Format not recognised.)",
+         "fit_audio", item="not_audio.wav"),
+    Case("audio_zero_sample_width", "audio data source", "0 bits a sample in the header", "quarantined",
+         "corrupt or unsupported audio header (Error opening 'tones/low/bits0.wav': File contains data in an "
+         "unimplemented format.)", "fit_audio", item="bits0.wav"),
+    Case("audio_zero_channels", "audio data source", "0 channels in the header", "quarantined",
+         "corrupt or unsupported audio header (Error opening 'tones/low/channels0.wav': Channel count is zero.)",
+         "fit_audio", item="channels0.wav"),
+    Case("audio_silent", "audio data source", "one second of digital silence", "quarantined",
+         "all-silent (peak 0.0e+00 <= silence_threshold=0.0001)", "fit_audio", item="silent.wav"),
+    Case("audio_low_rate", "audio data source", "a 2 kHz sample rate", "quarantined",
+         "sample rate 2000 Hz is below min_sample_rate=4000", "fit_audio", item="low_rate.wav"),
+    Case("audio_over_long", "audio data source", "a 31 s clip (limit 30 s)", "quarantined",
+         "over-long clip: 31.0 s > max_seconds=30", "fit_audio", item="long.wav"),
+    Case("audio_nan_samples", "audio data source", "a float WAV holding NaN and inf", "quarantined",
+         "NaN/inf samples (2 of 8000)", "fit_audio", item="nan.wav"),
+    Case("audio_24_bit", "audio data source", "24-bit samples (an unusual sample width)", "kept",
+         "decoded and used", "fit_audio", item="pcm24.wav"),
+    Case("audio_cut_data", "audio data source", "a data chunk that claims more bytes than the file holds",
+         "kept", "the samples present are used", "fit_audio", item="cut_data.wav"),
+    Case("audio_huge_size_field", "audio data source", "a data chunk size of 4 GB in a 16 KB file", "kept",
+         "the samples present are used (no 4 GB allocation)", "fit_audio", item="huge_size_field.wav"),
+    Case("audio_eight_channels", "audio data source", "8 channels", "kept", "mixed down and used", "fit_audio",
+         item="stereo8.wav"),
     # text table
     Case("text_long_field", "text table", "a 300 KB text field (over csv's 128 KiB limit)", "kept",
          "truncated to max_chars, not dropped", "fit_text", new=True, item="texts.csv:42"),
@@ -395,6 +560,16 @@ CASES = [
     Case("fit_out_inside_data", "run folder", "fit --out a folder inside the data folder", "refused",
          "output folder 'data/runs/r1' is inside the data folder 'data' (data.path); its files would be "
          "read as data: give an output folder outside the data (--out)", "fit_out_inside_data", new=True),
+    Case("export_out_inside_run", "run folder", "export --out a folder inside the run", "refused",
+         "--out ../fit_images/run/ship is inside the input folder ../fit_images/run of transfuse export; its "
+         "files would mix with the input's: give an output folder outside the inputs", "export_out_inside_run",
+         new=True),
+    Case("export_out_foreign", "run folder", "export --out a folder holding the user's file", "refused",
+         "--out mine exists and is not empty; give a new or empty folder, so that none of its files are replaced",
+         "export_out_foreign", new=True),
+    Case("data_out_foreign", "run folder", "data speech --out a folder holding the user's recording", "refused",
+         "--out clips exists and is not empty; give a new or empty folder, so that none of its files are replaced",
+         "data_out_foreign", new=True),
     Case("resume_foreign", "run folder", "resume on a folder that is not a run", "error",
          "'photos' is not a transfuse run folder (no config.yaml); give the folder a 'transfuse run' or "
          "'transfuse fit' wrote", "resume_foreign_folder"),
@@ -408,6 +583,15 @@ CASES = [
          "be decompression bomb DOS attack.", "predict_batch", new=True, item="bomb.bmp"),
     Case("predict_missing", "predict input", "a file that does not exist in a batch", "record",
          "file not found", "predict_batch", new=True, item="missing.png"),
+    Case("predict_audio_silent_hour", "predict input", "a silent one-hour WAV in a batch", "record",
+         "over-long clip: 3600.0 s > max_seconds=30", "predict_audio", new=True, item="silent_hour.wav"),
+    Case("predict_audio_zero_bytes", "predict input", "a zero-byte WAV in a batch", "record",
+         "zero-length file (0 bytes)", "predict_audio", new=True, item="zero.wav"),
+    Case("predict_audio_truncated_header", "predict input", "a WAV cut inside its header in a batch", "record",
+         "corrupt or unsupported audio header (Error opening 'truncated_header.wav': Error in WAV/W64/RF64 "
+         "file. Malformed 'fmt ' chunk.)", "predict_audio", new=True, item="truncated_header.wav"),
+    Case("predict_audio_silent", "predict input", "one second of digital silence in a batch", "record",
+         "all-silent (peak 0.0e+00 <= silence_threshold=0.0001)", "predict_audio", new=True, item="silent.wav"),
     Case("predict_deleted_head", "run folder", "head.safetensors deleted", "error",
          "'run/model/head.safetensors' is missing; rerun the candidate ('transfuse resume' after deleting its "
          "folder) or restore the file", "predict_no_head", new=True),
@@ -421,3 +605,38 @@ CASES = [
          "input 'seven.wav' is an audio file but this model takes image inputs; give image files (png, jpg, ...)",
          "predict_wrong_modality"),
 ]
+
+
+# -- the table in docs/reliability.md -------------------------------------------------------------
+
+DOC = TESTS.parent / "docs" / "reliability.md"
+BEGIN, END = "<!-- corpus table: generated by `python tests/faults/corpus.py`; do not edit -->", "<!-- end of corpus table -->"
+OUTCOMES = {"error": "one-line error, exit 2", "refused": "refused: one-line error, exit 2, nothing written",
+            "quarantined": "quarantined with the reason", "record": "error record, the other inputs answered",
+            "warning": "one warning, the run goes on", "kept": "the run finishes; used (or skipped) as stated",
+            "listed": "used, listed in the report"}
+
+
+def corpus_table() -> str:
+    """The corpus as a Markdown table: case, input path, fault, outcome, the expected message."""
+    def cell(text: str) -> str:
+        text = text.replace("{d}/", "").replace("|", "\\|")
+        return text if len(text) <= 120 else text[:117] + "..."
+
+    rows = ["| case | input | fault | outcome | expected | issue 13 |", "|---|---|---|---|---|---|"]
+    rows += [f"| `{c.name}` | {c.path} | {cell(c.fault)} | {OUTCOMES[c.outcome]} | {cell(c.expect)} | "
+             f"{'new' if c.new else ''} |" for c in CASES]
+    return "\n".join([BEGIN, f"{len(CASES)} cases, {sum(c.new for c in CASES)} of them faults of issue 13.", "",
+                      *rows, END])
+
+
+def doc_with_table(doc: str) -> str:
+    """``doc`` with the text between the table's markers replaced by :func:`corpus_table`."""
+    head, _, rest = doc.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    return head + corpus_table() + tail
+
+
+if __name__ == "__main__":
+    DOC.write_text(doc_with_table(DOC.read_text()))
+    print(f"{DOC}: {len(CASES)} cases")

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from transfuse.faults import fault_point
+
 Folds = Sequence[tuple[np.ndarray, np.ndarray]]
 
 
@@ -83,6 +85,7 @@ def cross_fit(strategy: Strategy, y: np.ndarray, folds: Folds, n_classes: int, m
     fits: list[Fit] = []
 
     def fit_predict(k: int, tr: np.ndarray, va: np.ndarray) -> np.ndarray:
+        fault_point("fold")
         f = strategy.fit(tr, seed + k, f"fold{k}")
         fits.append(f)
         return strategy.predict(f, va)

@@ -18,7 +18,7 @@ from transfuse.adapt.result import CandidateResult, safe_name
 from transfuse.artifacts.save import set_temperature
 from transfuse.data.base import Dataset, Quarantined
 from transfuse.errors import UserError
-from transfuse.io import atomic_save_npy, atomic_write_text
+from transfuse.io import atomic_save_npy, atomic_write_text, copy_folder
 
 CONFIG_FILE = "config.yaml"
 #: Written into a run folder before anything else: the folder is transfuse's to write in.
@@ -36,6 +36,30 @@ class Prepared:
     test: Dataset
     folds: list[tuple[np.ndarray, np.ndarray]]
     quarantined: list[Quarantined] = field(default_factory=list)
+    #: inputs read from outside their data root (see :func:`outside_data_root`)
+    outside: list[dict[str, str]] = field(default_factory=list)
+
+
+def outside_data_root(data: Dataset, path: str | None, key: str) -> list[dict[str, str]]:
+    """The inputs of ``data`` whose file lies outside its data root once links are followed: a
+    symlink out of the folder, a manifest row with ``../`` or an absolute path. They are read (a
+    CLI may follow a link) but listed in the report, so that no file is used unnoticed. The root
+    is ``path`` for a folder, the manifest's folder for a manifest file; in-memory items and
+    sources without a path have none."""
+    if not path or data.modality == "text":
+        return []
+    root = Path(path).expanduser()
+    if not root.exists():
+        return []
+    root = (root if root.is_dir() else root.parent).resolve()
+    out = []
+    for item in data.items:
+        if not isinstance(item, str):
+            continue
+        real = Path(item).resolve()
+        if real != root and root not in real.parents:
+            out.append({"path": item, "resolved": str(real), "root": str(root), "key": key})
+    return out
 
 
 def check_data_options(cfg: Any) -> None:
@@ -161,7 +185,7 @@ class RunFolder:
         src = self.candidate(name)
         tmp = self.path / ".model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
+        copy_folder(src, tmp)
         atomic_save_npy(tmp / TEST_PROBA, np.asarray(test_proba, np.float32))
         if temperature is not None:
             set_temperature(tmp, temperature)
@@ -213,8 +237,13 @@ class RunFolder:
         quarantined += list(splits.quarantined) + list(splits.test_quarantined)
         train = data.subset(splits.train_idx)
         test = (test_data if test_data is not None else data).subset(splits.test_idx)
+        outside = outside_data_root(train, d.path, "data.path") + outside_data_root(
+            test, d.test_path if test_data is not None else d.path, "data.test_path" if test_data else "data.path")
+        # the Python API lists the files it was given by path in RUN/inputs/: chosen, not stumbled on
+        api_inputs = (self.path / "inputs").resolve()
+        outside = [o for o in outside if api_inputs not in Path(o["root"]).parents]
         # fold indices are absolute in ``data``; the candidates index the training part
         pos = {int(a): i for i, a in enumerate(splits.train_idx)}
         folds = [(np.array([pos[int(a)] for a in tr]), np.array([pos[int(a)] for a in va]))
                  for tr, va in splits.folds]
-        return Prepared(train=train, test=test, folds=folds, quarantined=quarantined)
+        return Prepared(train=train, test=test, folds=folds, quarantined=quarantined, outside=outside)

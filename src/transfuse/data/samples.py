@@ -76,36 +76,28 @@ def _folder_name(label: str) -> str:
     return name if name not in ("", ".", "..") else f"_{name}"
 
 
-def _prepare_out(out_dir: str | os.PathLike) -> tuple[Path, Path]:
+def _export(ds: Dataset, out_dir: str | os.PathLike, write: Callable[[Dataset, int, Path], None],
+            inputs: Sequence[str | os.PathLike] = (), overwrite: bool = False) -> Path:
+    """Write ``ds`` as class folders into ``out_dir`` (a safe output folder: new or empty, or with
+    ``overwrite`` a previous ``transfuse data`` output; never one that is or holds an input)."""
+    from transfuse.outputs import abandon_output, finish_output, start_output
+
     out = Path(out_dir).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(
-            f"--out {str(out)!r} already exists and is not empty; choose another folder or delete it"
-        )
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return out, tmp
-
-
-def _finish(tmp: Path, out: Path) -> Path:
-    if out.exists():
-        out.rmdir()  # empty (checked by _prepare_out)
-    os.replace(tmp, out)
-    return out
-
-
-def _export(ds: Dataset, out_dir: str | os.PathLike, write: Callable[[Dataset, int, Path], None]) -> Path:
-    out, tmp = _prepare_out(out_dir)
+    tmp = start_output(out, "data", inputs, overwrite)
     try:
         for c in ds.classes:
             (tmp / _folder_name(c)).mkdir()
         for i in range(len(ds)):
             write(ds, i, tmp / _folder_name(ds.classes[ds.labels[i]]))
+        return finish_output(tmp, out, "data", inputs, overwrite)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        abandon_output(tmp)
         raise
-    return _finish(tmp, out)
+
+
+def _file_folders(ds: Dataset) -> list[Path]:
+    """The folders holding the files of ``ds`` (the inputs an export must not write into)."""
+    return sorted({Path(item).parent for item in ds.items if isinstance(item, str)})
 
 
 def _write_array_png(ds: Dataset, i: int, folder: Path) -> None:
@@ -123,13 +115,14 @@ def export_fashion_mnist_folder(
     split: str = "train",
     seed: int = 0,
     classes: Sequence[str] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a Fashion-MNIST subset as ``out_dir/<class>/<split>_<index>.png`` (28x28 grey).
 
     ``per_class=None`` writes the whole split. "T-shirt/top" is written as folder "T-shirt_top".
     """
     ds = images.fashion_mnist(None, split=split, max_per_class=per_class, seed=seed, classes=classes)
-    return _export(ds, out_dir, _write_array_png)
+    return _export(ds, out_dir, _write_array_png, [images.locate_fashion_mnist()], overwrite)
 
 
 def export_emoji_folder(
@@ -138,6 +131,7 @@ def export_emoji_folder(
     per_class: int | None = None,
     seed: int = 0,
     include_skin_tones: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Copy emoji PNGs (64 px RGBA) into ``out_dir/<category>/<file>.png``.
 
@@ -146,4 +140,4 @@ def export_emoji_folder(
     ds = images.emoji(None, categories=categories, include_skin_tones=include_skin_tones)
     if per_class is not None:
         ds = ds.subset(images.sample_per_class(ds.labels, per_class, seed))
-    return _export(ds, out_dir, _copy_file)
+    return _export(ds, out_dir, _copy_file, _file_folders(ds), overwrite)

@@ -218,11 +218,26 @@ def synthesize_words(words: Sequence[str], out_dir: str | Path, voices: Sequence
 
 def speech_cli(words: list[str], out: str, voices: list[str] | None = None,
                pitches: list[int] | None = None, speeds: list[int] | None = None, seed: int = 0,
-               test_fraction: float = 0.25, split_by: str = "variant") -> dict[str, Any]:
-    """``transfuse data speech --words ... --out DIR``: synthesise, print a one-line summary and
-    return it as a dict."""
-    res = synthesize_words(words, out, voices, tuple(pitches or (40, 60)), tuple(speeds or (150,)),
-                           seed, test_fraction, split_by=split_by)
+               test_fraction: float = 0.25, split_by: str = "variant", overwrite: bool = False) -> dict[str, Any]:
+    """``transfuse data speech --words ... --out DIR``: synthesise (into a safe output folder, see
+    :mod:`transfuse.outputs`), print a one-line summary and return it as a dict."""
+    import dataclasses
+    import json
+
+    from transfuse.outputs import abandon_output, finish_output, start_output
+
+    folder = Path(out).expanduser()
+    tmp = start_output(folder, "data", [], overwrite)
+    try:
+        res = synthesize_words(words, tmp, voices, tuple(pitches or (40, 60)), tuple(speeds or (150,)),
+                               seed, test_fraction, split_by=split_by)
+        res = dataclasses.replace(res, out_dir=folder, manifest=folder / "manifest.csv")
+        info = json.loads((tmp / "speech.json").read_text())
+        atomic_write_json(tmp / "speech.json", {**info, "out_dir": str(folder), "manifest": str(res.manifest)})
+        finish_output(tmp, folder, "data", [], overwrite)
+    except BaseException:
+        abandon_output(tmp)
+        raise
     print(f"wrote {res.n_train} train and {res.n_test} test clips of {len(res.words)} words to {res.out_dir} "
           f"({len(res.train_voices)} train voices, {len(res.test_voices)} held-out test voices; synthetic)")
     return res.to_dict()

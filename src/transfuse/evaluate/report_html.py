@@ -193,6 +193,15 @@ def render_report_html(report: dict) -> str:
                               len(quarantined) <= COLLAPSE_ROWS))
     else:
         s.append("<p>None: every input was usable.</p>")
+    outside = r.get("outside_data_root") or []
+    if outside:  # links out of the data folder, manifest rows with ../ or absolute paths
+        s.append(f"<h2>Inputs outside the data folder ({len(outside)})</h2><p>Read, but the file lies outside "
+                 "its data folder (a link, a <code>../</code> or an absolute manifest path): check that these "
+                 "files are meant to be in the data.</p>")
+        rows = [[f"<td><code>{_e(o.get('path'))}</code></td>", f"<td><code>{_e(o.get('resolved'))}</code></td>",
+                 f"<td><code>{_e(o.get('root'))}</code></td>"] for o in outside]
+        s.append(_collapsible(f"{len(outside)} inputs", _table(["path", "file read", "data folder"], rows),
+                              len(outside) <= COLLAPSE_ROWS))
     s.append("<h2>Task</h2><p>" + " · ".join(
         f"{_e(k)}: {_e(task[k])}" for k in ("n_train", "n_test") if task.get(k) is not None)
         + f" · {len(classes)} classes</p>")

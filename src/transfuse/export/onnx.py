@@ -432,3 +432,19 @@ def export_cli(run_dir: str | Path, format: str = "onnx", int8: bool = False, ca
         method = getattr(e, "int8_method", "auto")
     return export_run(run_dir, int8=int8, tolerance=tol, opset=opset, parity_samples=n, int8_method=method,
                       candidate=candidate)
+
+
+def copy_export(folder: Path, out: Path, run_dir: Path, overwrite: bool = False) -> Path:
+    """``transfuse export RUN --out OUT``: copy the exported model folder to ``OUT/model/`` (a safe
+    output folder, see :mod:`transfuse.outputs`: new or empty, or an earlier export with
+    ``--overwrite``; never inside the run). ``transfuse predict OUT`` and ``serve OUT`` read it."""
+    from transfuse.io import copy_folder
+    from transfuse.outputs import abandon_output, finish_output, start_output
+
+    tmp = start_output(Path(out), "export", [run_dir], overwrite)
+    try:
+        copy_folder(folder, tmp / "model")
+        return finish_output(tmp, Path(out), "export", [run_dir], overwrite)
+    except BaseException:
+        abandon_output(tmp)
+        raise

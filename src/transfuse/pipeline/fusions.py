@@ -11,6 +11,7 @@ from transfuse.artifacts import save
 from transfuse.artifacts.spec import ModelSpec
 from transfuse.artifacts.store import Prepared, RunFolder
 from transfuse.backbones.registry import create_backbone, resolve_options, short_name
+from transfuse.faults import fault_point
 from transfuse.io import atomic_write_json
 from transfuse.progress import console
 
@@ -33,6 +34,7 @@ def run_fusions(cfg: Any, run: RunFolder, data: Prepared, results: list[Candidat
     from transfuse.fuse.candidates import ensemble_candidate, feature_candidate, select_members
     from transfuse.fuse.student import distill_candidate, pick_student, pick_teacher
 
+    fault_point("fusion")
     fc, seed, metric = cfg.fuse, cfg.seed, cfg.evaluate.metric
     y, classes, modality = data.train.labels, list(data.train.classes), data.train.modality
     c, bs = len(classes), cfg.train.embed_batch_size

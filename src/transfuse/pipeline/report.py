@@ -9,6 +9,7 @@ from typing import Any
 from transfuse import __version__
 from transfuse.adapt.result import CandidateResult
 from transfuse.artifacts.store import Prepared, RunFolder
+from transfuse.faults import fault_point
 from transfuse.io import atomic_write_json
 
 
@@ -38,6 +39,7 @@ def build_report(cfg: Any, run: RunFolder, data: Prepared, results: list[Candida
         "chosen": chosen.name,
         "test": next(c for c in cands if c["name"] == chosen.name)["test"],
         "quarantined": [q.to_dict() for q in data.quarantined],
+        "outside_data_root": list(data.outside),
         "timings": timings,
         "run_dir": str(run.path),
     }
@@ -71,5 +73,6 @@ def finish(cfg: Any, run: RunFolder, data: Prepared, results: list[CandidateResu
         e = cfg.export
         report["export"] = export_run(run.path, int8=e.int8, tolerance=e.tolerance, opset=e.opset,
                                       parity_samples=e.parity_samples, int8_method=e.int8_method)
+    fault_point("report")
     atomic_write_json(run.path / "report.json", report)
     write_report_html(report, run.path)

@@ -19,6 +19,7 @@ import torch
 
 from transfuse.backbones.base import Backbone
 from transfuse.data.base import Dataset
+from transfuse.faults import fault_point
 from transfuse.io import atomic_save_npz, atomic_write_json
 from transfuse.paths import feature_cache_dir
 
@@ -109,6 +110,7 @@ class FeatureCache:
             first_of.setdefault(hashes[i], i)
         todo = list(first_of.values())
         if todo:
+            fault_point("embed")
             feats = compute_features(backbone, dataset.subset(todo), batch_size, progress,
                                      desc=f"embed {backbone.spec or type(backbone).__name__}")
             new_hashes = [hashes[i] for i in todo]
