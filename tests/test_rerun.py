@@ -38,4 +38,4 @@ def test_failed_run_then_fixed_rerun_then_overwrite(tmp_path: Path) -> None:
     p = cli(*base[:-3], "--folds", "3", "--backbone", "tfidf", "--overwrite")
     assert "--overwrite" in p.stdout + p.stderr
     assert "folds: 3" in (out / "config.yaml").read_text()
-    assert len(cli("predict", str(out), "a cat and a dog", "--json").stdout.splitlines()) == 1
+    assert len(cli("predict", str(out), "--text", "a cat and a dog", "--json").stdout.splitlines()) == 1

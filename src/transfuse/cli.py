@@ -133,31 +133,45 @@ def resume(run_dir: Path = typer.Argument(..., help="A run folder."),
 
 @app.command()
 def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
-            inputs: list[str] = typer.Argument(..., help="Image/audio files, or texts (or text files)."),
+            inputs: Optional[list[str]] = typer.Argument(None, help="Files or folders (a folder: its image/audio/.txt files); for a text model a text file is one text per line."),
+            text: Optional[list[str]] = typer.Option(None, "--text", help="A literal text to classify (repeatable; text models)."),
+            table: Optional[Path] = typer.Option(None, "--csv", help="A .csv/.tsv/.jsonl table of inputs (its --column: texts, or file paths relative to the table)."),
+            column: Optional[str] = typer.Option(None, "--column", help="The --csv column to read (default: text for text models, path for image/audio)."),
+            out: Optional[Path] = typer.Option(None, "--out", help="Write the predictions here: .csv, .tsv or .jsonl (with a header / all probabilities)."),
             as_json: bool = typer.Option(False, "--json", help="Print JSON lines with all probabilities."),
             engine: str = typer.Option("auto", "--engine", help="onnx | torch | auto (onnx when exported)."),
             candidate: Optional[str] = typer.Option(None, "--candidate", help="Predict with this candidate (e.g. fusion/stacking) instead of the chosen model.")) -> None:
-    """Predict with a run's chosen model, or with one of its candidates. One line per input, in
-    order; an input that cannot be read gets an error record (``INPUT<tab>ERROR<tab>reason``, or
-    ``{"input", "error"}`` with --json) and the others are answered. Exit code: 0 when every input
-    was predicted, 1 when some got an error record, 2 for an error of the whole command."""
+    """Predict with a run's chosen model, or with one of its candidates. One record per input, in
+    order, after a header line (TSV ``input label confidence``; ``--json``: JSON lines; ``--out``:
+    a CSV/TSV/JSONL file chosen by its extension). An input that cannot be read gets an error record
+    (``INPUT<tab>ERROR<tab>reason``, ``{"input", "error"}`` in JSON, the ``error`` column in CSV)
+    and the others are answered. Exit code: 0 when every input was predicted, 1 when some got an
+    error record, 2 for an error of the whole command."""
+    import numpy as np
+
+    from transfuse.artifacts.spec import load_spec
+    from transfuse.export import batch
+    from transfuse.export.predict import model_folder
     from transfuse.export.predict import predict as _predict
 
-    res = _predict(run_dir, inputs, engine=engine, candidate=candidate)
-    classes, errors = res["classes"], res["errors"]
-    for i, (inp, p) in enumerate(zip(inputs, res["proba"])):
-        if i in errors:
-            print(json.dumps({"input": inp, "error": errors[i]}) if as_json else f"{inp}\tERROR\t{errors[i]}")
-            continue
-        k = int(p.argmax())
-        if as_json:
-            print(json.dumps({"input": inp, "label": classes[k],
-                              "proba": {c: float(v) for c, v in zip(classes, p)}}))
-        else:
-            print(f"{inp}\t{classes[k]}\t{p[k]:.4f}")
+    fmt = batch.output_format(out, as_json)
+    modality = load_spec(model_folder(run_dir, candidate)).modality
+    got = batch.gather(inputs or [], modality, text or [], table, column)
+    good = [i for i in range(len(got.names)) if i not in got.errors]
+    res = _predict(run_dir, [got.items[i] for i in good], engine=engine, candidate=candidate)
+    classes = res["classes"]
+    proba = np.full((len(got.names), len(classes)), np.nan, res["proba"].dtype)
+    proba[good] = res["proba"]
+    errors = {**got.errors, **{good[j]: why for j, why in res["errors"].items()}}
+    if out is None:
+        batch.write_stdout(got.names, classes, proba, errors, fmt)
+    else:
+        batch.write_file(out, got.names, classes, proba, errors, fmt)
+        print(f"{out}: {len(got.names) - len(errors)} predictions, {len(errors)} error records ({fmt})",
+              file=sys.stderr)
     if errors:
-        print(f"warning: {len(errors)} of {len(inputs)} inputs could not be read (error records above); "
-              "fix or remove them", file=sys.stderr)
+        print(f"warning: {len(errors)} of {len(got.names)} inputs could not be read (error records"
+              f"{' in ' + str(out) if out else ' above'}); fix or remove them", file=sys.stderr)
         raise typer.Exit(1)
 
 
