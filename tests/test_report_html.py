@@ -73,7 +73,9 @@ def report():
         "calibration": calibration,
         "quarantined": [{"path": EVIL, "reason": "corrupt <JPEG> & truncated"}]
         + [{"path": f"data/x/{i}.png", "reason": "16-bit greyscale"} for i in range(14)],
-        "timings": {"embed": 40.0, "probe": 2.5, "finetune": 300.0},
+        "timings": {"data": 40.0, "embed:lite0": 30.0, "candidate:lite0/linear_probe": 2.5,
+                    "candidate:lite0/lp_ft": 300.0},
+        "wall_seconds": 351.0,
     }
 
 
@@ -103,7 +105,10 @@ def test_writes_file_with_values(report, tmp_path):
     assert "+2.0 pts</span> CV accuracy" in html
     for c in CLASSES:
         assert f"{c}: {report['task']['class_counts'][c]}</span>" in html
-    assert "total</b></td><td class='num'><b>5 min 42 s" in html  # 40 + 2.5 + 300 s
+    # the embedding is within its candidate's time: not counted twice (40 + 2.5 + 300 s)
+    assert "(steps not within another)</span></td><td class='num'><b>5 min 42 s" in html
+    assert "embed:lite0 <span class=sub>(within its candidate)</span>" in html
+    assert "wall clock, start to report</td><td class='num'>5 min 51 s" in html
 
 
 def test_candidates_sorted_by_cv_chosen_highlighted(report, html):

@@ -12,6 +12,23 @@ import typer
 
 from transfuse.errors import UserError
 
+def _flags_without_type() -> None:
+    """Typer prints a type beside every option, ``<bool>`` beside a flag too (``--quiet <bool>``
+    reads as if it took a value); a flag shows no type. Other options keep theirs."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "_transfuse", False):
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> Any:
+        return None if getattr(self, "is_flag", False) else shown(self, ctx)
+
+    display_type_rich._transfuse = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_without_type()
 app = typer.Typer(help="transfuse: transfer learning, model fusion and optimization.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Install and convert sample data sets.", no_args_is_help=True)
@@ -19,6 +36,13 @@ app.add_typer(data_app, name="data")
 
 DEMOS = Path(__file__).parent / "demos"
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: KEY=VALUE (repeatable).")]
+
+
+def _quiet(quiet: bool) -> None:
+    if quiet:
+        from transfuse.progress import quiet_libraries
+
+        quiet_libraries()
 
 
 def _echo_summary(report: dict[str, Any]) -> None:
@@ -34,7 +58,13 @@ def _echo_summary(report: dict[str, Any]) -> None:
         mark = " *" if c["name"] == report["chosen"] else ""
         table.add_row(c["name"] + mark, c["kind"], f"{c['cv_mean']:.4f} ± {c['cv_std']:.4f}",
                       f"{t.get('accuracy', float('nan')):.4f}", f"{t.get('macro_f1', float('nan')):.4f}")
-    console.print(table)
+    # not a terminal (a log, a pipe): as wide as the table needs, never cut to 80 columns with "…"
+    if console.is_terminal:
+        console.print(table)
+    else:
+        from rich.console import Console
+
+        Console(stderr=True, width=10_000, color_system=None).print(table)
     if report.get("quarantined"):
         console.print(f"{len(report['quarantined'])} input(s) quarantined (listed in the report)")
     console.print(f"report: {Path(report['run_dir']) / 'report.html'}")
@@ -44,11 +74,12 @@ def _echo_summary(report: dict[str, Any]) -> None:
 def run(config: Path = typer.Argument(..., help="Experiment YAML file."),
         set_: SetOpt = None,
         out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: output.dir or runs/NAME)."),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bars, no library warnings."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run folder that holds a different experiment.")) -> None:
     """Run a whole experiment from a YAML config."""
     from transfuse.config import load_config
 
+    _quiet(quiet)
     cfg = load_config(config, set_ or [])
     from transfuse.pipeline import run_dir_for, run_experiment
 
@@ -94,9 +125,10 @@ def fit(data: str = typer.Option(..., "--data", help="Folder, manifest, SOURCE:P
         set_: SetOpt = None,
         search_trials: Optional[int] = typer.Option(None, "--search", help="First search the head's hyperparameters with N trials (Optuna)."),
         storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL for --search (default: sqlite in the run folder)."),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bars, no library warnings."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run folder that holds a different experiment.")) -> None:
     """The same pipeline with defaults, for the common case and for scripts."""
+    _quiet(quiet)
     from transfuse.config import apply_overrides, validate_config
 
     source, path = infer_source(data, modality)
@@ -124,8 +156,9 @@ def fit(data: str = typer.Option(..., "--data", help="Folder, manifest, SOURCE:P
 
 @app.command()
 def resume(run_dir: Path = typer.Argument(..., help="A run folder."),
-           quiet: bool = typer.Option(False, "--quiet")) -> None:
+           quiet: bool = typer.Option(False, "--quiet", help="No progress bars, no library warnings.")) -> None:
     """Continue an interrupted run without redoing finished candidates."""
+    _quiet(quiet)
     from transfuse.pipeline.resume import resume as _resume
 
     _echo_summary(_resume(run_dir, progress=not quiet))
@@ -194,9 +227,10 @@ def serve(run_dir: Path = typer.Argument(..., help="A finished run folder."),
 @app.command()
 def demo(task: str = typer.Option("image", "--task", help="image | text | audio"),
          out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/demo-TASK)."),
-         quiet: bool = typer.Option(False, "--quiet")) -> None:
+         quiet: bool = typer.Option(False, "--quiet", help="No progress bars, no library warnings.")) -> None:
     """Run an embedded demo. image: emoji categories with EfficientNet-Lite0 (probe + LP-FT);
     text: WordNet supersenses, MiniLM vs TF-IDF; audio: spoken digits on held-out espeak voices."""
+    _quiet(quiet)
     cfg_file = DEMOS / f"{task}.yaml"
     if not cfg_file.exists():
         names = sorted(p.stem for p in DEMOS.glob("*.yaml"))
@@ -259,8 +293,9 @@ def search(config: Path = typer.Argument(..., help="Experiment YAML file (its se
            storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL (default: sqlite file in the run folder)."),
            trials: Optional[int] = typer.Option(None, "--trials", help="Trials in the study, over all workers (default search.n_trials)."),
            worker: bool = typer.Option(False, "--worker", help="Join an existing study instead of creating it."),
-           quiet: bool = typer.Option(False, "--quiet")) -> None:
+           quiet: bool = typer.Option(False, "--quiet", help="No progress bars, no library warnings.")) -> None:
     """Hyperparameter search: heads on cached features, then (optionally) fine-tuning trials."""
+    _quiet(quiet)
     from transfuse.progress import console
     from transfuse.search.run import search_cli
 

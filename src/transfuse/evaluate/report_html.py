@@ -66,6 +66,14 @@ def _secs(v: Any) -> str:
     return f"{v:.1f} s" if v < 120 else f"{int(v // 60)} min {int(v % 60):02d} s"
 
 
+#: Timing steps measured inside another step (an embedding inside its probe candidate's time).
+NESTED_TIMINGS = ("embed:",)
+
+
+def _nested(step: str) -> bool:
+    return step.startswith(NESTED_TIMINGS)
+
+
 def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
@@ -202,10 +210,14 @@ def render_report_html(report: dict) -> str:
                                                  for c in (classes or list(counts))) + "</div>")
     timings = r.get("timings") or {}
     if timings:
-        rows = [[f"<td>{_e(k)}</td>", f"<td class='num'>{_secs(v)}</td>"] for k, v in timings.items()]
-        total = sum(v for v in timings.values() if _ok(v))
-        s.append("<h2>Timings</h2>" + _table(["step", "time"], rows + [["<td><b>total</b></td>",
-                                                                       f"<td class='num'><b>{_secs(total)}</b></td>"]]))
+        rows = [[f"<td>{_e(k)}{' <span class=sub>(within its candidate)</span>' if _nested(k) else ''}</td>",
+                 f"<td class='num'>{_secs(v)}</td>"] for k, v in timings.items()]
+        total = sum(v for k, v in timings.items() if _ok(v) and not _nested(k))
+        rows.append(["<td><b>total</b> <span class=sub>(steps not within another)</span></td>",
+                     f"<td class='num'><b>{_secs(total)}</b></td>"])
+        if _ok(r.get("wall_seconds")):
+            rows.append(["<td>wall clock, start to report</td>", f"<td class='num'>{_secs(r['wall_seconds'])}</td>"])
+        s.append("<h2>Timings</h2>" + _table(["step", "time"], rows))
     if r.get("config") is not None:
         s.append("<h2>Configuration</h2>" + _collapsible(
             "resolved config", f"<pre>{_e(json.dumps(r['config'], indent=2, default=str))}</pre>", False))
