@@ -91,6 +91,49 @@ def run(config: Path = typer.Argument(..., help="Experiment YAML file."),
     _echo_summary(run_experiment(cfg, out, progress=not quiet, overwrite=overwrite))
 
 
+SOURCE_MODALITY = {"audio_folder": "audio", "audio_manifest": "audio", "speech": "audio", "text_table": "text",
+                   "wordnet": "text", "spamassassin": "text", "emoji_multimodal": "multimodal",
+                   "multimodal_manifest": "multimodal"}
+
+
+def infer_modality(data: str) -> str:
+    """The modality of ``--data`` when ``--modality`` is not given: a sample set's own; a folder
+    of audio files -> audio (else image); a table with a ``path`` column -> audio or image by the
+    files' extensions, with a ``text`` column -> text."""
+    from transfuse.data.registry import DATA_SOURCES, load_builtin_sources
+    from transfuse.export.batch import AUDIO_SUFFIXES, IMAGE_SUFFIXES, TABLE_FORMATS
+
+    load_builtin_sources()
+    head, sep, rest = data.partition(":")
+    if data in DATA_SOURCES and not Path(data).exists():
+        return SOURCE_MODALITY.get(data, "image")
+    if sep and head in DATA_SOURCES and len(head) > 1:
+        return SOURCE_MODALITY.get(head, "image")
+    p = Path(data)
+    if p.is_dir():
+        sfx = {f.suffix.lower() for f in p.rglob("*") if f.is_file()}
+        return "audio" if sfx & AUDIO_SUFFIXES and not sfx & IMAGE_SUFFIXES else "image"
+    fmt = TABLE_FORMATS.get(p.suffix.lower())
+    if p.is_file() and fmt is not None:
+        from transfuse.data.text import _table_rows
+
+        rows = []
+        for _, row, _problem in _table_rows(p, fmt):
+            if row is not None:
+                rows.append(row)
+            if len(rows) >= 6:
+                break
+        columns = set(rows[0]["__header__"]) if rows and "__header__" in rows[0] else set().union(*rows)
+        values = [str(r.get("path", "")) for r in rows if "__header__" not in r]
+        if "path" in columns:
+            return "audio" if any(Path(v).suffix.lower() in AUDIO_SUFFIXES for v in values) else "image"
+        if "text" in columns:
+            return "text"
+        raise UserError(f"--data {data!r}: cannot tell the modality from its columns ({', '.join(sorted(columns))}); "
+                        "give --modality image|text|audio (a table of texts has a 'text' column, of files a 'path' column)")
+    return "image"
+
+
 def infer_source(data: str, modality: str) -> tuple[str, str | None]:
     """``--data`` value -> (data source, path): a registered source name, ``SOURCE:PATH``, a
     folder or a manifest file."""
@@ -115,7 +158,7 @@ def infer_source(data: str, modality: str) -> tuple[str, str | None]:
 
 @app.command()
 def fit(data: str = typer.Option(..., "--data", help="Folder, manifest, SOURCE:PATH or a sample set name (emoji, fashion_mnist, wordnet, ...)."),
-        modality: str = typer.Option("image", "--modality", help="image | text | audio"),
+        modality: Optional[str] = typer.Option(None, "--modality", help="image | text | audio (default: from the data: a table's text column, audio files, else image)."),
         backbone: list[str] = typer.Option(..., "--backbone", help="Backbone name (repeatable), e.g. bundled:efficientnet_lite0."),
         strategy: Optional[list[str]] = typer.Option(None, "--strategy", help="linear_probe | finetune | lp_ft (repeatable; default linear_probe)."),
         out: Path = typer.Option(..., "--out", help="Run folder."),
@@ -131,6 +174,7 @@ def fit(data: str = typer.Option(..., "--data", help="Folder, manifest, SOURCE:P
     _quiet(quiet)
     from transfuse.config import apply_overrides, validate_config
 
+    modality = modality or infer_modality(data)
     source, path = infer_source(data, modality)
     raw: dict[str, Any] = {
         "name": out.name, "seed": seed,
