@@ -25,7 +25,7 @@ def image_run(tmp_path_factory) -> tuple[Path, list[str]]:
     root = tmp_path_factory.mktemp("exp")
     data = write_digits_folder(root / "digits", per_class=12)
     cfg = {"name": "img", "data": {"source": "folder", "path": str(data)}, "split": {"folds": 3, "test_size": 0.25},
-           "preprocess": {"image_size": 32}, "backbones": ["bundled:efficientnet_lite0"],
+           "preprocess": {"image_size": 32}, "backbones": ["bundled:efficientnet_lite0"], "adapt": {"baseline": False},
            "output": {"dir": str(root / "run")}}
     run_experiment(validate_config(cfg), root / "run", progress=False)
     export_cli(root / "run", "onnx", int8=True)

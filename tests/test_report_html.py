@@ -154,3 +154,20 @@ def test_minimal_and_single_candidate(tmp_path):
     assert "70.0% ± —" in html and "None: every input was usable" in html
     assert "Learning curves" not in html and "Versus the best single" not in html
     assert len(_images(html)) == 1  # only the candidates chart
+
+
+def test_misclassified_examples_accuracy_interval_and_baseline_verdict(report, tmp_path):
+    png = tmp_path / "seven.png"
+    Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(png)
+    r = copy.deepcopy(report)
+    r["test"]["accuracy_ci95"] = [0.4677, 0.9111]
+    r["misclassified"] = [{"input": str(png), "true": "a_class", "predicted": "b_class", "confidence": 0.93},
+                          {"input": "gone/<x>.png", "true": "c_class", "predicted": "a_class", "confidence": 0.5}]
+    r["baseline"] = {"transfer_loses": True, "message": "transfer loses to the no-transfer baseline: pixels"}
+    html = render_report_html(r)
+    assert "95% CI 46.8%–91.1%" in html
+    assert "Transfer loses to the no-transfer baseline: pixels.</p>" in html
+    section = html[html.index("Misclassified test examples"):]
+    assert section.count('alt="misclassified example"') == 1  # the file that exists gets a thumbnail
+    assert "<code>gone/&lt;x&gt;.png</code></td><td>c_class</td><td>a_class</td><td class='num'>50.0%" in section
+    assert "None: every test example" in render_report_html({"name": "x", "misclassified": []})

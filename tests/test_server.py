@@ -33,7 +33,7 @@ def image_run(tmp_path_factory) -> Path:
     data = write_digits_folder(root / "digits", classes=(1, 7, 9), per_class=10)
     return run_config({"name": "srv_img", "data": {"source": "folder", "path": str(data)},
                  "split": {"folds": 2, "test_size": 0.25}, "preprocess": {"image_size": 32},
-                 "backbones": ["bundled:efficientnet_lite0"], "output": {"dir": str(root / "run")}})
+                 "backbones": ["bundled:efficientnet_lite0"], "adapt": {"baseline": False}, "output": {"dir": str(root / "run")}})
 
 
 @pytest.fixture(scope="module")

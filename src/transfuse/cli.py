@@ -65,6 +65,9 @@ def _echo_summary(report: dict[str, Any]) -> None:
         from rich.console import Console
 
         Console(stderr=True, width=10_000, color_system=None).print(table)
+    verdict = report.get("baseline") or {}
+    if verdict.get("transfer_loses"):
+        console.print(f"[yellow]note:[/yellow] {verdict['message']}", soft_wrap=True)
     if report.get("quarantined"):
         console.print(f"{len(report['quarantined'])} input(s) quarantined (listed in the report)")
     console.print(f"report: {Path(report['run_dir']) / 'report.html'}")

@@ -112,7 +112,8 @@ def fit_images(d: Path, _: dict[str, Path]) -> tuple[list[str], dict[str, str]]:
     (d / "test.csv").write_text("\n".join(rows) + "\n")
     (d / "afile").write_text("a file where the cache folder should be")
     return (["fit", "--data", "digits", "--test-data", "test.csv", "--backbone", "bundled:efficientnet_lite0",
-             "--out", "run", "--folds", "2", "--set", "preprocess.image_size=32", "--quiet"],
+             "--out", "run", "--folds", "2", "--set", "preprocess.image_size=32", "--set", "adapt.baseline=false",
+             "--quiet"],
             {"TRANSFUSE_FEATURE_CACHE": str(d / "afile" / "cache")})
 
 

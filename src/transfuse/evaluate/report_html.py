@@ -99,7 +99,10 @@ def _headline(r: dict, chosen: dict | None, test: dict) -> str:
     if chosen is None:
         return out[0] + "<p>No candidate was chosen.</p>"
     out.append(f"<p>Chosen candidate: <b>{_e(chosen.get('name'))}</b> ({_e(chosen.get('kind') or '?')})</p>")
-    cards = [("test accuracy", _pct(test.get("accuracy"))), ("test macro-F1", _pct(test.get("macro_f1"))),
+    ci = test.get("accuracy_ci95") or []
+    acc_label = ("test accuracy, 95% CI " + f"{_pct(ci[0])}–{_pct(ci[1])}"
+                 if len(ci) == 2 and _ok(ci[0]) and _ok(ci[1]) else "test accuracy")
+    cards = [(acc_label, _pct(test.get("accuracy"))), ("test macro-F1", _pct(test.get("macro_f1"))),
              ("test log-loss", _num(test.get("log_loss"))), ("test ECE", _num(test.get("ece"))),
              ("CV accuracy", f"{_pct(chosen.get('cv_mean'))} ± {_num((chosen.get('cv_std') or 0) * 100, 1)}")]
     cal = r.get("calibration") or {}
@@ -119,7 +122,42 @@ def _headline(r: dict, chosen: dict | None, test: dict) -> str:
                 parts.append(f"<span class='{'pos' if d > 0 else 'neg' if d < 0 else ''}'>{d:+.1f} pts</span> {label}")
         out.append(f"<p class='gain'>Versus the best single model by CV, <b>{_e(best.get('name'))}</b>: "
                    + (", ".join(parts) or "no comparable numbers") + ".</p>")
+    verdict = r.get("baseline") or {}
+    if verdict.get("message"):
+        cls = "neg" if verdict.get("transfer_loses") else "pos"
+        out.append(f"<p class='gain {cls}'>{_e(verdict['message'][0].upper() + verdict['message'][1:])}.</p>")
     return "".join(out)
+
+
+def _thumbnail(path: str, size: int = 64) -> str:
+    """A small inline PNG of an image file, or '' when it cannot be read."""
+    import io
+
+    try:
+        from PIL import Image
+
+        with Image.open(path) as src:  # PIL's decompression-bomb limit applies
+            img = src.convert("RGB")
+        img.thumbnail((size, size))
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        return _img(buf.getvalue(), "misclassified example")
+    except Exception:  # noqa: BLE001  (a moved or unreadable file: the path alone is shown)
+        return ""
+
+
+def _misclassified(r: dict) -> str:
+    wrong = r.get("misclassified")
+    if wrong is None:
+        return ""
+    if not wrong:
+        return "<h2>Misclassified test examples</h2><p>None: every test example was classified right.</p>"
+    images = r.get("modality") == "image"
+    rows = [[f"<td>{_thumbnail(str(w.get('input'))) if images else ''}<code>{_e(w.get('input'))}</code></td>",
+             f"<td>{_e(w.get('true'))}</td>", f"<td>{_e(w.get('predicted'))}</td>",
+             f"<td class='num'>{_pct(w.get('confidence'))}</td>"] for w in wrong]
+    return ("<h2>Misclassified test examples</h2><p class='sub'>the chosen model's most confident mistakes "
+            f"(up to {len(wrong)})</p>" + _table(["input", "true", "predicted", "confidence"], rows))
 
 
 def _candidates(cands: list[dict], chosen_name: Any) -> str:
@@ -170,6 +208,7 @@ def render_report_html(report: dict) -> str:
                  + _img(plots.confusion_matrix_plot(test["confusion_matrix"], classes), "confusion matrix"))
     if test.get("per_class"):
         s.append(_per_class(test["per_class"]))
+    s.append(_misclassified(r))
     if any(c.get("history") for c in cands):
         png, left_out = plots.learning_curves(cands)
         s.append("<h2>Learning curves</h2><p class='sub'>thin lines: folds; thick: mean over folds</p>"

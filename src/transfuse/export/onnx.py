@@ -191,24 +191,33 @@ def _modules() -> dict[str, type]:
 
 def check_exportable(folder: Path) -> None:
     """Refuse, before loading anything, a model ONNX cannot hold: a joint fusion, a raw-input
-    estimator (TF-IDF), or an ensemble with such a member."""
+    estimator (TF-IDF, raw pixels), or an ensemble with such a member."""
     from transfuse.artifacts.serve import run_root
     from transfuse.artifacts.spec import load_spec
     from transfuse.artifacts.store import RunFolder
 
     spec = load_spec(folder)
-    what = {"joint": "a jointly fine-tuned fusion (fusion/joint)", "raw": "a raw-input estimator (TF-IDF)"}
-    culprit = spec.kind if spec.kind in what else None
+    raw_names = {"tfidf": "TF-IDF", "pixels": "logistic regression on raw pixels"}
+
+    def what(s: Any) -> str | None:
+        if s.kind == "joint":
+            return "a jointly fine-tuned fusion (fusion/joint)"
+        if s.kind == "raw":
+            name = str((s.estimator or {}).get("name", ""))
+            return f"a raw-input estimator ({raw_names.get(name, name or 'raw')})"
+        return None
+
+    culprit = what(spec)
     if spec.kind == "ensemble":
         run = RunFolder(run_root(folder))
-        kinds = {m: load_spec(run.candidate(m)).kind for m in spec.members}
-        bad = next((m for m, k in kinds.items() if k in what), None)
+        kinds = {m: what(load_spec(run.candidate(m))) for m in spec.members}
+        bad = next((m for m, k in kinds.items() if k), None)
         if bad is not None:
-            raise ExportError(f"{str(folder)!r}: ensemble member {bad!r} is {what[kinds[bad]]}, which ONNX cannot "
+            raise ExportError(f"{str(folder)!r}: ensemble member {bad!r} is {kinds[bad]}, which ONNX cannot "
                               "hold; serve this fusion with 'transfuse predict', or export another candidate "
                               "(transfuse export RUN --candidate NAME)")
     if culprit:
-        raise ExportError(f"{str(folder)!r}: {what[culprit]} cannot be exported to ONNX; serve it with "
+        raise ExportError(f"{str(folder)!r}: {culprit} cannot be exported to ONNX; serve it with "
                           "'transfuse predict', or export another candidate (transfuse export RUN --candidate NAME)")
 
 
