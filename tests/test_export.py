@@ -60,6 +60,35 @@ def test_predict_engines_agree_and_onnx_is_the_default(image_run):
     assert np.abs(auto["proba"] - np.load(run / "model" / "test_proba.npy")).max() < 1e-4
 
 
+def test_onnx_file_carries_classes_and_preprocessing_and_predict_needs_no_torch(image_run):
+    """The ONNX files (fp32 and int8) hold the class names, the preprocessing recipe and the
+    temperature in ``metadata_props``; ``predict --engine onnx`` runs from them without importing
+    torch, and answers what the torch engine answers."""
+    import subprocess
+    import sys
+
+    import onnxruntime as ort
+
+    from transfuse.export.predict import predict
+
+    run, files = image_run
+    for f in ("model.onnx", "model.int8.onnx"):
+        props = ort.InferenceSession(str(run / "model" / f)).get_modelmeta().custom_metadata_map
+        assert json.loads(props["transfuse.classes"]) == ["digit0", "digit1", "digit7"]
+        pre = json.loads(props["transfuse.preprocessing"])
+        assert pre[0]["type"] == "image" and pre[0]["input_size"] == [3, 32, 32] and pre[0]["inputs"] == ["input"]
+        assert float(props["transfuse.temperature"]) == pytest.approx(json.loads(
+            (run / "model" / "model.json").read_text())["temperature"])
+    code = ("import json, sys\nfrom transfuse.export.predict import predict\n"
+            f"r = predict({str(run)!r}, {files!r}, engine='onnx')\n"
+            "print(json.dumps({'torch': 'torch' in sys.modules, 'proba': r['proba'].tolist()}))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    out = json.loads(p.stdout)
+    assert out["torch"] is False
+    # as the engines agree everywhere (export parity tolerance 1e-4; ONNX vs torch kernels)
+    assert np.abs(np.array(out["proba"]) - predict(run, files, engine="torch")["proba"]).max() < 1e-4
+
+
 def test_export_errors(image_run, tmp_path):
     from transfuse.export.onnx import export_cli, export_run
     from transfuse.export.predict import predict

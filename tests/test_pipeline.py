@@ -97,6 +97,32 @@ def test_the_pixel_baseline_is_a_served_candidate_and_the_report_compares_it(pro
     assert "Misclassified test examples" in html
 
 
+def test_model_card_in_the_hugging_face_layout(probe_run: Path):
+    """``model/README.md``: YAML front matter (library, pipeline tag, licence, model-index with
+    the test metrics) and the sections a model card has; its numbers are the report's."""
+    from transfuse.artifacts.card import weights_licences
+
+    rep = json.loads((probe_run / "report.json").read_text())
+    text = (probe_run / "model" / "README.md").read_text()
+    assert text.startswith("---\n")
+    front = yaml.safe_load(text.split("---\n")[1])
+    assert front["library_name"] == "transfuse" and front["pipeline_tag"] == "image-classification"
+    metrics = front["model-index"][0]["results"][0]["metrics"]
+    assert metrics[0] == {"type": "accuracy", "name": "test accuracy", "value": round(rep["test"]["accuracy"], 6)}
+    for section in ("## Model description", "## Classes", "## Training data", "## Evaluation", "## Intended use",
+                    "## Limitations", "## Licences of the bundled weights"):
+        assert section in text
+    lo, hi = rep["test"]["accuracy_ci95"]
+    assert f"95% Wilson interval {lo:.4f}–{hi:.4f}, n = 9" in text
+    assert f"Chosen candidate: `{rep['chosen']}`. It has the best cross-validated accuracy of the 2 candidates" in text
+    assert rep["baseline"]["message"] in text and f"T = {rep['calibration']['temperature']:.3f}" in text
+    # licences come from the installed weight packages' own metadata
+    got = {x["backbone"]: x["licence"] for x in weights_licences(["bundled:efficientnet_lite0", "bundled:minilm_l6",
+                                                                  "pixels"])}
+    assert got == {"bundled:efficientnet_lite0": "Apache Software License 2.0", "bundled:minilm_l6": "MIT",
+                   "pixels": "no pretrained weights"}
+
+
 def test_predict_reproduces_test_probabilities(probe_run: Path):
     got = predict_test_split(probe_run)
     ref = np.load(probe_run / "model" / "test_proba.npy")

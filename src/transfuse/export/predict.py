@@ -111,14 +111,22 @@ class OnnxClassifier:
 
     def __init__(self, folder: Path, meta: dict[str, Any], int8: bool = False):
         from transfuse.export.onnx import parts_from_meta, session
+        from transfuse.export.preprocess import torch_free_parts
 
-        self.parts = parts_from_meta(meta)
+        # an image model with its preprocessing recorded runs without torch (PIL + numpy);
+        # others (and exports made before the recipe was recorded) rebuild their backbones
+        self.image_parts = torch_free_parts(meta)
+        self.parts = None if self.image_parts is not None else parts_from_meta(meta)
         f = meta["int8"]["file"] if int8 and meta.get("int8") else meta["file"]
         self.session = session(folder / f)
 
     def predict_proba(self, dataset: Any, batch_size: int = 32) -> np.ndarray:
         from transfuse.export.onnx import batched_proba
 
+        if self.image_parts is not None:
+            from transfuse.export.preprocess import proba
+
+            return proba(self.session, self.image_parts, dataset, batch_size)
         return batched_proba(self.session, self.parts, dataset, batch_size)
 
 

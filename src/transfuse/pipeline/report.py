@@ -121,3 +121,6 @@ def finish(cfg: Any, run: RunFolder, data: Prepared, results: list[CandidateResu
                                       parity_samples=e.parity_samples, int8_method=e.int8_method)
     atomic_write_json(run.path / "report.json", report)
     write_report_html(report, run.path)
+    from transfuse.artifacts.card import write_model_card
+
+    write_model_card(run.path, report)
