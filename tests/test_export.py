@@ -120,6 +120,8 @@ def test_text_model_exports_with_input_ids_and_attention_mask(tmp_path):
     run_experiment(validate_config(cfg), tmp_path / "run", progress=False)
     meta = export_cli(tmp_path / "run", "onnx")
     assert meta["inputs"] == ["input_ids", "attention_mask"] and meta["parity_max_abs_diff"] <= 1e-4
+    pre = meta["parts"][0].pop("preprocess")  # the tokenizer's settings, for users of the ONNX file
+    assert pre["type"] == "text" and pre["max_length"] == 128 and pre["lowercase"] is True
     assert meta["parts"] == [{"backbone": {"name": "bundled:minilm_l6", "options": {}}, "prefix": "",
                               "inputs": ["input_ids", "attention_mask"]}]
     texts = ["a small furry animal that lives in burrows", "a sweet baked food made of flour and sugar"]
