@@ -123,4 +123,10 @@ def finish(cfg: Any, run: RunFolder, data: Prepared, results: list[CandidateResu
     write_report_html(report, run.path)
     from transfuse.artifacts.card import write_model_card
 
-    write_model_card(run.path, report)
+    try:
+        write_model_card(run.path, report)
+    except Exception as e:  # noqa: BLE001  (the model and reports are saved; the card is their summary)
+        from transfuse.progress import console
+
+        console.print(f"warning: model card not written ({type(e).__name__}: {e}); the model and "
+                      "report.json are complete", soft_wrap=True)
