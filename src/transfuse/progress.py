@@ -17,7 +17,8 @@ from rich.progress import (
 
 T = TypeVar("T")
 
-console = Console(stderr=True)
+#: soft_wrap: a long line is never cut or broken at 80 columns in a log (the terminal wraps it)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def track(items: Iterable[T], total: int | None = None, description: str = "",
