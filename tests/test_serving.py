@@ -221,6 +221,7 @@ def test_batch_predict_reads_folders_tables_and_text_files_and_writes_tables(ima
 
     from transfuse.export.predict import predict
 
+    probe = "efficientnet_lite0/linear_probe"  # a light model: this test is about inputs and outputs
     files, classes = _test_inputs(image_run, tmp_path)
     folder = Path(files[0]).parent
     in_folder = sorted(str(f) for f in folder.glob("*.png"))
@@ -228,19 +229,19 @@ def test_batch_predict_reads_folders_tables_and_text_files_and_writes_tables(ima
                                     + "\nmissing.png\n")
     with ThreadPoolExecutor(2) as pool:
         img = pool.submit(cli, "predict", str(image_run), str(folder), "--csv", str(tmp_path / "m.csv"),
-                          "--out", str(tmp_path / "p.csv"), check=False, env=CLI_ENV)
+                          "--out", str(tmp_path / "p.csv"), "--candidate", probe, check=False, env=CLI_ENV)
         (tmp_path / "cheese").write_text("a domesticated carnivorous mammal\n")
         (tmp_path / "t.txt").write_text("a dog that barks\n\nbread made of flour\n")
         (tmp_path / "t.csv").write_text('id,text\n7,"a cat, small"\n')
         txt = pool.submit(cli, "predict", str(text_run), "t.txt", "--text", "cheese", "--csv", "t.csv",
-                          check=False, env=CLI_ENV, cwd=tmp_path)
+                          "--candidate", "tfidf", check=False, env=CLI_ENV, cwd=tmp_path)
         img, txt = img.result(), txt.result()
     assert img.returncode == 1 and "1 of" in img.stderr and "p.csv" in img.stderr  # missing.png: a record
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
     assert list(rows[0]) == ["input", "label", "confidence", "error", *(f"p_{c}" for c in classes)]
     assert [r["input"] for r in rows] == in_folder + [os.path.relpath(f, tmp_path) for f in files[:2]] + ["missing.png"]
     assert rows[-1]["error"] == "file not found" and rows[-1]["label"] == ""
-    ref = predict(image_run, in_folder + files[:2])["proba"]
+    ref = predict(image_run, in_folder + files[:2], candidate=probe)["proba"]
     got = np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows[:-1]])
     np.testing.assert_allclose(got, ref, atol=1e-5)
     assert [r["label"] for r in rows[:-1]] == [classes[k] for k in ref.argmax(1)]
@@ -250,7 +251,7 @@ def test_batch_predict_reads_folders_tables_and_text_files_and_writes_tables(ima
     assert lines[0] == "input\tlabel\tconfidence"
     assert [line.split("\t")[0] for line in lines[1:]] == ["t.txt:1", "t.txt:3", "cheese", "t.csv:2"]
     texts = ["a dog that barks", "bread made of flour", "cheese", "a cat, small"]
-    ref = predict(text_run, texts)
+    ref = predict(text_run, texts, candidate="tfidf")
     names = ref["classes"]
     assert [line.split("\t")[1:] for line in lines[1:]] == [[names[k], f"{p[k]:.4f}"] for p, k in
                                                             zip(ref["proba"], ref["proba"].argmax(1))]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from transfuse.errors import UserError
+
 
 def _flags_without_type() -> None:
     """Typer prints a type beside every option, ``<bool>`` beside a flag too (``--quiet <bool>``
@@ -107,7 +107,7 @@ def infer_modality(data: str) -> str:
     from transfuse.export.batch import AUDIO_SUFFIXES, IMAGE_SUFFIXES, TABLE_FORMATS
 
     load_builtin_sources()
-    head, sep, rest = data.partition(":")
+    head, sep, _ = data.partition(":")
     if data in DATA_SOURCES and not Path(data).exists():
         return SOURCE_MODALITY.get(data, "image")
     if sep and head in DATA_SOURCES and len(head) > 1:

@@ -61,7 +61,7 @@ def _center_crop(img: Any, size: tuple[int, int]) -> Any:
         canvas = Image.new(img.mode, (max(w, tw), max(h, th)))
         canvas.paste(img, ((max(w, tw) - w) // 2, (max(h, th) - h) // 2))
         img, (w, h) = canvas, canvas.size
-    top, left = int(round((h - th) / 2.0)), int(round((w - tw) / 2.0))
+    top, left = round((h - th) / 2.0), round((w - tw) / 2.0)
     return img.crop((left, top, left + tw, top + th))
 
 
