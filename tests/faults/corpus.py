@@ -391,11 +391,12 @@ CASES = [
          f"output folder 'mine' exists and is not a transfuse run folder (it holds 'model' and no "
          f"config.yaml); {NOT_RUN}", "fit_out_foreign_folder", new=True),
     Case("fit_out_is_data", "run folder", "fit --out the data folder", "refused",
-         "output folder 'data' is the data folder 'data' (data.path); its files would be read as data: "
-         "give an output folder outside the data (--out)", "fit_out_is_data", new=True),
+         # the data path is stored absolute (run folders work from any directory): the message names it so
+         "...fit_out_is_data/data' (data.path); its files would be read as data: "
+         "give an output folder outside the data (--out)...", "fit_out_is_data", new=True),
     Case("fit_out_inside_data", "run folder", "fit --out a folder inside the data folder", "refused",
-         "output folder 'data/runs/r1' is inside the data folder 'data' (data.path); its files would be "
-         "read as data: give an output folder outside the data (--out)", "fit_out_inside_data", new=True),
+         "...fit_out_inside_data/data' (data.path); its files would be "
+         "read as data: give an output folder outside the data (--out)...", "fit_out_inside_data", new=True),
     Case("resume_foreign", "run folder", "resume on a folder that is not a run", "error",
          "'photos' is not a transfuse run folder (no config.yaml); give the folder a 'transfuse run' or "
          "'transfuse fit' wrote", "resume_foreign_folder"),
