@@ -122,11 +122,21 @@ def test_text_model_exports_with_input_ids_and_attention_mask(tmp_path):
     assert meta["inputs"] == ["input_ids", "attention_mask"] and meta["parity_max_abs_diff"] <= 1e-4
     pre = meta["parts"][0].pop("preprocess")  # the tokenizer's settings, for users of the ONNX file
     assert pre["type"] == "text" and pre["max_length"] == 128 and pre["lowercase"] is True
+    assert pre["tokenizer_file"].endswith("tokenizer.json") and pre["prefix_ids"] == [101] and pre["suffix_ids"] == [102]
     assert meta["parts"] == [{"backbone": {"name": "bundled:minilm_l6", "options": {}}, "prefix": "",
                               "inputs": ["input_ids", "attention_mask"]}]
     texts = ["a small furry animal that lives in burrows", "a sweet baked food made of flour and sugar"]
     a, b = predict(tmp_path / "run", texts, engine="onnx"), predict(tmp_path / "run", texts, engine="torch")
     assert np.abs(a["proba"] - b["proba"]).max() < 1e-4
+    # the ONNX engine tokenises with the tokenizers library alone: no torch
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom transfuse.export.predict import predict\n"
+            f"r = predict({str(tmp_path / 'run')!r}, {texts + ['a long text ' * 300]!r}, engine='onnx')\n"
+            "print('torch' in sys.modules, r['proba'].shape)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert p.stdout.split() == ["False", "(3,", "2)"], p.stdout + p.stderr
     with pytest.raises(UserError, match="has no ONNX model; run 'transfuse export"):
         (tmp_path / "run" / "model" / "model.onnx").unlink()
         predict(tmp_path / "run", texts, engine="onnx")

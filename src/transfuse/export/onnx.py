@@ -366,10 +366,13 @@ def part_recipe(part: Part) -> dict[str, Any] | None:
     """The preprocessing of one graph input as data: the image recipe of
     :mod:`transfuse.export.preprocess` (what ``predict --engine onnx`` runs without torch), or the
     backbone's own ``preprocess_config()`` (text, audio: tokenizer, sample rate, ...)."""
-    from transfuse.export.preprocess import image_recipe
+    from transfuse.export.preprocess import image_recipe, text_recipe
 
     pre = part.backbone.preprocess_config() if hasattr(part.backbone, "preprocess_config") else {}
-    recipe = image_recipe(pre) if getattr(part.backbone, "modality", None) == "image" else None
+    modality = getattr(part.backbone, "modality", None)
+    recipe = image_recipe(pre) if modality == "image" else text_recipe(part.backbone) if modality == "text" else None
+    if recipe is not None and pre and recipe["type"] == "text":
+        recipe = {**json_safe(pre), **recipe}
     if recipe is None and pre:
         recipe = {"type": getattr(part.backbone, "modality", "?"), **json_safe(pre)}
     return recipe

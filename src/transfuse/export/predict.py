@@ -113,20 +113,20 @@ class OnnxClassifier:
         from transfuse.export.onnx import parts_from_meta, session
         from transfuse.export.preprocess import torch_free_parts
 
-        # an image model with its preprocessing recorded runs without torch (PIL + numpy);
+        # an image or text model with its preprocessing recorded runs without torch (PIL/tokenizers + numpy);
         # others (and exports made before the recipe was recorded) rebuild their backbones
-        self.image_parts = torch_free_parts(meta)
-        self.parts = None if self.image_parts is not None else parts_from_meta(meta)
+        self.free_parts = torch_free_parts(meta)
+        self.parts = None if self.free_parts is not None else parts_from_meta(meta)
         f = meta["int8"]["file"] if int8 and meta.get("int8") else meta["file"]
         self.session = session(folder / f)
 
     def predict_proba(self, dataset: Any, batch_size: int = 32) -> np.ndarray:
         from transfuse.export.onnx import batched_proba
 
-        if self.image_parts is not None:
+        if self.free_parts is not None:
             from transfuse.export.preprocess import proba
 
-            return proba(self.session, self.image_parts, dataset, batch_size)
+            return proba(self.session, self.free_parts, dataset, batch_size)
         return batched_proba(self.session, self.parts, dataset, batch_size)
 
 

@@ -96,23 +96,110 @@ class ImagePart:
         return {self.names[0]: np.stack([image_array(im, self.recipe) for im in images])}
 
 
-def torch_free_parts(meta: Mapping[str, Any]) -> list[ImagePart] | None:
-    """The parts of an export whose every input is an image with a recorded recipe, else None
-    (the caller rebuilds the backbones for their preprocessing)."""
+def torch_free_parts(meta: Mapping[str, Any]) -> list[Any] | None:
+    """The parts of an export whose every input has a recorded recipe this module runs (images;
+    texts with a ``tokenizer.json``), else None (the caller rebuilds the backbones)."""
     parts = meta.get("parts") or []
-    if not parts or any((p.get("preprocess") or {}).get("type") != "image" or len(p.get("inputs", [])) != 1
-                        for p in parts):
-        return None
-    return [ImagePart(p["preprocess"], p["inputs"]) for p in parts]
+    out: list[Any] = []
+    for p in parts:
+        r = p.get("preprocess") or {}
+        if r.get("type") == "image" and len(p.get("inputs", [])) == 1:
+            out.append(ImagePart(r, p["inputs"]))
+        elif r.get("type") == "text" and r.get("tokenizer_file") and len(p.get("inputs", [])) == 2:
+            from pathlib import Path
+
+            if not Path(r["tokenizer_file"]).is_file():
+                return None
+            out.append(TextPart(r, p["inputs"]))
+        else:
+            return None
+    if len({type(p) for p in out}) > 1:
+        return None  # a multimodal model: each part reads its own column (the backbones' path does)
+    return out or None
 
 
-def proba(session: Any, parts: list[ImagePart], dataset: Any, batch_size: int = 32) -> np.ndarray:
-    """ONNX probabilities over an image dataset, in order, preprocessed without torch."""
+def proba(session: Any, parts: list[Any], dataset: Any, batch_size: int = 32) -> np.ndarray:
+    """ONNX probabilities over a dataset of one modality, in order, preprocessed without torch."""
     out = []
     for i in range(0, len(dataset), batch_size):
-        images = [dataset.load(j) for j in range(i, min(i + batch_size, len(dataset)))]
+        items = [dataset.load(j) for j in range(i, min(i + batch_size, len(dataset)))]
         feeds: dict[str, np.ndarray] = {}
         for p in parts:
-            feeds.update(p.feed(images))
+            feeds.update(p.feed(items))
         out.append(session.run(["proba"], feeds)[0])
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+# ------------------------------------------------------------------------------------- texts
+
+def text_recipe(backbone: Any) -> dict[str, Any] | None:
+    """The tokenisation of a text backbone (:class:`~transfuse.backbones.text.bert.TextBackbone`)
+    as data, when its tokenizer is a fast tokenizer with a ``tokenizer.json`` on disk: the file,
+    the special ids put around a text, ``max_length``, ``truncation`` and the padding id. None
+    otherwise (the caller rebuilds the backbone)."""
+    from pathlib import Path
+
+    tok = getattr(backbone, "tokenizer", None)
+    src = Path(str(getattr(tok, "name_or_path", "") or ""))
+    if tok is None or not (src / "tokenizer.json").is_file() or not getattr(tok, "is_fast", False):
+        return None
+    return {"type": "text", "tokenizer_file": str((src / "tokenizer.json").resolve()),
+            "prefix_ids": [int(i) for i in backbone._prefix], "suffix_ids": [int(i) for i in backbone._suffix],
+            "max_length": int(backbone.max_length), "truncation": str(backbone.truncation),
+            "pad_id": int(backbone.pad_token_id), "lowercase": bool(getattr(tok, "do_lower_case", False)),
+            "steps": "tokenizer.json without special tokens; cut to max_length - specials by truncation; "
+                     "prefix + ids + suffix; right-pad with pad_id; attention_mask 1 on tokens"}
+
+
+class TextPart:
+    """The ``input_ids`` / ``attention_mask`` inputs of an exported text model, from the
+    ``tokenizers`` library alone (no torch, no transformers): the same ids as the backbone's
+    ``Tokenize`` + ``collate``."""
+
+    def __init__(self, recipe: Mapping[str, Any], names: list[str]):
+        from tokenizers import Tokenizer
+
+        self.recipe, self.names = dict(recipe), list(names)
+        self.tok = Tokenizer.from_file(recipe["tokenizer_file"])
+        self.tok.no_truncation()
+        self.tok.no_padding()
+
+    def _tokens(self, text: str) -> list[int]:
+        return list(self.tok.encode(text, add_special_tokens=False).ids)
+
+    def _ids(self, text: str, budget: int) -> list[int]:
+        """As ``Tokenize._ids``: the first tokens of a long text from ever longer prefixes."""
+        n = 16 * (budget + 1)
+        while n < len(text):
+            cut = text.rfind(" ", 0, n)
+            if cut > 0:
+                ids = self._tokens(text[:cut])
+                if len(ids) > budget:
+                    return ids
+            n *= 4
+        return self._tokens(text)
+
+    def encode(self, text: str) -> list[int]:
+        r = self.recipe
+        pre, suf = list(r["prefix_ids"]), list(r["suffix_ids"])
+        budget = int(r["max_length"]) - len(pre) - len(suf)
+        ids = self._ids(text, budget) if r["truncation"] == "right" else self._tokens(text)
+        if len(ids) > budget:
+            if r["truncation"] == "right":
+                ids = ids[:budget]
+            elif r["truncation"] == "left":
+                ids = ids[len(ids) - budget:]
+            else:
+                head = budget // 4
+                ids = ids[:head] + ids[len(ids) - (budget - head):]
+        return pre + ids + suf
+
+    def feed(self, texts: list[str]) -> dict[str, np.ndarray]:
+        rows = [self.encode(t) for t in texts]
+        width = max(len(r) for r in rows)
+        ids = np.full((len(rows), width), int(self.recipe["pad_id"]), np.int64)
+        mask = np.zeros((len(rows), width), np.int64)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = r
+            mask[i, :len(r)] = 1
+        return dict(zip(self.names, (ids, mask), strict=True))
