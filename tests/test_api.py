@@ -22,7 +22,8 @@ import transfuse
 from transfuse.errors import UserError
 
 pytestmark = pytest.mark.real
-IMG = {"backbones": ["bundled:efficientnet_lite0"], "image_size": 32, "folds": 2}
+IMG = {"backbones": ["bundled:efficientnet_lite0"], "image_size": 32, "folds": 2,
+       "config": {"adapt": {"baseline": False}}}  # the pixels baseline: tests/test_pipeline.py
 ANIMALS = ["the dog barked at the cat", "a cat sat on the mat and purred", "the horse ran across the field",
            "a cow gave milk in the barn", "the sheep grazed on the hill", "a bird sang in the tree",
            "the dog chased a rabbit", "a cat caught a mouse", "the horse ate hay in the stable",
@@ -201,7 +202,7 @@ def test_check_estimator_api_checks() -> None:
     errors, n_features_in_, read-only input, ...), all of them, on the image estimator."""
     from sklearn.utils.estimator_checks import check_estimator
 
-    clf = transfuse.TransfuseClassifier(**IMG, config={"fuse": {"enabled": False}})
+    clf = transfuse.TransfuseClassifier(**{**IMG, "config": {"fuse": {"enabled": False}, "adapt": {"baseline": False}}})
     failed = [r for r in check_estimator(clf, legacy=False, on_fail=None) if r["status"] == "failed"]
     assert not failed, [(r["check_name"], str(r["exception"])[:300]) for r in failed]
 

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.real
 def _cfg(data: Path, out: Path, **extra) -> dict:
     return {"name": out.name, "data": {"source": "folder", "path": str(data)},
             "split": {"folds": 3, "test_size": 0.25}, "preprocess": {"image_size": 32},
-            "backbones": ["bundled:efficientnet_lite0"], "output": {"dir": str(out)}, **extra}
+            "backbones": ["bundled:efficientnet_lite0"], "output": {"dir": str(out)}, "adapt": {"baseline": False}, **extra}
 
 
 @pytest.fixture(scope="module")

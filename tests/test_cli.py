@@ -17,6 +17,9 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 def test_help_everywhere(cmd: str):
     p = cli(cmd, "--help")
     assert p.returncode == 0 and "Usage" in p.stdout
+    assert "<bool>" not in p.stdout  # a flag is shown as a flag, not as an option taking a value
+    if cmd in ("run", "fit", "predict"):
+        assert "--help" in p.stdout and "<path>" in p.stdout  # options with values keep their type
 
 
 def test_info_lists_registered_backbones_and_sources():
@@ -56,3 +59,46 @@ def test_unknown_candidate_is_one_line(tmp_path):
         assert p.returncode == 2, p.stderr
         assert "has no candidate 'fusion/nope'; valid: efficientnet_lite0/linear_probe, fusion/mean" in p.stderr
         assert "Traceback" not in p.stderr and p.stderr.strip().count("\n") == 0
+
+
+def test_summary_table_is_not_cut_when_output_is_not_a_terminal(capsys):
+    """A log or a pipe gets full candidate names and numbers, not 80 columns ending in '…'."""
+    from transfuse.cli import _echo_summary
+
+    long = "efficientnet_lite0/linear_probe+efficientnet_lite1/lp_ft"
+    cands = [{"name": f"fusion/stacking({long})", "kind": "fusion", "cv_mean": 0.7458123, "cv_std": 0.0312345,
+              "test": {"accuracy": 0.75, "macro_f1": 0.7333}},
+             {"name": "efficientnet_lite0/linear_probe", "kind": "single", "cv_mean": 0.7, "cv_std": 0.01,
+              "test": None}]
+    _echo_summary({"name": "r", "metric": "accuracy", "candidates": cands, "chosen": cands[0]["name"],
+                   "run_dir": "/runs/r"})
+    err = capsys.readouterr().err
+    assert f"fusion/stacking({long}) *" in err and "0.7458 ± 0.0312" in err and "test macro-F1" in err
+    assert "…" not in err
+
+
+def test_quiet_silences_hugging_face_bars_and_library_warnings(monkeypatch):
+    import logging
+    import warnings
+
+    from transfuse.progress import LIBRARY_LOGGERS, quiet_libraries
+
+    for k in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "TRANSFORMERS_NO_ADVISORY_WARNINGS",
+              "TQDM_DISABLE"):
+        monkeypatch.delenv(k, raising=False)  # restored after the test
+    levels = {n: logging.getLogger(n).level for n in LIBRARY_LOGGERS}
+    with warnings.catch_warnings():
+        try:
+            quiet_libraries()
+            import os
+
+            assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1" and os.environ["TRANSFORMERS_VERBOSITY"] == "error"
+            assert logging.getLogger("transformers").getEffectiveLevel() == logging.ERROR
+            assert logging.getLogger("lightning.pytorch").getEffectiveLevel() == logging.ERROR
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.warn_explicit("noisy", UserWarning, "x.py", 1, module="transformers.modeling_utils")
+                warnings.warn_explicit("ours", UserWarning, "y.py", 1, module="transfuse.pipeline")
+            assert [str(w.message) for w in caught] == ["ours"]
+        finally:
+            for n, lvl in levels.items():
+                logging.getLogger(n).setLevel(lvl)

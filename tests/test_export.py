@@ -25,7 +25,7 @@ def image_run(tmp_path_factory) -> tuple[Path, list[str]]:
     root = tmp_path_factory.mktemp("exp")
     data = write_digits_folder(root / "digits", per_class=12)
     cfg = {"name": "img", "data": {"source": "folder", "path": str(data)}, "split": {"folds": 3, "test_size": 0.25},
-           "preprocess": {"image_size": 32}, "backbones": ["bundled:efficientnet_lite0"],
+           "preprocess": {"image_size": 32}, "backbones": ["bundled:efficientnet_lite0"], "adapt": {"baseline": False},
            "output": {"dir": str(root / "run")}}
     run_experiment(validate_config(cfg), root / "run", progress=False)
     export_cli(root / "run", "onnx", int8=True)
@@ -68,6 +68,35 @@ def test_predict_engines_agree_and_onnx_is_the_default(image_run):
     assert np.abs(auto["proba"] - torch_["proba"]).max() < 1e-4
     # the calibrated test probabilities the run saved
     assert np.abs(auto["proba"] - np.load(run / "model" / "test_proba.npy")).max() < 1e-4
+
+
+def test_onnx_file_carries_classes_and_preprocessing_and_predict_needs_no_torch(image_run):
+    """The ONNX files (fp32 and int8) hold the class names, the preprocessing recipe and the
+    temperature in ``metadata_props``; ``predict --engine onnx`` runs from them without importing
+    torch, and answers what the torch engine answers."""
+    import subprocess
+    import sys
+
+    import onnxruntime as ort
+
+    from transfuse.export.predict import predict
+
+    run, files = image_run
+    for f in ("model.onnx", "model.int8.onnx"):
+        props = ort.InferenceSession(str(run / "model" / f)).get_modelmeta().custom_metadata_map
+        assert json.loads(props["transfuse.classes"]) == ["digit0", "digit1", "digit7"]
+        pre = json.loads(props["transfuse.preprocessing"])
+        assert pre[0]["type"] == "image" and pre[0]["input_size"] == [3, 32, 32] and pre[0]["inputs"] == ["input"]
+        assert float(props["transfuse.temperature"]) == pytest.approx(json.loads(
+            (run / "model" / "model.json").read_text())["temperature"])
+    code = ("import json, sys\nfrom transfuse.export.predict import predict\n"
+            f"r = predict({str(run)!r}, {files!r}, engine='onnx')\n"
+            "print(json.dumps({'torch': 'torch' in sys.modules, 'proba': r['proba'].tolist()}))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    out = json.loads(p.stdout)
+    assert out["torch"] is False
+    # as the engines agree everywhere (export parity tolerance 1e-4; ONNX vs torch kernels)
+    assert np.abs(np.array(out["proba"]) - predict(run, files, engine="torch")["proba"]).max() < 1e-4
 
 
 def test_export_errors(image_run, tmp_path):
@@ -125,11 +154,23 @@ def test_text_model_exports_with_input_ids_and_attention_mask(tmp_path):
     run_experiment(validate_config(cfg), tmp_path / "run", progress=False)
     meta = export_cli(tmp_path / "run", "onnx")
     assert meta["inputs"] == ["input_ids", "attention_mask"] and meta["parity_max_abs_diff"] <= 1e-4
+    pre = meta["parts"][0].pop("preprocess")  # the tokenizer's settings, for users of the ONNX file
+    assert pre["type"] == "text" and pre["max_length"] == 128 and pre["lowercase"] is True
+    assert pre["tokenizer_file"].endswith("tokenizer.json") and pre["prefix_ids"] == [101] and pre["suffix_ids"] == [102]
     assert meta["parts"] == [{"backbone": {"name": "bundled:minilm_l6", "options": {}}, "prefix": "",
                               "inputs": ["input_ids", "attention_mask"]}]
     texts = ["a small furry animal that lives in burrows", "a sweet baked food made of flour and sugar"]
     a, b = predict(tmp_path / "run", texts, engine="onnx"), predict(tmp_path / "run", texts, engine="torch")
     assert np.abs(a["proba"] - b["proba"]).max() < 1e-4
+    # the ONNX engine tokenises with the tokenizers library alone: no torch
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom transfuse.export.predict import predict\n"
+            f"r = predict({str(tmp_path / 'run')!r}, {texts + ['a long text ' * 300]!r}, engine='onnx')\n"
+            "print('torch' in sys.modules, r['proba'].shape)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert p.stdout.split() == ["False", "(3,", "2)"], p.stdout + p.stderr
     with pytest.raises(UserError, match="has no ONNX model; run 'transfuse export"):
         (tmp_path / "run" / "model" / "model.onnx").unlink()
         predict(tmp_path / "run", texts, engine="onnx")

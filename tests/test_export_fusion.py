@@ -24,7 +24,7 @@ def fusion_run(tmp_path_factory) -> Path:
     data = write_digits_folder(root / "digits", per_class=12)
     cfg = {"name": "fus", "data": {"source": "folder", "path": str(data)},
            "split": {"folds": 3, "test_size": 0.25}, "preprocess": {"image_size": 32},
-           "backbones": ["bundled:efficientnet_lite0", "bundled:efficientnet_lite1"],
+           "backbones": ["bundled:efficientnet_lite0", "bundled:efficientnet_lite1"], "adapt": {"baseline": False},
            "fuse": {"ensembles": ["mean", "weighted", "stacking"], "features": {"enabled": True},
                     "distill": {"enabled": True, "student": "bundled:efficientnet_lite0"}},
            "output": {"dir": str(root / "run")}}

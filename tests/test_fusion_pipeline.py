@@ -27,7 +27,7 @@ def fused_run(tmp_path_factory) -> Path:
         "data": {"source": "folder", "path": str(data), "modality": "image"},
         "split": {"folds": 3, "test_size": 0.25},
         "preprocess": {"image_size": 32},
-        "backbones": ["bundled:efficientnet_lite0", "bundled:efficientnet_lite1"],
+        "backbones": ["bundled:efficientnet_lite0", "bundled:efficientnet_lite1"], "adapt": {"baseline": False},
         "fuse": {"distill": {"enabled": True, "weight_decay": [1e-3, 1.0]}},
         "output": {"dir": str(root / "run")},
     }
@@ -187,7 +187,7 @@ def test_joint_fusion_is_saved_served_and_refused_by_export(tmp_path: Path):
     run_experiment(validate_config({
         "name": "joint", "seed": 0, "data": {"source": "folder", "path": str(data), "modality": "image"},
         "split": {"folds": 2, "test_size": 0.25}, "preprocess": {"image_size": 32},
-        "backbones": ["bundled:efficientnet_lite0", "bundled:efficientnet_lite1"],
+        "backbones": ["bundled:efficientnet_lite0", "bundled:efficientnet_lite1"], "adapt": {"baseline": False},
         "fuse": {"ensembles": [], "features": {"enabled": False},
                  "joint": {"enabled": True, "epochs": 1, "batch_size": 8}},
         "output": {"dir": str(run)}}), progress=False)
@@ -219,7 +219,7 @@ def test_finetuned_student_is_saved_and_served(tmp_path: Path):
     rep = run_experiment(validate_config({
         "name": "ftstudent", "seed": 0, "data": {"source": "folder", "path": str(data), "modality": "image"},
         "split": {"folds": 2, "test_size": 0.25}, "preprocess": {"image_size": 32},
-        "backbones": ["bundled:efficientnet_lite0", "bundled:efficientnet_lite1"],
+        "backbones": ["bundled:efficientnet_lite0", "bundled:efficientnet_lite1"], "adapt": {"baseline": False},
         "fuse": {"ensembles": ["mean"], "features": {"enabled": False},
                  "distill": {"enabled": True, "mode": "finetune", "epochs": 1, "batch_size": 4, "lr": 1e-3}},
         "output": {"dir": str(run)}}), progress=False)

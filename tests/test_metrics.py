@@ -120,3 +120,16 @@ def test_perfect_predictions():
 def test_bad_inputs(y, p, match):
     with pytest.raises(ValueError, match=match):
         classification_metrics(y, p, CLASSES)
+
+
+def test_accuracy_has_a_wilson_interval_equal_to_scipys():
+    from scipy.stats import binomtest
+
+    from transfuse.evaluate.metrics import wilson_interval
+
+    for k, n in ((9, 12), (0, 10), (10, 10), (81, 100)):
+        ci = binomtest(k, n).proportion_ci(method="wilson")
+        assert wilson_interval(k, n) == pytest.approx([ci.low, ci.high], abs=1e-12)
+    y = np.array([0, 1, 1, 0])
+    m = classification_metrics(y, np.eye(2)[[0, 1, 0, 0]], ["a", "b"])
+    assert m["accuracy"] == 0.75 and m["accuracy_ci95"] == pytest.approx(wilson_interval(3, 4))

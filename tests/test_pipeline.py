@@ -18,14 +18,15 @@ from conftest import cli, predict_test_split, write_digits_folder
 pytestmark = pytest.mark.real
 
 
-def experiment(data: Path, out: Path, strategies: list[str], folds: int = 3, epochs: int = 2) -> dict:
+def experiment(data: Path, out: Path, strategies: list[str], folds: int = 3, epochs: int = 2,
+               baseline: bool = False) -> dict:
     return {
         "name": out.name, "seed": 0,
         "data": {"source": "folder", "path": str(data), "modality": "image"},
         "split": {"folds": folds, "test_size": 0.25},
         "preprocess": {"image_size": 32},
         "backbones": ["bundled:efficientnet_lite0"],
-        "adapt": {"strategies": strategies},
+        "adapt": {"strategies": strategies, "baseline": baseline},
         "train": {"finetune": {"epochs": epochs, "batch_size": 8, "lr": 1e-3, "patience": 5,
                                "num_workers": 0}},
         "output": {"dir": str(out)},
@@ -37,7 +38,7 @@ def probe_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("probe")
     data = write_digits_folder(root / "digits", per_class=12)
     cfg = root / "exp.yaml"
-    cfg.write_text(yaml.safe_dump(experiment(data, root / "run", ["linear_probe"])))
+    cfg.write_text(yaml.safe_dump(experiment(data, root / "run", ["linear_probe"], baseline=True)))
     cli("run", str(cfg), "--quiet")
     return root / "run"
 
@@ -46,11 +47,12 @@ def test_report_fields_and_run_folder(probe_run: Path):
     rep = json.loads((probe_run / "report.json").read_text())
     assert {"config.yaml", "splits.json", "report.json", "report.html", "model"} <= {p.name for p in probe_run.iterdir()}
     cand = rep["candidates"][0]
-    assert cand["name"] == "efficientnet_lite0/linear_probe" and rep["chosen"] == cand["name"]
+    assert cand["name"] == "efficientnet_lite0/linear_probe"
+    assert rep["chosen"] == max(rep["candidates"], key=lambda c: c["cv_mean"])["name"]
     assert len(cand["cv_scores"]) == 3
     assert cand["cv_mean"] == pytest.approx(np.mean(cand["cv_scores"]))
     assert cand["cv_std"] == pytest.approx(np.std(cand["cv_scores"]))
-    for key in ("accuracy", "macro_f1", "log_loss", "ece", "confusion_matrix"):
+    for key in ("accuracy", "accuracy_ci95", "macro_f1", "log_loss", "ece", "confusion_matrix"):
         assert key in rep["test"]
     # 36 images, 25% test: 9 test images, 27 for CV; confusion matrix counts them all
     assert rep["task"]["n_test"] == 9 and rep["task"]["n_train"] == 27
@@ -59,7 +61,66 @@ def test_report_fields_and_run_folder(probe_run: Path):
     with np.load(probe_run / "candidates" / "efficientnet_lite0_linear_probe" / "proba.npz") as z:
         assert z["oof"].shape == (27, 3) and np.allclose(z["oof"].sum(1), 1, atol=1e-5)
     # digits are easy for ImageNet features: far above chance (1/3)
-    assert rep["test"]["accuracy"] >= 0.75
+    assert cand["test"]["accuracy"] >= 0.75
+
+
+def test_the_pixel_baseline_is_a_served_candidate_and_the_report_compares_it(probe_run: Path):
+    """``adapt.baseline`` (on by default): raw-pixel logistic regression is a candidate scored by
+    the same folds, saved and served like TF-IDF; the report (JSON, HTML, summary) says whether
+    transfer beat it. On these digits raw pixels win."""
+    from transfuse.export.predict import predict
+
+    rep = json.loads((probe_run / "report.json").read_text())
+    cands = {c["name"]: c for c in rep["candidates"]}
+    assert cands["pixels"]["kind"] == "baseline" and len(cands["pixels"]["cv_scores"]) == 3
+    probe = cands["efficientnet_lite0/linear_probe"]
+    v = rep["baseline"]
+    assert v["transfer_loses"] == (cands["pixels"]["cv_mean"] > probe["cv_mean"]) is True
+    assert v["message"] == (f"transfer loses to the no-transfer baseline: pixels (CV accuracy {cands['pixels']['cv_mean']:.4f}) "
+                            f"beats the best transferred candidate efficientnet_lite0/linear_probe (CV "
+                            f"{probe['cv_mean']:.4f}); the pretrained features do not fit this data: use the "
+                            "baseline, or try fine-tuning or another backbone")
+    html = (probe_run / "report.html").read_text()
+    assert "Transfer loses to the no-transfer baseline: pixels" in html
+    lo, hi = rep["test"]["accuracy_ci95"]
+    assert lo <= rep["test"]["accuracy"] <= hi and f"95% CI {lo * 100:.1f}%–{hi * 100:.1f}%" in html
+    with np.load(probe_run / "candidates" / "pixels" / "proba.npz") as z:
+        splits = json.loads((probe_run / "splits.json").read_text())
+        from transfuse.data.registry import load_dataset
+
+        data = load_dataset("folder", str(probe_run.parent / "digits"))
+        got = predict(probe_run, [data.items[i] for i in splits["test_idx"]], candidate="pixels")["proba"]
+        assert np.abs(got - z["test"]).max() < 1e-6
+    wrong = rep["misclassified"]
+    assert isinstance(wrong, list) and len(wrong) <= 8
+    assert all(set(w) == {"input", "true", "predicted", "confidence"} and w["true"] != w["predicted"] for w in wrong)
+    assert "Misclassified test examples" in html
+
+
+def test_model_card_in_the_hugging_face_layout(probe_run: Path):
+    """``model/README.md``: YAML front matter (library, pipeline tag, licence, model-index with
+    the test metrics) and the sections a model card has; its numbers are the report's."""
+    from transfuse.artifacts.card import weights_licences
+
+    rep = json.loads((probe_run / "report.json").read_text())
+    text = (probe_run / "model" / "README.md").read_text()
+    assert text.startswith("---\n")
+    front = yaml.safe_load(text.split("---\n")[1])
+    assert front["library_name"] == "transfuse" and front["pipeline_tag"] == "image-classification"
+    metrics = front["model-index"][0]["results"][0]["metrics"]
+    assert metrics[0] == {"type": "accuracy", "name": "test accuracy", "value": round(rep["test"]["accuracy"], 6)}
+    for section in ("## Model description", "## Classes", "## Training data", "## Evaluation", "## Intended use",
+                    "## Limitations", "## Licences of the bundled weights"):
+        assert section in text
+    lo, hi = rep["test"]["accuracy_ci95"]
+    assert f"95% Wilson interval {lo:.4f}–{hi:.4f}, n = 9" in text
+    assert f"Chosen candidate: `{rep['chosen']}`. It has the best cross-validated accuracy of the 2 candidates" in text
+    assert rep["baseline"]["message"] in text and f"T = {rep['calibration']['temperature']:.3f}" in text
+    # licences come from the installed weight packages' own metadata
+    got = {x["backbone"]: x["licence"] for x in weights_licences(["bundled:efficientnet_lite0", "bundled:minilm_l6",
+                                                                  "pixels"])}
+    assert got == {"bundled:efficientnet_lite0": "Apache Software License 2.0", "bundled:minilm_l6": "MIT",
+                   "pixels": "no pretrained weights"}
 
 
 def test_predict_reproduces_test_probabilities(probe_run: Path):
@@ -128,7 +189,7 @@ def test_bad_images_are_quarantined_and_run_completes(tmp_path: Path):
     (data / "empty_class").mkdir()
     out = tmp_path / "run"
     cli("fit", "--data", str(data), "--backbone", "bundled:efficientnet_lite0", "--out", str(out),
-        "--folds", "2", "--set", "preprocess.image_size=32", "--quiet")
+        "--folds", "2", "--set", "preprocess.image_size=32", "--set", "adapt.baseline=false", "--quiet")
     rep = json.loads((out / "report.json").read_text())
     reasons = {Path(q["path"]).name: q["reason"] for q in rep["quarantined"]}
     assert {"corrupt.jpg", "truncated.png", "notes.png", "empty_class"} <= set(reasons), reasons

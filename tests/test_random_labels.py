@@ -204,7 +204,7 @@ def image_config(seed: int, data: Path, out: Path, n: int) -> dict[str, Any]:
             "preprocess": {"image_size": 32},
             "augment": {"image": {"enabled": False}},
             "backbones": ["bundled:efficientnet_lite0"],
-            "adapt": {"strategies": ["linear_probe", "finetune", "lp_ft"]},
+            "adapt": {"strategies": ["linear_probe", "finetune", "lp_ft"], "baseline": False},
             "train": {"finetune": FINETUNE},
             "fuse": {"ensembles": ["mean", "weighted", "greedy", "stacking"], "features": {"enabled": False}},
             "calibration": {"enabled": False},

@@ -73,7 +73,9 @@ def report():
         "calibration": calibration,
         "quarantined": [{"path": EVIL, "reason": "corrupt <JPEG> & truncated"}]
         + [{"path": f"data/x/{i}.png", "reason": "16-bit greyscale"} for i in range(14)],
-        "timings": {"embed": 40.0, "probe": 2.5, "finetune": 300.0},
+        "timings": {"data": 40.0, "embed:lite0": 30.0, "candidate:lite0/linear_probe": 2.5,
+                    "candidate:lite0/lp_ft": 300.0},
+        "wall_seconds": 351.0,
     }
 
 
@@ -103,7 +105,10 @@ def test_writes_file_with_values(report, tmp_path):
     assert "+2.0 pts</span> CV accuracy" in html
     for c in CLASSES:
         assert f"{c}: {report['task']['class_counts'][c]}</span>" in html
-    assert "total</b></td><td class='num'><b>5 min 42 s" in html  # 40 + 2.5 + 300 s
+    # the embedding is within its candidate's time: not counted twice (40 + 2.5 + 300 s)
+    assert "(steps not within another)</span></td><td class='num'><b>5 min 42 s" in html
+    assert "embed:lite0 <span class=sub>(within its candidate)</span>" in html
+    assert "wall clock, start to report</td><td class='num'>5 min 51 s" in html
 
 
 def test_candidates_sorted_by_cv_chosen_highlighted(report, html):
@@ -149,3 +154,20 @@ def test_minimal_and_single_candidate(tmp_path):
     assert "70.0% ± —" in html and "None: every input was usable" in html
     assert "Learning curves" not in html and "Versus the best single" not in html
     assert len(_images(html)) == 1  # only the candidates chart
+
+
+def test_misclassified_examples_accuracy_interval_and_baseline_verdict(report, tmp_path):
+    png = tmp_path / "seven.png"
+    Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(png)
+    r = copy.deepcopy(report)
+    r["test"]["accuracy_ci95"] = [0.4677, 0.9111]
+    r["misclassified"] = [{"input": str(png), "true": "a_class", "predicted": "b_class", "confidence": 0.93},
+                          {"input": "gone/<x>.png", "true": "c_class", "predicted": "a_class", "confidence": 0.5}]
+    r["baseline"] = {"transfer_loses": True, "message": "transfer loses to the no-transfer baseline: pixels"}
+    html = render_report_html(r)
+    assert "95% CI 46.8%–91.1%" in html
+    assert "Transfer loses to the no-transfer baseline: pixels.</p>" in html
+    section = html[html.index("Misclassified test examples"):]
+    assert section.count('alt="misclassified example"') == 1  # the file that exists gets a thumbnail
+    assert "<code>gone/&lt;x&gt;.png</code></td><td>c_class</td><td>a_class</td><td class='num'>50.0%" in section
+    assert "None: every test example" in render_report_html({"name": "x", "misclassified": []})

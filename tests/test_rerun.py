@@ -38,4 +38,60 @@ def test_failed_run_then_fixed_rerun_then_overwrite(tmp_path: Path) -> None:
     p = cli(*base[:-3], "--folds", "3", "--backbone", "tfidf", "--overwrite")
     assert "--overwrite" in p.stdout + p.stderr
     assert "folds: 3" in (out / "config.yaml").read_text()
-    assert len(cli("predict", str(out), "a cat and a dog", "--json").stdout.splitlines()) == 1
+    assert len(cli("predict", str(out), "--text", "a cat and a dog", "--json").stdout.splitlines()) == 1
+
+
+def test_run_folder_works_from_any_directory_and_the_modality_comes_from_the_data(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    """``fit --data texts.csv`` (relative, no --modality): a text run (the table has a ``text``
+    column) whose config holds the data path absolute; ``resume`` and ``predict`` from another
+    directory work; a run written before (relative path) is fixed in place by ``resume``."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from transfuse.cli import app
+    from transfuse.pipeline.resume import resume
+
+    with open(tmp_path / "texts.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("text", "label"), *ROWS])
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)  # the command in this process (a fresh one costs seconds of imports)
+    r = CliRunner().invoke(app, ["fit", "--data", "texts.csv", "--backbone", "tfidf", "--out", "run", "--folds", "2",
+                                 "--quiet"])
+    assert r.exit_code == 0, r.output
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert cfg["data"]["path"] == str(tmp_path / "texts.csv") and cfg["data"]["modality"] == "text"
+    assert cfg["data"]["source"] == "text_table"
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    r = CliRunner().invoke(app, ["resume", "../run", "--quiet"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["predict", "../run", "--text", "a puppy and a cat"])
+    assert r.exit_code == 0 and r.output.splitlines()[1].startswith("a puppy and a cat\tanimal\t"), r.output
+    cfg["data"]["path"] = "texts.csv"  # as runs before this change stored it
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    resume("run", progress=False)
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["path"] == str(tmp_path / "texts.csv")
+
+
+def test_modality_is_inferred_from_the_data(tmp_path: Path) -> None:
+    import pytest
+
+    from transfuse.cli import infer_modality
+    from transfuse.errors import UserError
+
+    (tmp_path / "texts.csv").write_text("text,label\na dog,animal\n")
+    (tmp_path / "clips.csv").write_text("path,label\nclips/a.wav,yes\n")
+    (tmp_path / "images.jsonl").write_text('{"path": "a.png", "label": "x"}\n')
+    (tmp_path / "odd.csv").write_text("body,label\nhello,x\n")
+    (tmp_path / "audio" / "yes").mkdir(parents=True)
+    (tmp_path / "audio" / "yes" / "1.wav").write_bytes(b"RIFF")
+    (tmp_path / "imgs" / "cat").mkdir(parents=True)
+    (tmp_path / "imgs" / "cat" / "1.png").write_bytes(b"")
+    got = {n: infer_modality(str(tmp_path / n)) for n in ("texts.csv", "clips.csv", "images.jsonl", "audio", "imgs")}
+    assert got == {"texts.csv": "text", "clips.csv": "audio", "images.jsonl": "image", "audio": "audio",
+                   "imgs": "image"}
+    assert [infer_modality(s) for s in ("wordnet", "speech", "emoji")] == ["text", "audio", "image"]
+    with pytest.raises(UserError, match=r"odd.csv': cannot tell the modality from its columns \(body, label\); "
+                                        r"give --modality image\|text\|audio"):
+        infer_modality(str(tmp_path / "odd.csv"))

@@ -16,7 +16,7 @@ from transfuse.errors import UserError
 
 
 def _cfg(data: Path):
-    return validate_config({"backbones": ["bundled:efficientnet_lite0"],
+    return validate_config({"backbones": ["bundled:efficientnet_lite0"], "adapt": {"baseline": False},
                             "data": {"source": "folder", "path": str(data)}})
 
 

@@ -251,7 +251,7 @@ def test_fit_with_search_applies_the_best_head_and_reports_it(tmp_path, digits_f
 
     cfg = validate_config({"name": "s", "data": {"source": "folder", "path": str(digits_folder)},
                            "split": {"folds": 3, "test_size": 0.25}, "preprocess": {"image_size": 32},
-                           "backbones": ["bundled:efficientnet_lite0"],
+                           "backbones": ["bundled:efficientnet_lite0"], "adapt": {"baseline": False},
                            "search": {"sampler": "random", "pruner": "none"}})
     report = fit_with_search(cfg, tmp_path / "run", n_trials=8, progress=False)
     res = json.loads((tmp_path / "run" / "search" / "search.json").read_text())
@@ -380,7 +380,7 @@ def test_searched_finetune_searches_inside_each_fold_and_ships_the_full_searchs_
     X, y = rng.normal(size=(n, 4)), np.arange(n) % 3
     ds = Dataset(modality="image", items=list(X), labels=y, classes=["a", "b", "c"], ids=[f"r{i}" for i in range(n)])
     cfg = validate_config({"backbones": ["bundled:efficientnet_lite0"],
-                           "adapt": {"strategies": ["linear_probe", "lp_ft"]},
+                           "adapt": {"strategies": ["linear_probe", "lp_ft"], "baseline": False},
                            "search": {"sampler": "random", "pruner": "none", "n_trials": 4, "finetune_trials": 2}})
     final = {"head": {"weight_decay": 2.0, "label_smoothing": 0.0, "class_weight": "none"},
              "finetune": {"lr": 3e-4, "layer_decay": 0.9, "label_smoothing": 0.05}}

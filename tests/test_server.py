@@ -33,7 +33,7 @@ def image_run(tmp_path_factory) -> Path:
     data = write_digits_folder(root / "digits", classes=(1, 7, 9), per_class=10)
     return run_config({"name": "srv_img", "data": {"source": "folder", "path": str(data)},
                  "split": {"folds": 2, "test_size": 0.25}, "preprocess": {"image_size": 32},
-                 "backbones": ["bundled:efficientnet_lite0"], "output": {"dir": str(root / "run")}})
+                 "backbones": ["bundled:efficientnet_lite0"], "adapt": {"baseline": False}, "output": {"dir": str(root / "run")}})
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +96,9 @@ def _files(image_run: Path) -> list[Path]:
     return sorted((image_run.parent / "digits").rglob("*.png"))[::3][:8]
 
 
-def _cli_records(run: Path, inputs: list[str]) -> list[dict]:
-    return [json.loads(line) for line in cli("predict", str(run), *inputs, "--json").stdout.splitlines()]
+def _cli_records(run: Path, inputs: list[str], texts: bool = False) -> list[dict]:
+    args = [a for t in inputs for a in ("--text", t)] if texts else inputs
+    return [json.loads(line) for line in cli("predict", str(run), *args, "--json").stdout.splitlines()]
 
 
 def _same(served: list[dict], expected: list[dict], names: list[str]) -> None:
@@ -131,7 +132,7 @@ def test_image_uploads_answer_what_predict_answers(image_run: Path, image_server
 def test_texts_as_json_answer_what_predict_answers(text_run: Path, text_server: Server) -> None:
     r = httpx.post(text_server.url + "/predict", json={"inputs": TEXTS}, timeout=120)
     assert r.status_code == 200, r.text
-    _same(r.json(), _cli_records(text_run, TEXTS), TEXTS)
+    _same(r.json(), _cli_records(text_run, TEXTS, texts=True), TEXTS)
 
 
 def test_a_text_that_names_a_server_file_is_only_text(text_server: Server) -> None:

@@ -48,7 +48,7 @@ def image_run(tmp_path_factory) -> Path:
         "data": {"source": "folder", "path": str(data), "modality": "image"},
         "split": {"folds": 2, "test_size": 0.25}, "preprocess": {"image_size": 32},
         "backbones": ["bundled:efficientnet_lite0", "bundled:efficientnet_lite1"],
-        "adapt": {"strategies": list(STRATEGIES)},
+        "adapt": {"strategies": list(STRATEGIES), "baseline": False},
         "train": {"finetune": {"epochs": 1, "max_train_batches": 2, "batch_size": 8, "lr": 1e-3,
                                "num_workers": 0}},
         "fuse": {"ensembles": ["stacking"], "distill": {"enabled": True},  # the text run has all four
@@ -69,27 +69,27 @@ def text_run(tmp_path_factory) -> Path:
 
 
 def _test_inputs(run: Path, tmp: Path) -> tuple[list[str], list[str]]:
-    """The run's test inputs as files for ``transfuse predict`` (images: the PNGs themselves;
-    texts: one file each), and the class order."""
+    """The run's test inputs (images: the PNGs; texts: the texts themselves) and the class order."""
     from transfuse.artifacts.store import RunFolder
     from transfuse.config import load_config
 
     cfg = load_config(run / "config.yaml")
     test = RunFolder(run).prepare_data(cfg).test
-    if cfg.data.modality == "image":
-        return [str(p) for p in test.items], list(test.classes)
-    tmp.mkdir(parents=True, exist_ok=True)
-    files = []
-    for i, text in enumerate(test.items):
-        (tmp / f"{i}.txt").write_text(text, encoding="utf-8")
-        files.append(str(tmp / f"{i}.txt"))
-    return files, list(test.classes)
+    return [str(p) for p in test.items], list(test.classes)
 
 
-def _predict_cli(run: Path, files: list[str], classes: list[str], *extra: str) -> np.ndarray:
-    p = cli("predict", str(run), *files, "--json", *extra, env=CLI_ENV)
+def _predict_cli(run: Path, inputs: list[str], classes: list[str], *extra: str) -> np.ndarray:
+    """``transfuse predict RUN FILES --json``; texts go in one text file (one text per line, so
+    their records are ``texts.txt:LINE``)."""
+    args, names = inputs, inputs
+    if not Path(inputs[0]).is_file():
+        assert not any("\n" in t for t in inputs)
+        f = run.parent / f"texts-{abs(hash(extra))}.txt"  # two calls at a time
+        f.write_text("\n".join(inputs) + "\n", encoding="utf-8")
+        args, names = [str(f)], [f"{f}:{i}" for i in range(1, len(inputs) + 1)]
+    p = cli("predict", str(run), *args, "--json", *extra, env=CLI_ENV)
     rows = [json.loads(line) for line in p.stdout.splitlines()]
-    assert [r["input"] for r in rows] == files
+    assert [r["input"] for r in rows] == names
     return np.array([[r["proba"][c] for c in classes] for r in rows])
 
 
@@ -209,3 +209,49 @@ def test_export_refuses_a_tfidf_ensemble_and_exports_the_feature_fusion(image_ru
     meta = json.loads((run / "candidates" / "fusion_features" / "onnx.json").read_text())
     assert meta["kind"] == "features" and meta["inputs"] == ["m0.input", "m1.input"]
     assert meta["parity_max_abs_diff"] <= 1e-4
+
+
+def test_batch_predict_reads_folders_tables_and_text_files_and_writes_tables(image_run: Path, text_run: Path,
+                                                                             tmp_path: Path):
+    """``predict RUN FOLDER --csv T --out F.csv``: a folder is its images, a manifest's relative
+    paths are read from its folder, the CSV has a header and a probability column per class. For
+    a text model a .txt file is one text per (non-blank) line, a CSV's ``text`` column is texts, and
+    ``--text WORD`` is that word even when a file of that name exists; records name their line."""
+    import csv
+
+    from transfuse.export.predict import predict
+
+    probe = "efficientnet_lite0/linear_probe"  # a light model: this test is about inputs and outputs
+    files, classes = _test_inputs(image_run, tmp_path)
+    folder = Path(files[0]).parent
+    in_folder = sorted(str(f) for f in folder.glob("*.png"))
+    (tmp_path / "m.csv").write_text("path\n" + "\n".join(f"{os.path.relpath(f, tmp_path)}" for f in files[:2])
+                                    + "\nmissing.png\n")
+    with ThreadPoolExecutor(2) as pool:
+        img = pool.submit(cli, "predict", str(image_run), str(folder), "--csv", str(tmp_path / "m.csv"),
+                          "--out", str(tmp_path / "p.csv"), "--candidate", probe, check=False, env=CLI_ENV)
+        (tmp_path / "cheese").write_text("a domesticated carnivorous mammal\n")
+        (tmp_path / "t.txt").write_text("a dog that barks\n\nbread made of flour\n")
+        (tmp_path / "t.csv").write_text('id,text\n7,"a cat, small"\n')
+        txt = pool.submit(cli, "predict", str(text_run), "t.txt", "--text", "cheese", "--csv", "t.csv",
+                          "--candidate", "tfidf", check=False, env=CLI_ENV, cwd=tmp_path)
+        img, txt = img.result(), txt.result()
+    assert img.returncode == 1 and "1 of" in img.stderr and "p.csv" in img.stderr  # missing.png: a record
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert list(rows[0]) == ["input", "label", "confidence", "error", *(f"p_{c}" for c in classes)]
+    assert [r["input"] for r in rows] == in_folder + [os.path.relpath(f, tmp_path) for f in files[:2]] + ["missing.png"]
+    assert rows[-1]["error"] == "file not found" and rows[-1]["label"] == ""
+    ref = predict(image_run, in_folder + files[:2], candidate=probe)["proba"]
+    got = np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows[:-1]])
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert [r["label"] for r in rows[:-1]] == [classes[k] for k in ref.argmax(1)]
+
+    assert txt.returncode == 0, txt.stderr
+    lines = txt.stdout.splitlines()
+    assert lines[0] == "input\tlabel\tconfidence"
+    assert [line.split("\t")[0] for line in lines[1:]] == ["t.txt:1", "t.txt:3", "cheese", "t.csv:2"]
+    texts = ["a dog that barks", "bread made of flour", "cheese", "a cat, small"]
+    ref = predict(text_run, texts, candidate="tfidf")
+    names = ref["classes"]
+    assert [line.split("\t")[1:] for line in lines[1:]] == [[names[k], f"{p[k]:.4f}"] for p, k in
+                                                            zip(ref["proba"], ref["proba"].argmax(1))]

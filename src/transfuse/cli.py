@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -12,6 +11,24 @@ import typer
 
 from transfuse.errors import UserError
 
+
+def _flags_without_type() -> None:
+    """Typer prints a type beside every option, ``<bool>`` beside a flag too (``--quiet <bool>``
+    reads as if it took a value); a flag shows no type. Other options keep theirs."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "_transfuse", False):
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> Any:
+        return None if getattr(self, "is_flag", False) else shown(self, ctx)
+
+    display_type_rich._transfuse = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_without_type()
 app = typer.Typer(help="transfuse: transfer learning, model fusion and optimization.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Install and convert sample data sets.", no_args_is_help=True)
@@ -19,6 +36,13 @@ app.add_typer(data_app, name="data")
 
 DEMOS = Path(__file__).parent / "demos"
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: KEY=VALUE (repeatable).")]
+
+
+def _quiet(quiet: bool) -> None:
+    if quiet:
+        from transfuse.progress import quiet_libraries
+
+        quiet_libraries()
 
 
 def _echo_summary(report: dict[str, Any]) -> None:
@@ -34,7 +58,16 @@ def _echo_summary(report: dict[str, Any]) -> None:
         mark = " *" if c["name"] == report["chosen"] else ""
         table.add_row(c["name"] + mark, c["kind"], f"{c['cv_mean']:.4f} ± {c['cv_std']:.4f}",
                       f"{t.get('accuracy', float('nan')):.4f}", f"{t.get('macro_f1', float('nan')):.4f}")
-    console.print(table)
+    # not a terminal (a log, a pipe): as wide as the table needs, never cut to 80 columns with "…"
+    if console.is_terminal:
+        console.print(table)
+    else:
+        from rich.console import Console
+
+        Console(stderr=True, width=10_000, color_system=None).print(table)
+    verdict = report.get("baseline") or {}
+    if verdict.get("transfer_loses"):
+        console.print(f"[yellow]note:[/yellow] {verdict['message']}", soft_wrap=True)
     if report.get("quarantined"):
         console.print(f"{len(report['quarantined'])} input(s) quarantined (listed in the report)")
     if report.get("outside_data_root"):
@@ -47,11 +80,12 @@ def _echo_summary(report: dict[str, Any]) -> None:
 def run(config: Path = typer.Argument(..., help="Experiment YAML file."),
         set_: SetOpt = None,
         out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: output.dir or runs/NAME)."),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bars, no library warnings."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run folder that holds a different experiment.")) -> None:
     """Run a whole experiment from a YAML config."""
     from transfuse.config import load_config
 
+    _quiet(quiet)
     cfg = load_config(config, set_ or [])
     from transfuse.pipeline import run_dir_for, run_experiment
 
@@ -61,6 +95,49 @@ def run(config: Path = typer.Argument(..., help="Experiment YAML file."),
         _echo_summary(fit_with_search(cfg, out or run_dir_for(cfg), cfg.search.n_trials, progress=not quiet))
         return
     _echo_summary(run_experiment(cfg, out, progress=not quiet, overwrite=overwrite))
+
+
+SOURCE_MODALITY = {"audio_folder": "audio", "audio_manifest": "audio", "speech": "audio", "text_table": "text",
+                   "wordnet": "text", "spamassassin": "text", "emoji_multimodal": "multimodal",
+                   "multimodal_manifest": "multimodal"}
+
+
+def infer_modality(data: str) -> str:
+    """The modality of ``--data`` when ``--modality`` is not given: a sample set's own; a folder
+    of audio files -> audio (else image); a table with a ``path`` column -> audio or image by the
+    files' extensions, with a ``text`` column -> text."""
+    from transfuse.data.registry import DATA_SOURCES, load_builtin_sources
+    from transfuse.export.batch import AUDIO_SUFFIXES, IMAGE_SUFFIXES, TABLE_FORMATS
+
+    load_builtin_sources()
+    head, sep, _ = data.partition(":")
+    if data in DATA_SOURCES and not Path(data).exists():
+        return SOURCE_MODALITY.get(data, "image")
+    if sep and head in DATA_SOURCES and len(head) > 1:
+        return SOURCE_MODALITY.get(head, "image")
+    p = Path(data)
+    if p.is_dir():
+        sfx = {f.suffix.lower() for f in p.rglob("*") if f.is_file()}
+        return "audio" if sfx & AUDIO_SUFFIXES and not sfx & IMAGE_SUFFIXES else "image"
+    fmt = TABLE_FORMATS.get(p.suffix.lower())
+    if p.is_file() and fmt is not None:
+        from transfuse.data.text import _table_rows
+
+        rows = []
+        for _, row, _problem in _table_rows(p, fmt):
+            if row is not None:
+                rows.append(row)
+            if len(rows) >= 6:
+                break
+        columns = set(rows[0]["__header__"]) if rows and "__header__" in rows[0] else set().union(*rows)
+        values = [str(r.get("path", "")) for r in rows if "__header__" not in r]
+        if "path" in columns:
+            return "audio" if any(Path(v).suffix.lower() in AUDIO_SUFFIXES for v in values) else "image"
+        if "text" in columns:
+            return "text"
+        raise UserError(f"--data {data!r}: cannot tell the modality from its columns ({', '.join(sorted(columns))}); "
+                        "give --modality image|text|audio (a table of texts has a 'text' column, of files a 'path' column)")
+    return "image"
 
 
 def infer_source(data: str, modality: str) -> tuple[str, str | None]:
@@ -87,7 +164,7 @@ def infer_source(data: str, modality: str) -> tuple[str, str | None]:
 
 @app.command()
 def fit(data: str = typer.Option(..., "--data", help="Folder, manifest, SOURCE:PATH or a sample set name (emoji, fashion_mnist, wordnet, ...)."),
-        modality: str = typer.Option("image", "--modality", help="image | text | audio"),
+        modality: Optional[str] = typer.Option(None, "--modality", help="image | text | audio (default: from the data: a table's text column, audio files, else image)."),
         backbone: list[str] = typer.Option(..., "--backbone", help="Backbone name (repeatable), e.g. bundled:efficientnet_lite0."),
         strategy: Optional[list[str]] = typer.Option(None, "--strategy", help="linear_probe | finetune | lp_ft | partial_ft (repeatable; default linear_probe)."),
         out: Path = typer.Option(..., "--out", help="Run folder."),
@@ -97,11 +174,13 @@ def fit(data: str = typer.Option(..., "--data", help="Folder, manifest, SOURCE:P
         set_: SetOpt = None,
         search_trials: Optional[int] = typer.Option(None, "--search", help="First search the head's hyperparameters with N trials (Optuna)."),
         storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL for --search (default: sqlite in the run folder)."),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bars, no library warnings."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run folder that holds a different experiment.")) -> None:
     """The same pipeline with defaults, for the common case and for scripts."""
+    _quiet(quiet)
     from transfuse.config import apply_overrides, validate_config
 
+    modality = modality or infer_modality(data)
     source, path = infer_source(data, modality)
     raw: dict[str, Any] = {
         "name": out.name, "seed": seed,
@@ -127,8 +206,9 @@ def fit(data: str = typer.Option(..., "--data", help="Folder, manifest, SOURCE:P
 
 @app.command()
 def resume(run_dir: Path = typer.Argument(..., help="A run folder."),
-           quiet: bool = typer.Option(False, "--quiet")) -> None:
+           quiet: bool = typer.Option(False, "--quiet", help="No progress bars, no library warnings.")) -> None:
     """Continue an interrupted run without redoing finished candidates."""
+    _quiet(quiet)
     from transfuse.pipeline.resume import resume as _resume
 
     _echo_summary(_resume(run_dir, progress=not quiet))
@@ -136,31 +216,45 @@ def resume(run_dir: Path = typer.Argument(..., help="A run folder."),
 
 @app.command()
 def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
-            inputs: list[str] = typer.Argument(..., help="Image/audio files, or texts (or text files)."),
+            inputs: Optional[list[str]] = typer.Argument(None, help="Files or folders (a folder: its image/audio/.txt files); for a text model a text file is one text per line."),
+            text: Optional[list[str]] = typer.Option(None, "--text", help="A literal text to classify (repeatable; text models)."),
+            table: Optional[Path] = typer.Option(None, "--csv", help="A .csv/.tsv/.jsonl table of inputs (its --column: texts, or file paths relative to the table)."),
+            column: Optional[str] = typer.Option(None, "--column", help="The --csv column to read (default: text for text models, path for image/audio)."),
+            out: Optional[Path] = typer.Option(None, "--out", help="Write the predictions here: .csv, .tsv or .jsonl (with a header / all probabilities)."),
             as_json: bool = typer.Option(False, "--json", help="Print JSON lines with all probabilities."),
             engine: str = typer.Option("auto", "--engine", help="onnx | torch | auto (onnx when exported)."),
             candidate: Optional[str] = typer.Option(None, "--candidate", help="Predict with this candidate (e.g. fusion/stacking) instead of the chosen model.")) -> None:
-    """Predict with a run's chosen model, or with one of its candidates. One line per input, in
-    order; an input that cannot be read gets an error record (``INPUT<tab>ERROR<tab>reason``, or
-    ``{"input", "error"}`` with --json) and the others are answered. Exit code: 0 when every input
-    was predicted, 1 when some got an error record, 2 for an error of the whole command."""
+    """Predict with a run's chosen model, or with one of its candidates. One record per input, in
+    order, after a header line (TSV ``input label confidence``; ``--json``: JSON lines; ``--out``:
+    a CSV/TSV/JSONL file chosen by its extension). An input that cannot be read gets an error record
+    (``INPUT<tab>ERROR<tab>reason``, ``{"input", "error"}`` in JSON, the ``error`` column in CSV)
+    and the others are answered. Exit code: 0 when every input was predicted, 1 when some got an
+    error record, 2 for an error of the whole command."""
+    import numpy as np
+
+    from transfuse.artifacts.spec import load_spec
+    from transfuse.export import batch
+    from transfuse.export.predict import model_folder
     from transfuse.export.predict import predict as _predict
 
-    res = _predict(run_dir, inputs, engine=engine, candidate=candidate)
-    classes, errors = res["classes"], res["errors"]
-    for i, (inp, p) in enumerate(zip(inputs, res["proba"])):
-        if i in errors:
-            print(json.dumps({"input": inp, "error": errors[i]}) if as_json else f"{inp}\tERROR\t{errors[i]}")
-            continue
-        k = int(p.argmax())
-        if as_json:
-            print(json.dumps({"input": inp, "label": classes[k],
-                              "proba": {c: float(v) for c, v in zip(classes, p)}}))
-        else:
-            print(f"{inp}\t{classes[k]}\t{p[k]:.4f}")
+    fmt = batch.output_format(out, as_json)
+    modality = load_spec(model_folder(run_dir, candidate)).modality
+    got = batch.gather(inputs or [], modality, text or [], table, column)
+    good = [i for i in range(len(got.names)) if i not in got.errors]
+    res = _predict(run_dir, [got.items[i] for i in good], engine=engine, candidate=candidate)
+    classes = res["classes"]
+    proba = np.full((len(got.names), len(classes)), np.nan, res["proba"].dtype)
+    proba[good] = res["proba"]
+    errors = {**got.errors, **{good[j]: why for j, why in res["errors"].items()}}
+    if out is None:
+        batch.write_stdout(got.names, classes, proba, errors, fmt)
+    else:
+        batch.write_file(out, got.names, classes, proba, errors, fmt)
+        print(f"{out}: {len(got.names) - len(errors)} predictions, {len(errors)} error records ({fmt})",
+              file=sys.stderr)
     if errors:
-        print(f"warning: {len(errors)} of {len(inputs)} inputs could not be read (error records above); "
-              "fix or remove them", file=sys.stderr)
+        print(f"warning: {len(errors)} of {len(got.names)} inputs could not be read (error records"
+              f"{' in ' + str(out) if out else ' above'}); fix or remove them", file=sys.stderr)
         raise typer.Exit(1)
 
 
@@ -183,9 +277,10 @@ def serve(run_dir: Path = typer.Argument(..., help="A finished run folder."),
 @app.command()
 def demo(task: str = typer.Option("image", "--task", help="image | text | audio"),
          out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/demo-TASK)."),
-         quiet: bool = typer.Option(False, "--quiet")) -> None:
+         quiet: bool = typer.Option(False, "--quiet", help="No progress bars, no library warnings.")) -> None:
     """Run an embedded demo. image: emoji categories with EfficientNet-Lite0 (probe + LP-FT);
     text: WordNet supersenses, MiniLM vs TF-IDF; audio: spoken digits on held-out espeak voices."""
+    _quiet(quiet)
     cfg_file = DEMOS / f"{task}.yaml"
     if not cfg_file.exists():
         names = sorted(p.stem for p in DEMOS.glob("*.yaml"))
@@ -250,8 +345,9 @@ def search(config: Path = typer.Argument(..., help="Experiment YAML file (its se
            storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL (default: sqlite file in the run folder)."),
            trials: Optional[int] = typer.Option(None, "--trials", help="Trials in the study, over all workers (default search.n_trials)."),
            worker: bool = typer.Option(False, "--worker", help="Join an existing study instead of creating it."),
-           quiet: bool = typer.Option(False, "--quiet")) -> None:
+           quiet: bool = typer.Option(False, "--quiet", help="No progress bars, no library warnings.")) -> None:
     """Hyperparameter search: heads on cached features, then (optionally) fine-tuning trials."""
+    _quiet(quiet)
     from transfuse.progress import console
     from transfuse.search.run import search_cli
 

@@ -170,7 +170,8 @@ def fit_images(d: Path, _: dict[str, Path]) -> tuple[list[str], dict[str, str]]:
     (d / "lists" / "test.csv").write_text("\n".join(rows) + "\n")
     (d / "afile").write_text("a file where the cache folder should be")
     return (["fit", "--data", "digits", "--test-data", "lists/test.csv", "--backbone", "bundled:efficientnet_lite0",
-             "--out", "run", "--folds", "2", "--set", "preprocess.image_size=32", "--quiet"],
+             "--out", "run", "--folds", "2", "--set", "preprocess.image_size=32", "--set", "adapt.baseline=false",
+             "--quiet"],
             {"TRANSFUSE_FEATURE_CACHE": str(d / "afile" / "cache")})
 
 
@@ -555,11 +556,12 @@ CASES = [
          f"output folder 'mine' exists and is not a transfuse run folder (it holds 'model' and no "
          f"config.yaml); {NOT_RUN}", "fit_out_foreign_folder", new=True),
     Case("fit_out_is_data", "run folder", "fit --out the data folder", "refused",
-         "output folder 'data' is the data folder 'data' (data.path); its files would be read as data: "
-         "give an output folder outside the data (--out)", "fit_out_is_data", new=True),
+         # the data path is stored absolute (run folders work from any directory): the message names it so
+         "...fit_out_is_data/data' (data.path); its files would be read as data: "
+         "give an output folder outside the data (--out)...", "fit_out_is_data", new=True),
     Case("fit_out_inside_data", "run folder", "fit --out a folder inside the data folder", "refused",
-         "output folder 'data/runs/r1' is inside the data folder 'data' (data.path); its files would be "
-         "read as data: give an output folder outside the data (--out)", "fit_out_inside_data", new=True),
+         "...fit_out_inside_data/data' (data.path); its files would be "
+         "read as data: give an output folder outside the data (--out)...", "fit_out_inside_data", new=True),
     Case("export_out_inside_run", "run folder", "export --out a folder inside the run", "refused",
          "--out ../fit_images/run/ship is inside the input folder ../fit_images/run of transfuse export; its "
          "files would mix with the input's: give an output folder outside the inputs", "export_out_inside_run",

@@ -190,7 +190,9 @@ def test_fault(case: Case, results: dict[str, Result]):
         assert case.item in got, f"{case.item} not quarantined; quarantined: {sorted(got)}"
         assert _matches(got[case.item], expect), f"got: {got[case.item]!r}"
     elif case.outcome == "record":
-        records = dict(line.split("\t", 1) for line in res.stdout.splitlines())
+        header, *rows = res.stdout.splitlines()
+        assert header == "input\tlabel\tconfidence"
+        records = dict(line.split("\t", 1) for line in rows)
         assert records[case.item] == f"ERROR\t{expect}"
         answered = [v for v in records.values() if not v.startswith("ERROR")]
         classes = json.loads((res.folder.parent / inv.needs[0] / "run" / "report.json").read_text())["task"]["classes"]

@@ -70,6 +70,7 @@ BUILTIN_MODULES: list[str] = [
     "transfuse.backbones.timm_source",
     "transfuse.backbones.audio",
     "transfuse.backbones.text",
+    "transfuse.backbones.pixels",
 ]
 
 

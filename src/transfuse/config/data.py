@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from transfuse.config.base import Section
+
+
+def absolute_paths(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a ``data`` section whose relative ``path``/``test_path`` that exist (from the
+    current directory) are absolute, so a run folder's config works from any directory (resume,
+    predict, export); a path that does not exist is left for the data source to report."""
+    out = dict(data)
+    for key in ("path", "test_path"):
+        v = out.get(key)
+        if isinstance(v, str) and v and not Path(v).is_absolute():
+            try:
+                p = Path(v).expanduser()
+                if p.exists():
+                    out[key] = str(p.resolve())
+            except (OSError, ValueError):
+                pass
+    return out
 
 
 class DataConfig(Section):
@@ -20,6 +38,11 @@ class DataConfig(Section):
     test_source: str | None = None
     test_path: str | None = None
     test_options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _absolute_paths(cls, data: Any) -> Any:
+        return absolute_paths(data) if isinstance(data, dict) else data
 
 
 class SplitConfig(Section):

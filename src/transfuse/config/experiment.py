@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from transfuse.config.base import Section
 from transfuse.config.data import AugmentConfig, DataConfig, PreprocessConfig, SplitConfig
@@ -50,6 +50,23 @@ class ExperimentConfig(Section):
     calibration: CalibrationConfig = CalibrationConfig()
     export: ExportConfig = ExportConfig()
     output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _image_baseline(cls, v: Any) -> Any:
+        """``adapt.baseline`` (default on): an image run gets the ``pixels`` candidate beside its
+        backbones (listed in the resolved config, so a resumed run is the same experiment)."""
+        if not isinstance(v, dict):
+            return v
+        adapt, data = v.get("adapt") or {}, v.get("data") or {}
+        on = adapt.get("baseline", True) if isinstance(adapt, dict) else getattr(adapt, "baseline", True)
+        modality = data.get("modality", "image") if isinstance(data, dict) else getattr(data, "modality", "image")
+        bbs = v.get("backbones")
+        if on is not True or modality != "image" or not isinstance(bbs, list) or not bbs:
+            return v
+        names = [b if isinstance(b, str) else (b.get("name") if isinstance(b, dict) else getattr(b, "name", None))
+                 for b in bbs]
+        return v if "pixels" in names else {**v, "backbones": [*bbs, "pixels"]}
 
     @field_validator("backbones", mode="before")
     @classmethod

@@ -23,6 +23,9 @@ class AdaptConfig(Section):
     """How each backbone is adapted; every strategy is one more candidate."""
 
     strategies: list[Strategy] = Field(default_factory=lambda: ["linear_probe"], min_length=1)
+    #: Image runs: add the no-transfer baseline ``pixels`` (logistic regression on raw pixels) as a
+    #: candidate when no backbone lists it, so the report says when transfer loses to it.
+    baseline: bool = True
 
 
 class HeadFit(Section):

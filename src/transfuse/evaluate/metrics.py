@@ -76,10 +76,23 @@ def confusion_matrix(y_true: Any, y_pred: Any, n_classes: int) -> np.ndarray:
     return np.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
+def wilson_interval(correct: int, n: int, z: float = 1.959963984540054) -> list[float]:
+    """The Wilson score interval (95% by default) of a proportion ``correct / n``: unlike the
+    normal approximation it stays inside [0, 1] and is not empty at 0 or n correct. Wilson (1927),
+    https://doi.org/10.1080/01621459.1927.10502953. ``[nan, nan]`` for n = 0."""
+    if n <= 0:
+        return [float("nan"), float("nan")]
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
+
+
 def classification_metrics(y_true: Any, proba: Any, classes: Sequence[str]) -> dict[str, Any]:
     """All test metrics for one candidate.
 
-    - ``accuracy``: fraction of rows whose arg-max is the true label.
+    - ``accuracy``: fraction of rows whose arg-max is the true label; ``accuracy_ci95``: its 95%
+      Wilson score interval (the test set is a sample: 0.75 on 12 examples is [0.47, 0.91]).
     - ``macro_f1``: unweighted mean F1 over the classes that occur in ``y_true`` or in the
       predictions (scikit-learn's default label set); a class never seen nor predicted is skipped.
     - ``log_loss``: mean -log p(true class), rows renormalised and p clipped to [1e-15, 1], over all
@@ -109,6 +122,7 @@ def classification_metrics(y_true: Any, proba: Any, classes: Sequence[str]) -> d
     return {
         "n": int(n),
         "accuracy": float(np.mean(pred == y)),
+        "accuracy_ci95": wilson_interval(int(np.sum(pred == y)), int(n)),
         "macro_f1": float(f1[present].mean()),
         "log_loss": float(-np.mean(np.log(p_true))),
         "ece": reliability_bins(y, p, ECE_BINS)["ece"],

@@ -66,6 +66,14 @@ def _secs(v: Any) -> str:
     return f"{v:.1f} s" if v < 120 else f"{int(v // 60)} min {int(v % 60):02d} s"
 
 
+#: Timing steps measured inside another step (an embedding inside its probe candidate's time).
+NESTED_TIMINGS = ("embed:",)
+
+
+def _nested(step: str) -> bool:
+    return step.startswith(NESTED_TIMINGS)
+
+
 def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
@@ -91,7 +99,10 @@ def _headline(r: dict, chosen: dict | None, test: dict) -> str:
     if chosen is None:
         return out[0] + "<p>No candidate was chosen.</p>"
     out.append(f"<p>Chosen candidate: <b>{_e(chosen.get('name'))}</b> ({_e(chosen.get('kind') or '?')})</p>")
-    cards = [("test accuracy", _pct(test.get("accuracy"))), ("test macro-F1", _pct(test.get("macro_f1"))),
+    ci = test.get("accuracy_ci95") or []
+    acc_label = ("test accuracy, 95% CI " + f"{_pct(ci[0])}–{_pct(ci[1])}"
+                 if len(ci) == 2 and _ok(ci[0]) and _ok(ci[1]) else "test accuracy")
+    cards = [(acc_label, _pct(test.get("accuracy"))), ("test macro-F1", _pct(test.get("macro_f1"))),
              ("test log-loss", _num(test.get("log_loss"))), ("test ECE", _num(test.get("ece"))),
              ("CV accuracy", f"{_pct(chosen.get('cv_mean'))} ± {_num((chosen.get('cv_std') or 0) * 100, 1)}")]
     cal = r.get("calibration") or {}
@@ -111,7 +122,42 @@ def _headline(r: dict, chosen: dict | None, test: dict) -> str:
                 parts.append(f"<span class='{'pos' if d > 0 else 'neg' if d < 0 else ''}'>{d:+.1f} pts</span> {label}")
         out.append(f"<p class='gain'>Versus the best single model by CV, <b>{_e(best.get('name'))}</b>: "
                    + (", ".join(parts) or "no comparable numbers") + ".</p>")
+    verdict = r.get("baseline") or {}
+    if verdict.get("message"):
+        cls = "neg" if verdict.get("transfer_loses") else "pos"
+        out.append(f"<p class='gain {cls}'>{_e(verdict['message'][0].upper() + verdict['message'][1:])}.</p>")
     return "".join(out)
+
+
+def _thumbnail(path: str, size: int = 64) -> str:
+    """A small inline PNG of an image file, or '' when it cannot be read."""
+    import io
+
+    try:
+        from PIL import Image
+
+        with Image.open(path) as src:  # PIL's decompression-bomb limit applies
+            img = src.convert("RGB")
+        img.thumbnail((size, size))
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        return _img(buf.getvalue(), "misclassified example")
+    except Exception:  # noqa: BLE001  (a moved or unreadable file: the path alone is shown)
+        return ""
+
+
+def _misclassified(r: dict) -> str:
+    wrong = r.get("misclassified")
+    if wrong is None:
+        return ""
+    if not wrong:
+        return "<h2>Misclassified test examples</h2><p>None: every test example was classified right.</p>"
+    images = r.get("modality") == "image"
+    rows = [[f"<td>{_thumbnail(str(w.get('input'))) if images else ''}<code>{_e(w.get('input'))}</code></td>",
+             f"<td>{_e(w.get('true'))}</td>", f"<td>{_e(w.get('predicted'))}</td>",
+             f"<td class='num'>{_pct(w.get('confidence'))}</td>"] for w in wrong]
+    return ("<h2>Misclassified test examples</h2><p class='sub'>the chosen model's most confident mistakes "
+            f"(up to {len(wrong)})</p>" + _table(["input", "true", "predicted", "confidence"], rows))
 
 
 def _candidates(cands: list[dict], chosen_name: Any) -> str:
@@ -162,6 +208,7 @@ def render_report_html(report: dict) -> str:
                  + _img(plots.confusion_matrix_plot(test["confusion_matrix"], classes), "confusion matrix"))
     if test.get("per_class"):
         s.append(_per_class(test["per_class"]))
+    s.append(_misclassified(r))
     if any(c.get("history") for c in cands):
         png, left_out = plots.learning_curves(cands)
         s.append("<h2>Learning curves</h2><p class='sub'>thin lines: folds; thick: mean over folds</p>"
@@ -211,10 +258,14 @@ def render_report_html(report: dict) -> str:
                                                  for c in (classes or list(counts))) + "</div>")
     timings = r.get("timings") or {}
     if timings:
-        rows = [[f"<td>{_e(k)}</td>", f"<td class='num'>{_secs(v)}</td>"] for k, v in timings.items()]
-        total = sum(v for v in timings.values() if _ok(v))
-        s.append("<h2>Timings</h2>" + _table(["step", "time"], rows + [["<td><b>total</b></td>",
-                                                                       f"<td class='num'><b>{_secs(total)}</b></td>"]]))
+        rows = [[f"<td>{_e(k)}{' <span class=sub>(within its candidate)</span>' if _nested(k) else ''}</td>",
+                 f"<td class='num'>{_secs(v)}</td>"] for k, v in timings.items()]
+        total = sum(v for k, v in timings.items() if _ok(v) and not _nested(k))
+        rows.append(["<td><b>total</b> <span class=sub>(steps not within another)</span></td>",
+                     f"<td class='num'><b>{_secs(total)}</b></td>"])
+        if _ok(r.get("wall_seconds")):
+            rows.append(["<td>wall clock, start to report</td>", f"<td class='num'>{_secs(r['wall_seconds'])}</td>"])
+        s.append("<h2>Timings</h2>" + _table(["step", "time"], rows))
     if r.get("config") is not None:
         s.append("<h2>Configuration</h2>" + _collapsible(
             "resolved config", f"<pre>{_e(json.dumps(r['config'], indent=2, default=str))}</pre>", False))

@@ -192,24 +192,33 @@ def _modules() -> dict[str, type]:
 
 def check_exportable(folder: Path) -> None:
     """Refuse, before loading anything, a model ONNX cannot hold: a joint fusion, a raw-input
-    estimator (TF-IDF), or an ensemble with such a member."""
+    estimator (TF-IDF, raw pixels), or an ensemble with such a member."""
     from transfuse.artifacts.serve import run_root
     from transfuse.artifacts.spec import load_spec
     from transfuse.artifacts.store import RunFolder
 
     spec = load_spec(folder)
-    what = {"joint": "a jointly fine-tuned fusion (fusion/joint)", "raw": "a raw-input estimator (TF-IDF)"}
-    culprit = spec.kind if spec.kind in what else None
+    raw_names = {"tfidf": "TF-IDF", "pixels": "logistic regression on raw pixels"}
+
+    def what(s: Any) -> str | None:
+        if s.kind == "joint":
+            return "a jointly fine-tuned fusion (fusion/joint)"
+        if s.kind == "raw":
+            name = str((s.estimator or {}).get("name", ""))
+            return f"a raw-input estimator ({raw_names.get(name, name or 'raw')})"
+        return None
+
+    culprit = what(spec)
     if spec.kind == "ensemble":
         run = RunFolder(run_root(folder))
-        kinds = {m: load_spec(run.candidate(m)).kind for m in spec.members}
-        bad = next((m for m, k in kinds.items() if k in what), None)
+        kinds = {m: what(load_spec(run.candidate(m))) for m in spec.members}
+        bad = next((m for m, k in kinds.items() if k), None)
         if bad is not None:
-            raise ExportError(f"{str(folder)!r}: ensemble member {bad!r} is {what[kinds[bad]]}, which ONNX cannot "
+            raise ExportError(f"{str(folder)!r}: ensemble member {bad!r} is {kinds[bad]}, which ONNX cannot "
                               "hold; serve this fusion with 'transfuse predict', or export another candidate "
                               "(transfuse export RUN --candidate NAME)")
     if culprit:
-        raise ExportError(f"{str(folder)!r}: {what[culprit]} cannot be exported to ONNX; serve it with "
+        raise ExportError(f"{str(folder)!r}: {culprit} cannot be exported to ONNX; serve it with "
                           "'transfuse predict', or export another candidate (transfuse export RUN --candidate NAME)")
 
 
@@ -333,15 +342,77 @@ def export_run(run_dir: str | Path, int8: bool = False, tolerance: float = 1e-4,
         raise ExportError(f"export: ONNX probabilities differ from torch by {diff:.2e} on {len(idx)} real "
                           f"inputs (tolerance {tolerance:g}); raise export.tolerance or report the backbone")
     names = [n for p in parts for n in p.names]
+    recipes = [part_recipe(p) for p in parts]
+    write_metadata(folder / ONNX_FILE, spec, parts, recipes)
     out: dict[str, Any] = {"format": "onnx", "file": ONNX_FILE, "inputs": names, "opset": opset,
                            "kind": spec.kind, "temperature": float(spec.temperature or 1.0),
                            "parity_max_abs_diff": diff, "parity_samples": len(idx), "tolerance": tolerance,
                            "export_seconds": seconds, "size_bytes": (folder / ONNX_FILE).stat().st_size,
-                           "parts": [{"backbone": p.spec, "inputs": p.names, "prefix": p.prefix} for p in parts]}
+                           "classes": list(spec.classes),
+                           "parts": [{"backbone": p.spec, "inputs": p.names, "prefix": p.prefix,
+                                      **({"preprocess": r} if r else {})} for p, r in zip(parts, recipes)]}
     if int8:
         out.update(_int8(folder, parts, train, test, int8_method))
+        if out["int8"]["shipped"]:
+            write_metadata(folder / INT8_FILE, spec, parts, recipes)
+            out["int8"]["size_bytes"] = (folder / INT8_FILE).stat().st_size
     atomic_write_json(folder / META_FILE, out)
     return out
+
+
+def part_recipe(part: Part) -> dict[str, Any] | None:
+    """The preprocessing of one graph input as data: the image recipe of
+    :mod:`transfuse.export.preprocess` (what ``predict --engine onnx`` runs without torch), or the
+    backbone's own ``preprocess_config()`` (text, audio: tokenizer, sample rate, ...)."""
+    from transfuse.export.preprocess import image_recipe, text_recipe
+
+    pre = part.backbone.preprocess_config() if hasattr(part.backbone, "preprocess_config") else {}
+    modality = getattr(part.backbone, "modality", None)
+    recipe = image_recipe(pre) if modality == "image" else text_recipe(part.backbone) if modality == "text" else None
+    if recipe is not None and pre and recipe["type"] == "text":
+        recipe = {**json_safe(pre), **recipe}
+    if recipe is None and pre:
+        recipe = {"type": getattr(part.backbone, "modality", "?"), **json_safe(pre)}
+    return recipe
+
+
+def json_safe(obj: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(obj, default=str))
+
+
+def write_metadata(path: Path, spec: Any, parts: list[Part], recipes: list[dict[str, Any] | None]) -> None:
+    """Class names, preprocessing and calibration in the ONNX file's ``metadata_props`` (JSON
+    values under ``transfuse.*`` keys), so the file is usable without transfuse: any ONNX runtime
+    reads them (``InferenceSession(...).get_modelmeta().custom_metadata_map``)."""
+    import json
+
+    import onnx
+
+    from transfuse import __version__
+
+    model = onnx.load(str(path))
+    props = {
+        "transfuse.version": __version__,
+        "transfuse.candidate": str(spec.candidate),
+        "transfuse.modality": str(spec.modality),
+        "transfuse.classes": json.dumps(list(spec.classes)),
+        "transfuse.output": "proba: (batch, classes) calibrated probabilities, columns in transfuse.classes order",
+        "transfuse.temperature": json.dumps(float(spec.temperature or 1.0)),
+        "transfuse.inputs": json.dumps([n for p in parts for n in p.names]),
+        "transfuse.preprocessing": json.dumps([{"backbone": p.spec.get("name"), "inputs": p.names, **(r or {})}
+                                               for p, r in zip(parts, recipes)]),
+    }
+    keep = [e for e in model.metadata_props if e.key not in props]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for k, v in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    tmp = path.with_name("." + path.name + ".meta.tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(path)
 
 
 def _int8(folder: Path, parts: list[Part], train: Any, test: Any, method: str) -> dict[str, Any]:

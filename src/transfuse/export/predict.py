@@ -43,7 +43,7 @@ def check_modality(paths: list[str], modality: str) -> None:
         other = next((m for m, sfx in kinds.items() if m != modality and suffix in sfx), None)
         if other is not None:
             wanted = {"image": "image files (png, jpg, ...)", "audio": "audio files (wav, flac, ...)",
-                      "text": "texts or text files"}[modality]
+                      "text": "text files (one text per line), --text TEXT or --csv FILE"}[modality]
             raise UserError(f"input {s!r} is an {other} file but this model takes {modality} inputs; "
                             f"give {wanted}")
 
@@ -83,17 +83,14 @@ def input_problem(item: str, modality: str, audio_check: Any = None) -> str | No
 
 def load_inputs(paths_or_texts: list[str], modality: str, folder: Path | None = None
                 ) -> tuple[Any, dict[int, str]]:
-    """Decode raw inputs into a :class:`~transfuse.data.base.Dataset` without labels, and the
+    """Decode raw inputs (file paths; texts for a text model) into a :class:`~transfuse.data.base.Dataset` without labels, and the
     inputs left out: ``{position: reason}`` (a missing, empty, corrupt or undecodable file, a
     decompression bomb, silent or over-long audio). A file of another modality is an error for the
     whole command (the wrong model or the wrong files)."""
     from transfuse.data.base import Dataset
 
-    if modality == "text":
-        check_modality([s for s in paths_or_texts if _is_file(s)], modality)
-        items = []
-        for s in paths_or_texts:
-            items.append(Path(s).read_text(encoding="utf-8", errors="replace") if _is_file(s) else s)
+    if modality == "text":  # literal texts: a text that names a file is still only a text
+        items = [str(s) for s in paths_or_texts]
         return Dataset("text", items, np.zeros(len(items), int), ["?"], [str(i) for i in range(len(items))]), {}
     check_modality(list(paths_or_texts), modality)
     audio = _audio_check(folder) if modality == "audio" and folder is not None else None
@@ -114,8 +111,12 @@ class OnnxClassifier:
 
     def __init__(self, folder: Path, meta: dict[str, Any], int8: bool = False):
         from transfuse.export.onnx import parts_from_meta, session
+        from transfuse.export.preprocess import torch_free_parts
 
-        self.parts = parts_from_meta(meta)
+        # an image or text model with its preprocessing recorded runs without torch (PIL/tokenizers + numpy);
+        # others (and exports made before the recipe was recorded) rebuild their backbones
+        self.free_parts = torch_free_parts(meta)
+        self.parts = None if self.free_parts is not None else parts_from_meta(meta)
         q = meta.get("int8") or {}
         if int8 and not q.get("file"):
             raise UserError(f"{folder}: no int8 model ({q.get('reason') or 'export it with --int8'}); "
@@ -126,6 +127,10 @@ class OnnxClassifier:
     def predict_proba(self, dataset: Any, batch_size: int = 32) -> np.ndarray:
         from transfuse.export.onnx import batched_proba
 
+        if self.free_parts is not None:
+            from transfuse.export.preprocess import proba
+
+            return proba(self.session, self.free_parts, dataset, batch_size)
         return batched_proba(self.session, self.parts, dataset, batch_size)
 
 

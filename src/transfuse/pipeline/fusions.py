@@ -16,6 +16,10 @@ from transfuse.io import atomic_write_json
 from transfuse.progress import console
 
 
+#: The image baseline's candidate name (``adapt.baseline``): never a fusion member or teacher.
+IMAGE_BASELINE = "pixels"
+
+
 def feature_backbones(cfg: Any) -> list[tuple[str, str, dict[str, Any], Any]]:
     """``(name, spec, options, backbone)`` of every backbone of the run that yields features."""
     out = []
@@ -38,7 +42,12 @@ def run_fusions(cfg: Any, run: RunFolder, data: Prepared, results: list[Candidat
     fc, seed, metric = cfg.fuse, cfg.seed, cfg.evaluate.metric
     y, classes, modality = data.train.labels, list(data.train.classes), data.train.modality
     c, bs = len(classes), cfg.train.embed_batch_size
+    # the image baseline is a reference, not material: fusions of transferred candidates stay
+    # exportable (ONNX cannot hold raw pixels + logistic regression) and as they were without it
+    reference = {r.name for r in results if r.kind == "baseline" and r.name == IMAGE_BASELINE}
+    results = [r for r in results if r.name not in reference]
     members, excluded = select_members(fc, results)
+    excluded.update({n: "the no-transfer image baseline is compared with, not fused" for n in reference})
     for n, why in excluded.items():
         console.print(f"[yellow]fusion: leave out[/yellow] {n}: {why}")
     out: list[CandidateResult] = []

@@ -25,7 +25,7 @@ def build_report(cfg: Any, run: RunFolder, data: Prepared, results: list[Candida
         c["test"] = classification_metrics(ytest, r.test, classes) if len(ytest) else None
         cands.append(c)
     chosen = max(results, key=lambda r: r.cv_mean)
-    return {
+    report = {
         "name": cfg.name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "transfuse_version": __version__,
@@ -43,6 +43,53 @@ def build_report(cfg: Any, run: RunFolder, data: Prepared, results: list[Candida
         "timings": timings,
         "run_dir": str(run.path),
     }
+    verdict = baseline_verdict(cands, cfg.evaluate.metric)
+    if verdict:
+        report["baseline"] = verdict
+    return report
+
+
+def baseline_verdict(cands: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
+    """The best no-transfer baseline against the best transferred single candidate, by CV:
+    ``{baseline, baseline_cv, transfer, transfer_cv, transfer_loses, message}``; None when the run
+    lacks either."""
+    base = [c for c in cands if c["kind"] == "baseline"]
+    singles = [c for c in cands if c["kind"] == "single"]
+    if not base or not singles:
+        return None
+    b = max(base, key=lambda c: c["cv_mean"])
+    t = max(singles, key=lambda c: c["cv_mean"])
+    loses = b["cv_mean"] > t["cv_mean"]
+    if loses:
+        msg = (f"transfer loses to the no-transfer baseline: {b['name']} (CV {metric} {b['cv_mean']:.4f}) beats the "
+               f"best transferred candidate {t['name']} (CV {t['cv_mean']:.4f}); the pretrained features do not fit "
+               "this data: use the baseline, or try fine-tuning or another backbone")
+    else:
+        msg = (f"transfer beats the no-transfer baseline: {t['name']} (CV {metric} {t['cv_mean']:.4f}) over "
+               f"{b['name']} (CV {b['cv_mean']:.4f})")
+    return {"baseline": b["name"], "baseline_cv": b["cv_mean"], "transfer": t["name"], "transfer_cv": t["cv_mean"],
+            "transfer_loses": loses, "message": msg}
+
+
+def misclassified(test: Any, proba: Any, classes: list[str], k: int = 8) -> list[dict[str, Any]]:
+    """Up to ``k`` test examples the chosen model gets wrong, the most confident mistakes first:
+    ``{input, true, predicted, confidence}`` (``input``: the file path, or the text cut to 300
+    characters)."""
+    import numpy as np
+
+    if not len(test) or proba is None or not len(proba):
+        return []
+    p = np.asarray(proba)
+    pred = p.argmax(axis=1)
+    wrong = np.flatnonzero(pred != np.asarray(test.labels))
+    wrong = wrong[np.argsort(-p[wrong, pred[wrong]], kind="stable")][:k]
+    out = []
+    for i in wrong:
+        item = test.items[i]
+        text = item if isinstance(item, str) else str(item)
+        out.append({"input": text if len(text) <= 300 else text[:299] + "…", "true": classes[int(test.labels[i])],
+                    "predicted": classes[int(pred[i])], "confidence": float(p[i, pred[i]])})
+    return out
 
 
 def calibrate(cfg: Any, data: Prepared, chosen: CandidateResult, report: dict[str, Any]) -> float | None:
@@ -65,8 +112,9 @@ def finish(cfg: Any, run: RunFolder, data: Prepared, results: list[CandidateResu
 
     chosen = next(r for r in results if r.name == report["chosen"])
     t = calibrate(cfg, data, chosen, report)
-    run.promote(chosen.name, chosen.test if t is None or not len(chosen.test)
-                else apply_temperature(chosen.test, t), t)
+    test_proba = chosen.test if t is None or not len(chosen.test) else apply_temperature(chosen.test, t)
+    run.promote(chosen.name, test_proba, t)
+    report["misclassified"] = misclassified(data.test, test_proba, list(data.train.classes))
     if cfg.export.enabled:
         from transfuse.export.onnx import export_run
 
@@ -76,3 +124,12 @@ def finish(cfg: Any, run: RunFolder, data: Prepared, results: list[CandidateResu
     fault_point("report")
     atomic_write_json(run.path / "report.json", report)
     write_report_html(report, run.path)
+    from transfuse.artifacts.card import write_model_card
+
+    try:
+        write_model_card(run.path, report)
+    except Exception as e:  # noqa: BLE001  (the model and reports are saved; the card is their summary)
+        from transfuse.progress import console
+
+        console.print(f"warning: model card not written ({type(e).__name__}: {e}); the model and "
+                      "report.json are complete", soft_wrap=True)
