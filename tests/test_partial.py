@@ -113,7 +113,7 @@ def test_partial_ft_candidate_ships_and_serves(digits_folder: Path, tmp_path: Pa
         "split": {"folds": 2, "test_size": 0.25},
         "backbones": ["bundled:efficientnet_lite0"],
         "preprocess": {"image_size": 32},
-        "adapt": {"strategies": ["partial_ft"]},
+        "adapt": {"strategies": ["partial_ft"], "baseline": False},
         "train": {"finetune": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "inner_val": 0.25},
                   "partial": {"blocks": 2}},
         "fuse": {"ensembles": [], "features": {"enabled": False}},
