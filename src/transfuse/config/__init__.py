@@ -25,6 +25,8 @@ from transfuse.config.fuse import (
     JointOptions,
     NonNegFloat,
     PositiveFloat,
+    SoupMethod,
+    SoupOptions,
     UnitFloat,
     UnlabelledSource,
 )
@@ -66,7 +68,7 @@ __all__ = [
     "ExperimentConfig", "ExportConfig", "FeatureFusionConfig", "FeatureFusionOptions", "FinetuneConfig",
     "FuseConfig", "HeadConfig", "HeadFit", "HeadKind", "ImageAugment", "JointOptions", "NonNegFloat",
     "Optimizer", "OutputConfig", "ParamSpace", "PositiveFloat", "PreprocessConfig", "SearchConfig", "Section",
-    "SplitConfig", "Strategy", "TextCleaning", "TrainConfig", "UnitFloat", "UnlabelledSource",
+    "SoupMethod", "SoupOptions", "SplitConfig", "Strategy", "TextCleaning", "TrainConfig", "UnitFloat", "UnlabelledSource",
     "apply_overrides", "config_to_yaml", "default_finetune_space", "default_head_space", "field_defaults",
     "format_validation_error", "load_config", "load_yaml", "parse_override", "read_yaml", "validate_config",
     "validation_error", "validation_problems",
