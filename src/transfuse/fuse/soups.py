@@ -105,11 +105,12 @@ class SoupBuilder:
     """Builds, predicts and caches the soups of one backbone's ingredients.
 
     ``backbone``: the (pretrained) backbone the ingredients were fine-tuned from; ``train``/``test``:
-    the run's training and test parts in the backbone's modality."""
+    the run's training and test parts in the backbone's modality; ``device``: where it predicts."""
 
-    def __init__(self, backbone: Any, train: Any, test: Any, n_classes: int, workdir: Path, batch_size: int = 64):
+    def __init__(self, backbone: Any, train: Any, test: Any, n_classes: int, workdir: Path, batch_size: int = 64,
+                 device: str = "cpu"):
         self.backbone, self.train, self.test, self.n_classes = backbone, train, test, n_classes
-        self.workdir, self.batch_size = workdir, batch_size
+        self.workdir, self.batch_size, self.device = workdir, batch_size, device
         self._net: Any = None
 
     def network(self, state: dict[str, Any]) -> Any:
@@ -117,7 +118,7 @@ class SoupBuilder:
         from transfuse.train.finetune import Classifier
 
         if self._net is None:
-            self._net = Classifier(copy.deepcopy(self.backbone), self.n_classes)
+            self._net = Classifier(copy.deepcopy(self.backbone), self.n_classes).to(self.device)
             self._net.backbone._weights_hash = None
         self._net.load_state_dict(state, strict=True)
         return self._net.eval()
@@ -172,7 +173,8 @@ def soup_candidates(ingredients: list[Ingredient], builder: SoupBuilder, methods
         paths = dict(zip(names, (i.folds[k] for i in ingredients), strict=True))
         known = {(i.name,): i.result.oof[va] for i in ingredients}  # one ingredient: its own model
 
-        def va_proba(kept: list[str], tag: str) -> np.ndarray:
+        def va_proba(kept: list[str], tag: str, k: int = k, va: np.ndarray = va, paths: dict = paths,
+                     known: dict = known) -> np.ndarray:
             key = tuple(n for n in names if n in kept)
             if key not in known:
                 state = average([paths[n] for n in key], list(key), builder.workdir / f"fold{k}" / tag)
@@ -188,7 +190,7 @@ def soup_candidates(ingredients: list[Ingredient], builder: SoupBuilder, methods
             own = {i.name: s for i in ingredients if (s := _inner_score(i, k, y[iva], metric)) is not None}
             config = {"merge_method": "greedy_soup", "device": "cpu",
                       "models": [{"model": str(paths[n]), "name": n} for n in names]}
-            soup = greedy_soup(config, lambda sd: score(y[iva], builder.proba(sd, iva), metric), scores=own)
+            soup = greedy_soup(config, lambda sd, iva=iva: score(y[iva], builder.proba(sd, iva), metric), scores=own)
             kept_by["greedy"].append(list(soup.kept))
             history += [{"fold": k, "added": n, "inner_val_score": s, "kept": bool(kept)}
                         for n, s, kept in soup.history]
