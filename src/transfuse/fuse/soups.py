@@ -105,12 +105,13 @@ class SoupBuilder:
     """Builds, predicts and caches the soups of one backbone's ingredients.
 
     ``backbone``: the (pretrained) backbone the ingredients were fine-tuned from; ``train``/``test``:
-    the run's training and test parts in the backbone's modality; ``device``: where it predicts."""
+    the run's training and test parts in the backbone's modality. Soups predict on the CPU, as
+    the fine-tuned candidates do (their fitted models are moved back to it) and as ``predict``
+    serves them."""
 
-    def __init__(self, backbone: Any, train: Any, test: Any, n_classes: int, workdir: Path, batch_size: int = 64,
-                 device: str = "cpu"):
+    def __init__(self, backbone: Any, train: Any, test: Any, n_classes: int, workdir: Path, batch_size: int = 64):
         self.backbone, self.train, self.test, self.n_classes = backbone, train, test, n_classes
-        self.workdir, self.batch_size, self.device = workdir, batch_size, device
+        self.workdir, self.batch_size = workdir, batch_size
         self._net: Any = None
 
     def network(self, state: dict[str, Any]) -> Any:
@@ -118,7 +119,7 @@ class SoupBuilder:
         from transfuse.train.finetune import Classifier
 
         if self._net is None:
-            self._net = Classifier(copy.deepcopy(self.backbone), self.n_classes).to(self.device)
+            self._net = Classifier(copy.deepcopy(self.backbone), self.n_classes)
             self._net.backbone._weights_hash = None
         self._net.load_state_dict(state, strict=True)
         return self._net.eval()

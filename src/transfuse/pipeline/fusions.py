@@ -28,14 +28,6 @@ def feature_backbones(cfg: Any) -> list[tuple[str, str, dict[str, Any], Any]]:
     return out
 
 
-def soup_device(cfg: Any) -> str:
-    """Where soups predict: the GPU when fine-tuning may use one and one is visible."""
-    import torch
-
-    ft = cfg.train.finetune
-    return "cuda" if ft.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
-
-
 def run_soups(cfg: Any, run: RunFolder, data: Prepared, results: list[CandidateResult], done: Any, keep: Any,
               spec: Any, excluded: dict[str, str], backbones: Callable[[], list]) -> None:
     """``fuse.soups``: per backbone with at least 2 fine-tuned candidates, its soups as candidates
@@ -55,7 +47,7 @@ def run_soups(cfg: Any, run: RunFolder, data: Prepared, results: list[CandidateR
             continue
         work = run.work_dir(f"soup/{short}")
         builder = SoupBuilder(bb, dataset_for(data.train, bb.modality), dataset_for(data.test, bb.modality),
-                              len(data.train.classes), work, cfg.train.embed_batch_size, soup_device(cfg))
+                              len(data.train.classes), work, cfg.train.embed_batch_size)
         made, skipped = soup_candidates(ingredients, builder, methods, data.train.labels, data.folds,
                                         cfg.train.finetune.inner_val, cfg.evaluate.metric, cfg.seed, short)
         excluded.update(skipped)
