@@ -91,8 +91,9 @@ class SoupOptions(Section):
     ``greedy``: ingredients added best-first while the inner validation score does not drop
     (needs ``train.finetune.inner_val`` > 0). See docs/fusion.md."""
 
-    enabled: bool = True
-    methods: list[SoupMethod] = Field(default_factory=lambda: ["uniform", "greedy"])
+    enabled: bool = Field(True, description="soups where a backbone has >= 2 fine-tuned candidates")
+    methods: list[SoupMethod] = Field(default_factory=lambda: ["uniform", "greedy"],
+                                      description="uniform: mean of all; greedy: kept best-first by inner validation")
 
 
 class FuseConfig(Section):
