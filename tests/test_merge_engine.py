@@ -237,6 +237,30 @@ def test_greedy_soup_keeps_a_model_only_if_the_score_does_not_drop(tmp_path):
     assert r.scores["m2"] == -9.0 and "greedy soup kept m0, m1" in (tmp_path / "out/README.md").read_text()
 
 
+def test_greedy_soup_uses_known_scores_and_evaluates_only_the_rest(tmp_path):
+    ms = [_save({"w": torch.tensor([v])}, tmp_path / f"m{i}.safetensors") for i, v in enumerate([0.0, 2.0, 10.0])]
+    seen = []
+
+    def evaluate(sd):
+        seen.append(float(sd["w"]))
+        return -abs(float(sd["w"]) - 1.0)
+
+    # m2's known score puts it first: the soup starts from it, and m0 alone is never evaluated
+    soup = greedy_soup({"merge_method": "greedy_soup", "models": ms}, evaluate, scores={"m0": -1.0, "m2": 5.0})
+    assert soup.scores == {"m0": -1.0, "m1": -1.0, "m2": 5.0} and soup.kept == ["m2"]
+    assert seen == [2.0, 5.0, 6.0]  # m1 alone; then m2+m0, m2+m1 (ties keep config order): both refused
+
+
+def test_soup_ships_what_half_of_the_folds_kept():
+    from transfuse.fuse.soups import final_kept
+
+    names = ["a/finetune", "a/lp_ft", "a/x"]
+    assert final_kept([["a/lp_ft"], ["a/lp_ft", "a/finetune"], ["a/lp_ft"]], names) == ["a/lp_ft"]
+    assert final_kept([["a/lp_ft"], ["a/finetune", "a/lp_ft"]], names) == ["a/finetune", "a/lp_ft"]  # 1 of 2: kept
+    # none kept by half the folds: the one kept most often (a tie goes to the earlier name)
+    assert final_kept([["a/x"], ["a/lp_ft"], ["a/finetune"], ["a/x"], ["a/lp_ft"]], names) == ["a/lp_ft"]
+
+
 def test_search_parameters_hook(tmp_path):
     base = _save({"w": torch.tensor([0.0])}, tmp_path / "base.safetensors")
     ms = [_save({"w": torch.tensor([v])}, tmp_path / f"m{i}.safetensors") for i, v in enumerate([1.0, 3.0])]

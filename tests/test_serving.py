@@ -9,7 +9,8 @@ each sort (spec kind, strategy, method: e.g. probe/distill, finetune/lp_ft, ense
 through the ``transfuse`` command itself, in a fresh process (a command is mostly start-up: all of
 them would take minutes). Two small real runs: digits PNGs through EfficientNet-Lite0/Lite1 at 32 px
 (probes, fine-tuning, LP-FT, a stacking ensemble of them, the feature fusion, a distilled student,
-the joint fusion; the CV winner is a fusion), and WordNet glosses through TF-IDF and MiniLM-L3
+the joint fusion, each backbone's uniform and greedy soups of its two fine-tunes; the CV winner is a
+fusion), and WordNet glosses through TF-IDF and MiniLM-L3
 (TF-IDF alone and inside every ensemble: mean, weighted, greedy, stacking).
 """
 
@@ -162,7 +163,10 @@ def test_the_runs_produce_every_candidate_asked_for(served: dict[tuple[str, str]
     txt = {n for r, n in served if r == "text"}
     singles = {f"{b}/{s}" for b in ("efficientnet_lite0", "efficientnet_lite1") for s in STRATEGIES}
     fusions = {f"fusion/{m}" for m in ("stacking", "features", "joint")}
-    assert singles | fusions <= img
+    soups = {f"soup/{b}/{m}" for b in ("efficientnet_lite0", "efficientnet_lite1") for m in ("uniform", "greedy")}
+    assert singles | fusions | soups <= img
+    for n in soups:  # one network of the backbone: a fine-tuned model to serve and export
+        assert served["image", n].sort == ("finetune", "soup", n.rsplit("/", 1)[1] + "_soup")
     student = [n for n in img if n.startswith("distill/")]
     assert len(student) == 1 and served["image", student[0]].sort == ("probe", "distill", None)
     assert {"tfidf", "minilm_l3/linear_probe"} | {f"fusion/{m}" for m in ENSEMBLES} == txt
@@ -255,3 +259,35 @@ def test_batch_predict_reads_folders_tables_and_text_files_and_writes_tables(ima
     names = ref["classes"]
     assert [line.split("\t")[1:] for line in lines[1:]] == [[names[k], f"{p[k]:.4f}"] for p, k in
                                                             zip(ref["proba"], ref["proba"].argmax(1))]
+
+
+def test_soups_are_made_of_each_fold_and_the_refits(image_run: Path):
+    """``fit`` with ``finetune`` and ``lp_ft`` offers soups of the two (:mod:`transfuse.fuse.soups`):
+    each outer fold's greedy soup chooses among that fold's models; the uniform soup that ships
+    holds, tensor by tensor, the mean of its ingredients' shipped weights (computed here from their
+    files, not by the merge engine); one backbone's size."""
+    import torch
+    from safetensors.torch import load_file
+
+    rep = {c["name"]: c for c in json.loads((image_run / "report.json").read_text())["candidates"]}
+    for b in ("efficientnet_lite0", "efficientnet_lite1"):
+        ingredients = [f"{b}/finetune", f"{b}/lp_ft"]
+        uniform, greedy = rep[f"soup/{b}/uniform"], rep[f"soup/{b}/greedy"]
+        assert uniform["members"] == ingredients and uniform["kind"] == "fusion" and len(uniform["cv_scores"]) == 2
+        assert uniform["params"] == rep[ingredients[0]]["params"]
+        folds = greedy["selected"]["folds"]
+        assert len(folds) == 2 and all(f["kept"] and set(f["kept"]) <= set(ingredients) for f in folds)
+        assert greedy["members"] and set(greedy["members"]) <= set(ingredients)
+        assert {h["fold"] for h in greedy["history"]} == {0, 1}
+    folder = image_run / "candidates" / safe_name("soup/efficientnet_lite0/uniform")
+    soup = load_file(folder / "model.safetensors")
+    parts = [load_file(image_run / "candidates" / safe_name(n) / "model.safetensors")
+             for n in ("efficientnet_lite0/finetune", "efficientnet_lite0/lp_ft")]
+    assert set(soup) == set(parts[0]) == set(parts[1])
+    moved = 0
+    for k, v in soup.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v.double(), (parts[0][k].double() + parts[1][k].double()) / 2,
+                                       rtol=1e-6, atol=1e-6, msg=k)
+            moved += int(not torch.equal(parts[0][k], parts[1][k]))
+    assert moved > 10  # the ingredients differ: not a vacuous check

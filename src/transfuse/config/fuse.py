@@ -81,6 +81,21 @@ class JointOptions(Section):
     max_train_batches: int | None = Field(None, ge=1, description="cap per epoch (smoke runs)")
 
 
+SoupMethod = Literal["uniform", "greedy"]
+
+
+class SoupOptions(Section):
+    """Model soups (``fuse.soups``): the weights of one backbone's fine-tuned candidates
+    (``finetune``, ``lp_ft``) averaged into one network of that backbone's inference cost. Made
+    only where a backbone has at least 2 fine-tuned candidates; ``uniform``: the mean of all,
+    ``greedy``: ingredients added best-first while the inner validation score does not drop
+    (needs ``train.finetune.inner_val`` > 0). See docs/fusion.md."""
+
+    enabled: bool = Field(True, description="soups where a backbone has >= 2 fine-tuned candidates")
+    methods: list[SoupMethod] = Field(default_factory=lambda: ["uniform", "greedy"],
+                                      description="uniform: mean of all; greedy: kept best-first by inner validation")
+
+
 class FuseConfig(Section):
     """Which fusions a run tries over its candidates; each is one more candidate, chosen by CV."""
 
@@ -89,5 +104,6 @@ class FuseConfig(Section):
     features: FeatureFusionOptions = FeatureFusionOptions()
     distill: DistillOptions = DistillOptions()
     joint: JointOptions = JointOptions()
+    soups: SoupOptions = SoupOptions()
     max_members: int | None = Field(
         None, ge=2, description="fuse only the best N single candidates by CV; null = all")

@@ -39,8 +39,10 @@ def distill_settings(do: Any, head_weight_decay: float) -> dict[str, Any]:
 
 
 def pick_teacher(fusions: list[CandidateResult], setting: str) -> CandidateResult | None:
-    """``features``: the feature fusion; ``chosen``: the best fusion by CV (not the joint one)."""
-    fusions = [r for r in fusions if r.kind == "fusion" and r.method != "joint"]
+    """``features``: the feature fusion; ``chosen``: the best fusion by CV (not the joint one, nor a
+    soup)."""
+    # not the joint fusion nor a soup: a teacher is refitted on cached features
+    fusions = [r for r in fusions if r.kind == "fusion" and r.method != "joint" and r.strategy != "soup"]
     if setting == "features":
         return next((r for r in fusions if r.method == "features"), None)
     return max(fusions, key=lambda r: r.cv_mean, default=None)

@@ -4,6 +4,8 @@ saved as a servable artifact (resumable). Members left out are listed with the r
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from typing import Any
 
 from transfuse.adapt.result import CandidateResult
@@ -29,6 +31,37 @@ def feature_backbones(cfg: Any) -> list[tuple[str, str, dict[str, Any], Any]]:
         if not getattr(bb, "is_raw_estimator", False):
             out.append((short_name(b.name), b.name, opts, bb))
     return out
+
+
+def run_soups(cfg: Any, run: RunFolder, data: Prepared, results: list[CandidateResult], done: Any, keep: Any,
+              spec: Any, excluded: dict[str, str], backbones: Callable[[], list]) -> None:
+    """``fuse.soups``: per backbone with at least 2 fine-tuned candidates, its soups as candidates
+    (:mod:`transfuse.fuse.soups`), saved as fine-tuned networks (``kind: finetune``)."""
+    from transfuse.data.multimodal import dataset_for
+    from transfuse.fuse.soups import SoupBuilder, find_ingredients, soup_candidates, soup_name
+
+    groups, left_out = find_ingredients(results, len(data.folds), run.work_dir, run.candidate_dir)
+    excluded.update(left_out)
+    if not groups:
+        return
+    by_spec = {bb.spec: (n, s, o, bb) for n, s, o, bb in backbones()}
+    for bspec, ingredients in groups.items():
+        short, name, opts, bb = by_spec[bspec]
+        methods = [m for m in cfg.fuse.soups.methods if not done(soup_name(short, m))]
+        if not methods:
+            continue
+        work = run.work_dir(f"soup/{short}")
+        builder = SoupBuilder(bb, dataset_for(data.train, bb.modality), dataset_for(data.test, bb.modality),
+                              len(data.train.classes), work, cfg.train.embed_batch_size)
+        made, skipped = soup_candidates(ingredients, builder, methods, data.train.labels, data.folds,
+                                        cfg.train.finetune.inner_val, cfg.evaluate.metric, cfg.seed, short)
+        excluded.update(skipped)
+        for cand, state, details in made:
+            s = spec(cand.name, kind="finetune", strategy="soup", method=cand.method, members=cand.members,
+                     backbones=[save.backbone_ref(name, opts, bb)], extra={"soup": details})
+            save.save_network(run.candidate_dir(cand.name), s, builder.network(state))
+            keep(cand)
+        shutil.rmtree(work, ignore_errors=True)  # fold soups: only their predictions are kept
 
 
 def run_fusions(cfg: Any, run: RunFolder, data: Prepared, results: list[CandidateResult], cache: Any,
@@ -67,6 +100,16 @@ def run_fusions(cfg: Any, run: RunFolder, data: Prepared, results: list[Candidat
     def spec(name: str, **kw: Any) -> ModelSpec:
         return ModelSpec(kind=kw.pop("kind", "ensemble"), candidate=name, modality=modality, classes=classes, **kw)
 
+    made: list = []
+
+    def all_backbones() -> list:
+        """:func:`feature_backbones`, built once (on first use)."""
+        if not made:
+            made.append(feature_backbones(cfg))
+        return made[0]
+
+    if fc.soups.enabled and fc.soups.methods:
+        run_soups(cfg, run, data, results, done, keep, spec, excluded, all_backbones)
     if len(members) >= 2:
         for method in fc.ensembles:
             if not done(f"fusion/{method}"):
@@ -76,7 +119,7 @@ def run_fusions(cfg: Any, run: RunFolder, data: Prepared, results: list[Candidat
                 keep(cand)
     backbones: list | None = None
     if fc.features.enabled and not done("fusion/features"):
-        backbones = feature_backbones(cfg)
+        backbones = all_backbones()
         if len(backbones) >= 2:
             blocks = {n: cache.embed(bb, dataset_for(data.train, bb.modality), bs, progress) for n, _, _, bb in backbones}
             tblocks = {n: cache.embed(bb, dataset_for(data.test, bb.modality), bs, progress) for n, _, _, bb in backbones}
@@ -94,7 +137,7 @@ def run_fusions(cfg: Any, run: RunFolder, data: Prepared, results: list[Candidat
     if fc.distill.enabled and teacher is None:
         excluded["distill"] = "no fusion ran to teach a student (fuse.ensembles / fuse.features)"
     elif fc.distill.enabled:
-        backbones = backbones or feature_backbones(cfg)
+        backbones = backbones or all_backbones()
         student = pick_student(fc.distill.student, results, backbones)
         if not done(f"distill/{student[0]}"):
             cand, model, settings = distill_candidate(cfg, data, teacher, results, cache, student, backbones, progress)
@@ -110,7 +153,7 @@ def run_fusions(cfg: Any, run: RunFolder, data: Prepared, results: list[Candidat
     if fc.joint.enabled and not done("fusion/joint"):
         from transfuse.fuse.joint import joint_candidate
 
-        backbones = backbones or feature_backbones(cfg)
+        backbones = backbones or all_backbones()
         cand, net, used = joint_candidate(fc.joint, data, backbones, metric, seed)
         refs = [save.backbone_ref(s, o, bb, block=n) for n, s, o, bb in backbones if n in used]
         save.save_joint(run.candidate_dir(cand.name), spec(cand.name, backbones=refs), net,

@@ -41,9 +41,12 @@ def load_state_dict(ref: str, root: Path | None = None) -> dict[str, Tensor]:
 
 
 def greedy_soup(config: MergeConfig | Mapping[str, Any] | str | Path,
-                evaluate: Callable[[dict[str, Tensor]], float]) -> SoupResult:
+                evaluate: Callable[[dict[str, Tensor]], float],
+                scores: Mapping[str, float] | None = None) -> SoupResult:
     """Wortsman et al. 2022, recipe 1: sort models by validation score, start from the best, add
     each next model to the uniform average and keep it only if the score does not drop.
+    ``scores``: the models' own validation scores where already known (``{name: score}``, e.g.
+    from the validation pass of their fine-tuning); the others are evaluated.
     """
     cfg = config if isinstance(config, MergeConfig) else load_config(config)
     states = {m.name: load_state_dict(m.model, cfg.root) for m in cfg.models}
@@ -52,7 +55,8 @@ def greedy_soup(config: MergeConfig | Mapping[str, Any] | str | Path,
         if set(sd) != keys or any(sd[k].shape != states[cfg.models[0].name][k].shape for k in keys):
             raise UserError(f"greedy soup: model {name!r} does not have the same tensors and "
                             "shapes as the others; soups need fine-tunes of one architecture")
-    scores = {name: float(evaluate(sd)) for name, sd in states.items()}
+    known = dict(scores or {})
+    scores = {name: float(known[name]) if name in known else float(evaluate(sd)) for name, sd in states.items()}
     order = sorted(states, key=lambda n: -scores[n])  # stable: config order breaks ties
     kept = [order[0]]
     total = {k: v.clone() for k, v in states[order[0]].items()}
