@@ -68,6 +68,20 @@ def test_predict_engines_agree_and_onnx_is_the_default(image_run):
     assert np.abs(auto["proba"] - torch_["proba"]).max() < 1e-4
     # the calibrated test probabilities the run saved
     assert np.abs(auto["proba"] - np.load(run / "model" / "test_proba.npy")).max() < 1e-4
+    # the int8 model the export shipped (or its one-line refusal)
+    meta = json.loads((run / "model" / "onnx.json").read_text())
+    if meta["int8"]["shipped"]:
+        int8 = predict(run, files, engine="onnx-int8")
+        assert int8["engine"] == "onnx-int8" and int8["proba"].shape == auto["proba"].shape
+        assert 0 < np.abs(int8["proba"] - auto["proba"]).max() < 0.2  # another model, close to fp32
+        labels = np.array([Path(f).parent.name for f in files])
+        acc = float((np.asarray(int8["classes"])[int8["proba"].argmax(1)] == labels).mean())
+        assert abs(acc - meta["test_accuracy"]["int8"]) <= 1 / len(files) + 1e-9
+    else:
+        with pytest.raises(UserError, match="no int8 model"):
+            predict(run, files, engine="onnx-int8")
+    with pytest.raises(UserError, match=r"--engine 'int8' is not valid; use one of: auto, onnx, onnx-int8, torch"):
+        predict(run, files, engine="int8")
 
 
 def test_onnx_file_carries_classes_and_preprocessing_and_predict_needs_no_torch(image_run):

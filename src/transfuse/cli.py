@@ -222,7 +222,7 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
             column: Optional[str] = typer.Option(None, "--column", help="The --csv column to read (default: text for text models, path for image/audio)."),
             out: Optional[Path] = typer.Option(None, "--out", help="Write the predictions here: .csv, .tsv or .jsonl (with a header / all probabilities)."),
             as_json: bool = typer.Option(False, "--json", help="Print JSON lines with all probabilities."),
-            engine: str = typer.Option("auto", "--engine", help="onnx | torch | auto (onnx when exported)."),
+            engine: str = typer.Option("auto", "--engine", help="onnx | onnx-int8 | torch | auto (onnx when exported)."),
             candidate: Optional[str] = typer.Option(None, "--candidate", help="Predict with this candidate (e.g. fusion/stacking) instead of the chosen model.")) -> None:
     """Predict with a run's chosen model, or with one of its candidates. One record per input, in
     order, after a header line (TSV ``input label confidence``; ``--json``: JSON lines; ``--out``:
@@ -263,7 +263,7 @@ def serve(run_dir: Path = typer.Argument(..., help="A finished run folder."),
           host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
           port: int = typer.Option(8000, "--port"),
           candidate: Optional[str] = typer.Option(None, "--candidate", help="Serve this candidate instead of the chosen model."),
-          engine: str = typer.Option("auto", "--engine", help="onnx | torch | auto (onnx when exported)."),
+          engine: str = typer.Option("auto", "--engine", help="onnx | onnx-int8 | torch | auto (onnx when exported)."),
           max_upload_mb: float = typer.Option(10.0, "--max-upload-mb", help="Largest accepted upload, in MB."),
           max_batch: int = typer.Option(64, "--max-batch", help="Most inputs run together from concurrent requests.")) -> None:
     """Serve a run's model over HTTP: GET /health, POST /predict (files or JSON texts)."""

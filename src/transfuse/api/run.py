@@ -91,11 +91,12 @@ class Run:
         key = (candidate, engine)
         with self._lock:
             if key not in self._models:
-                if engine == "onnx":
+                if engine.startswith("onnx"):
                     from transfuse.artifacts.spec import load_spec
 
                     spec = load_spec(folder)
-                    self._models[key] = (OnnxClassifier(folder, read_meta(folder) or {}), spec)
+                    self._models[key] = (OnnxClassifier(folder, read_meta(folder) or {}, int8=engine == "onnx-int8"),
+                                         spec)
                 else:
                     self._models[key] = load_model(folder)
             model, spec = self._models[key]
@@ -122,7 +123,7 @@ class Run:
 
         model, _, engine, spec = self._model(candidate, engine)
         data = batch.dataset()
-        if engine == "onnx":
+        if engine.startswith("onnx"):
             return np.asarray(model.predict_proba(data, batch_size))
         return np.asarray(predict_proba(model, spec, data, batch_size))
 

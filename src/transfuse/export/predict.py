@@ -134,14 +134,18 @@ class OnnxClassifier:
         return batched_proba(self.session, self.parts, dataset, batch_size)
 
 
+ENGINES = ("auto", "onnx", "onnx-int8", "torch")
+
+
 def resolve_engine(folder: Path, engine: str) -> str:
-    """``auto``: onnx when the model has been exported, else torch."""
+    """``auto``: onnx when the model has been exported, else torch; ``onnx-int8``: the int8 ONNX
+    model ``export --int8`` shipped."""
     from transfuse.export.onnx import read_meta
 
-    if engine not in ("auto", "onnx", "torch"):
-        raise UserError(f"--engine {engine!r} is not valid; use onnx, torch or auto")
+    if engine not in ENGINES:
+        raise UserError(f"--engine {engine!r} is not valid; use one of: {', '.join(ENGINES)}")
     has_onnx = read_meta(folder) is not None
-    if engine == "onnx" and not has_onnx:
+    if engine in ("onnx", "onnx-int8") and not has_onnx:
         raise UserError(f"{str(folder)!r} has no ONNX model; run 'transfuse export' on it first, or use "
                         "--engine torch")
     return engine if engine != "auto" else ("onnx" if has_onnx else "torch")
@@ -164,8 +168,9 @@ def predict(run_dir: str | Path, inputs: list[str], batch_size: int = 32, engine
     data, errors = load_inputs(inputs, spec.modality, folder)
     p = np.zeros((0, len(spec.classes)), np.float32)
     if len(data):
-        if engine == "onnx":
-            p = np.asarray(OnnxClassifier(folder, read_meta(folder) or {}).predict_proba(data, batch_size))
+        if engine.startswith("onnx"):
+            p = np.asarray(OnnxClassifier(folder, read_meta(folder) or {}, int8=engine == "onnx-int8")
+                           .predict_proba(data, batch_size))
         else:
             model, spec = load_model(folder)
             p = np.asarray(predict_proba(model, spec, data, batch_size))
