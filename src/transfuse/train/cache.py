@@ -149,6 +149,8 @@ def compute_features(backbone: Backbone, dataset: Dataset, batch_size: int = 64,
 
     device = pick_device()
     backbone.eval().to(device)
+    if budget.active_budget() is not None:  # a time limit: small batches, so a check is never far off
+        batch_size = min(batch_size, 16)
     loader = make_loader(dataset, backbone, train=False, batch_size=batch_size)
     chunks = []
     n, first, since = 0, 0, time.time()
