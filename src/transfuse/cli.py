@@ -353,9 +353,12 @@ def search(config: Path = typer.Argument(..., help="Experiment YAML file (its se
 
     res = search_cli(config, set_ or [], storage, trials, worker, progress=not quiet)
     for s in res["stages"]:
-        console.print(f"{s['stage']}: {s['n_trials']} trials ({s['n_pruned']} pruned), best CV "
-                      f"{s['best_value']:.4f} with {s['best_params']}" if s["best_value"] is not None
-                      else f"{s['stage']}: no complete trial")
+        finished = s["n_complete"] + s["n_pruned"]
+        failed = s["n_trials"] - finished  # killed workers' trials (retried), running ones, overflows
+        counts = f"{s['n_pruned']} pruned; {s['n_here']} run by this process" + (f"; {failed} failed" if failed else "")
+        console.print(f"{s['stage']}: {finished} finished trials ({counts}), best CV {s['best_value']:.4f} with "
+                      f"{s['best_params']}" if s["best_value"] is not None
+                      else f"{s['stage']}: no complete trial ({counts})", soft_wrap=True)
     console.print(f"search report: {res['html']}")
 
 
