@@ -363,6 +363,27 @@ def search(config: Path = typer.Argument(..., help="Experiment YAML file (its se
 
 
 @app.command()
+def embed(config: Path = typer.Argument(..., help="Experiment YAML file."),
+          set_: SetOpt = None,
+          shard: Optional[str] = typer.Option(None, "--shard", help="I/N: embed shard I of N (0 <= I < N), one process per shard on any machines sharing TRANSFUSE_FEATURE_CACHE (default: everything)."),
+          quiet: bool = typer.Option(False, "--quiet", help="No progress bars, no library warnings.")) -> None:
+    """Fill the feature cache with the features of a config's data, for every backbone: a later
+    run or search of the config reads them instead of computing them."""
+    from transfuse.pipeline.embed import embed_config, parse_shard
+
+    part = parse_shard(shard)  # a bad --shard fails before the config and the data are read
+    _quiet(quiet)
+    from transfuse.config import load_config
+
+    for r in embed_config(load_config(config, set_ or []), part, progress=not quiet):
+        if "skipped" in r:
+            print(f"{r['backbone']}: skipped, {r['skipped']}")
+        else:
+            print(f"{r['backbone']}{f' (shard {part})' if shard else ''}: {r['items']} items, {r['computed']} computed, {r['cached']} "
+                  f"already cached ({r['seconds']:.1f} s) -> {r['folder']}")
+
+
+@app.command()
 def export(run_dir: Path = typer.Argument(..., help="A finished run folder."),
            format: str = typer.Option("onnx", "--format", help="onnx"),
            int8: bool = typer.Option(False, "--int8", help="Also write an int8 model (method chosen per model family; accuracy re-measured)."),
