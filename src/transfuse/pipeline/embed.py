@@ -8,7 +8,9 @@ data) in their order, cut into batches of ``train.embed_batch_size``; batch ``b`
 ``b mod N``. A shard computes exactly the batches one process would compute from an empty cache,
 so its cached features are byte-identical to one process's (given the same hardware, libraries
 and thread count: a CPU forward pass with another thread count differs in the last bits), and
-each item is computed once over all shards. Shards write separate cache files, never the same one.
+each item is computed once over all shards. Shards write separate cache files, never the same
+one, a file per block of batches as it is computed (:meth:`FeatureCache.fill`): a killed shard,
+run again, computes only the blocks it had not written.
 """
 
 from __future__ import annotations
@@ -94,8 +96,8 @@ def embed_config(cfg: Any, shard: Shard = Shard(), progress: bool = False) -> li
             rows = shard_rows(hashes, seen, bs, shard, first_batch)
             first_batch += n_batches(len(seen) - before, bs)
             if rows:
-                cache.embed(backbone, view.subset(rows), bs, progress)
-                items, computed = items + cache.last.n_items, computed + cache.last.n_computed
+                stats = cache.fill(backbone, view.subset(rows), bs, progress=progress)
+                items, computed = items + stats.n_items, computed + stats.n_computed
         out.append({"backbone": bcfg.name, "items": items, "computed": computed, "cached": items - computed,
                     "seconds": time.perf_counter() - t0, "folder": str(cache.folder(backbone))})
     return out
