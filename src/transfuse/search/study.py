@@ -81,8 +81,11 @@ def make_storage(url: str, heartbeat_s: int) -> Any:
                 time.sleep(0.2 * (attempt + 1))
                 continue
             if isinstance(e, ImportError):  # the URL's database driver is not installed
-                raise UserError(f"search storage {safe_url(url)!r} needs the database driver {e.name!r}, which is "
-                                "not installed; for PostgreSQL: pip install 'transfuse[postgres]'") from None
+                name = e.name or getattr(e.__cause__, "name", None) or "its driver"  # optuna re-raises
+                psycopg = url.partition("://")[0] in ("postgresql", "postgresql+psycopg")
+                fix = "pip install 'transfuse[postgres]'" if psycopg else f"pip install {name}"
+                raise UserError(f"search storage {safe_url(url)!r} needs the database driver {name}, which is "
+                                f"not installed; {fix}") from None
             raise UserError(f"search storage {safe_url(url)!r} cannot be opened ({type(e).__name__}: {e}); "
                             "give an Optuna RDB URL such as sqlite:///search.db") from None
     if url.startswith("sqlite"):
