@@ -28,14 +28,17 @@ def _search(cfg: Path, url: str, worker: bool, kill_at: str | None = None) -> su
 
 
 def _wait_for_study(url: str, name: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    import optuna
+    """Until the first process has created the study (read with SQL: an Optuna storage opened
+    here would create the tables itself, racing the process under test)."""
+    import psycopg
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if any(s.study_name == name for s in optuna.get_all_study_summaries(url)):
-                return
-        except Exception:  # noqa: BLE001 -- the tables do not exist yet
+            with psycopg.connect(url) as conn:
+                if conn.execute("SELECT 1 FROM studies WHERE study_name = %s", (name,)).fetchone():
+                    return
+        except psycopg.errors.UndefinedTable:  # no tables yet
             pass
         if proc.poll() is not None and proc.returncode != -9:
             raise AssertionError(f"the first search process exited {proc.returncode}: {proc.communicate()}")
