@@ -368,10 +368,34 @@ def search(config: Path = typer.Argument(..., help="Experiment YAML file (its se
 
     res = search_cli(config, set_ or [], storage, trials, worker, progress=not quiet)
     for s in res["stages"]:
-        console.print(f"{s['stage']}: {s['n_trials']} trials ({s['n_pruned']} pruned), best CV "
-                      f"{s['best_value']:.4f} with {s['best_params']}" if s["best_value"] is not None
-                      else f"{s['stage']}: no complete trial")
+        finished = s["n_complete"] + s["n_pruned"]
+        failed = s["n_trials"] - finished  # killed workers' trials (retried), running ones, overflows
+        counts = f"{s['n_pruned']} pruned; {s['n_here']} run by this process" + (f"; {failed} failed" if failed else "")
+        console.print(f"{s['stage']}: {finished} finished trials ({counts}), best CV {s['best_value']:.4f} with "
+                      f"{s['best_params']}" if s["best_value"] is not None
+                      else f"{s['stage']}: no complete trial ({counts})", soft_wrap=True)
     console.print(f"search report: {res['html']}")
+
+
+@app.command()
+def embed(config: Path = typer.Argument(..., help="Experiment YAML file."),
+          set_: SetOpt = None,
+          shard: Optional[str] = typer.Option(None, "--shard", help="I/N: embed shard I of N (0 <= I < N), one process per shard on any machines sharing TRANSFUSE_FEATURE_CACHE (default: everything)."),
+          quiet: bool = typer.Option(False, "--quiet", help="No progress bars, no library warnings.")) -> None:
+    """Fill the feature cache with the features of a config's data, for every backbone: a later
+    run or search of the config reads them instead of computing them."""
+    from transfuse.pipeline.embed import embed_config, parse_shard
+
+    part = parse_shard(shard)  # a bad --shard fails before the config and the data are read
+    _quiet(quiet)
+    from transfuse.config import load_config
+
+    for r in embed_config(load_config(config, set_ or []), part, progress=not quiet):
+        if "skipped" in r:
+            print(f"{r['backbone']}: skipped, {r['skipped']}")
+        else:
+            print(f"{r['backbone']}{f' (shard {part})' if shard else ''}: {r['items']} items, {r['computed']} computed, {r['cached']} "
+                  f"already cached ({r['seconds']:.1f} s) -> {r['folder']}")
 
 
 @app.command()
