@@ -1,0 +1,152 @@
+"""``predict --engine onnx`` without torch for audio models (Whisper log-mel, the scratch CNN's
+mel, a feature fusion of both): the ONNX engine feeds the exported graph from numpy + scipy
+alone (the backbones' own eval transform, :mod:`transfuse.data.audio_transforms`), answers what
+the torch engine answers, and never imports torch. (Image and text: tests/test_export.py.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from transfuse.config import validate_config
+
+pytestmark = pytest.mark.real
+
+# Sample rates and channel layouts the clips are written with: resampling (8, 22.05, 44.1 kHz),
+# stereo mix-down, clips shorter and longer than the 0.5 s the backbones take.
+RATES = (16000, 8000, 22050, 44100)
+
+
+def _clip(kind: str, i: int, sr: int, rng: np.random.Generator) -> np.ndarray:
+    """A short synthetic sound of one class: a low tone, a high tone, or a noise burst."""
+    seconds = 0.3 + 0.1 * (i % 5)
+    t = np.arange(int(seconds * sr)) / sr
+    env = np.minimum(1.0, np.minimum(t, t[-1] - t) * 40)
+    if kind == "low":
+        x = np.sin(2 * np.pi * (220 + 15 * i) * t)
+    elif kind == "high":
+        x = np.sin(2 * np.pi * (1800 + 60 * i) * t)
+    else:
+        x = rng.standard_normal(len(t))
+    return (0.3 * env * x + 0.003 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def write_sounds_folder(root: Path, per_class: int = 9) -> Path:
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    for kind in ("low", "high", "noise"):
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            sr = RATES[i % len(RATES)]
+            x = _clip(kind, i, sr, rng)
+            if i % 4 == 3:  # stereo: the loader averages the channels
+                x = np.stack([x, 0.5 * x], axis=1)
+            sf.write(root / kind / f"{kind}{i}.wav", x, sr)
+    return root
+
+
+@pytest.fixture(scope="module")
+def audio_run(tmp_path_factory) -> tuple[Path, list[str]]:
+    """Whisper tiny.en and the scratch CNN (0.5 s clips), a linear probe each and their feature
+    fusion; the chosen model and the three candidates exported."""
+    from transfuse.data.registry import load_dataset
+    from transfuse.export.onnx import export_run
+    from transfuse.pipeline import run_experiment
+
+    root = tmp_path_factory.mktemp("aud")
+    data = write_sounds_folder(root / "sounds")
+    cfg = {"name": "aud", "data": {"source": "audio_folder", "path": str(data), "modality": "audio"},
+           "split": {"folds": 3, "test_size": 0.3},
+           "backbones": [{"name": "bundled:whisper_tiny_en_encoder", "options": {"clip_seconds": 0.5}},
+                         {"name": "scratch_cnn", "options": {"clip_seconds": 0.5}}],
+           "adapt": {"strategies": ["linear_probe"]},
+           "fuse": {"ensembles": ["mean"], "features": {"enabled": True}},
+           "output": {"dir": str(root / "run")}}
+    run = root / "run"
+    run_experiment(validate_config(cfg), run, progress=False)
+    for c in CANDIDATES:
+        export_run(run, candidate=c)
+    d = load_dataset("audio_folder", str(data))
+    files = [d.items[i] for i in json.loads((run / "splits.json").read_text())["test_idx"]]
+    return run, files
+
+
+CANDIDATES = ("whisper_tiny_en_encoder/linear_probe", "scratch_cnn/linear_probe", "fusion/features")
+
+
+def _onnx_in_a_fresh_interpreter(run: Path, files: list[str]) -> dict:
+    """``predict(..., engine='onnx')`` for every exported candidate in a new Python process: its
+    probabilities, and whether torch (or transformers) got imported."""
+    code = ("import json, sys\nfrom transfuse.export.predict import predict\n"
+            f"out = {{c: predict({str(run)!r}, {files!r}, engine='onnx', candidate=c)['proba'].tolist() "
+            f"for c in {list(CANDIDATES)!r}}}\n"
+            "print(json.dumps({'torch': 'torch' in sys.modules, 'transformers': 'transformers' in sys.modules, "
+            "'proba': out}))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout)
+
+
+def test_audio_onnx_predict_needs_no_torch_and_matches_the_torch_engine(audio_run):
+    from transfuse.export.predict import predict
+
+    run, files = audio_run
+    out = _onnx_in_a_fresh_interpreter(run, files)
+    assert out["torch"] is False and out["transformers"] is False
+    for c in CANDIDATES:
+        ref = predict(run, files, engine="torch", candidate=c)["proba"]
+        got = np.asarray(out["proba"][c])
+        assert got.shape == ref.shape == (len(files), 3), c
+        # the inputs are the same arrays (next test): what is left is ONNX vs torch kernels, which
+        # the export's own parity check bounds by its tolerance, 1e-4
+        assert np.abs(got - ref).max() < 1e-4, c
+
+
+def test_audio_onnx_feeds_are_the_torch_transforms_inputs_bit_for_bit(audio_run):
+    """The torch-free feeder gives exactly what the backbone's eval transform + collate give (the
+    one numpy implementation behind both), for every part of every exported graph."""
+    from transfuse.data.audio import AudioLoader
+    from transfuse.export.onnx import collate_parts, parts_from_meta, read_meta
+    from transfuse.export.preprocess import AudioPart, torch_free_parts
+    from transfuse.export.predict import model_folder, load_inputs
+
+    run, files = audio_run
+    data, errors = load_inputs(files, "audio")
+    assert errors == {} and len(data) == len(files)
+    for c in CANDIDATES:
+        meta = read_meta(model_folder(run, c))
+        free = torch_free_parts(meta)
+        assert free is not None and all(isinstance(p, AudioPart) for p in free), c
+        torch_parts = parts_from_meta(meta)
+        ref = [t.numpy() for t in collate_parts(torch_parts, data, range(len(data)))]
+        clips = [AudioLoader()(f) for f in files]
+        got = [a for p in free for a in p.feed(clips).values()]
+        assert len(got) == len(ref) == len(meta["parts"]), c
+        for g, r in zip(got, ref):
+            assert g.dtype == r.dtype == np.float32 and np.array_equal(g, r), c
+    # what the recipe says, for users of the ONNX file without transfuse
+    pre = read_meta(model_folder(run, "whisper_tiny_en_encoder/linear_probe"))["parts"][0]["preprocess"]
+    assert pre["type"] == "audio" and pre["input"] == "log_mel" and pre["sample_rate"] == 16000
+    assert pre["clip_seconds"] == 0.5 and pre["log_mel"] == {"n_mels": 80, "n_fft": 400, "hop": 160, "style": "whisper"}
+
+
+def test_onnx_predict_of_an_audio_run_from_the_command_line(audio_run, tmp_path):
+    """``transfuse predict RUN --engine onnx --json`` on the test clips: the chosen model's labels."""
+    from transfuse.export.onnx import export_run
+    from transfuse.export.predict import predict
+
+    run, files = audio_run
+    export_run(run)
+    p = subprocess.run([sys.executable, "-m", "transfuse.cli", "predict", str(run), *files, "--engine", "onnx",
+                        "--json"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    recs = [json.loads(line) for line in p.stdout.splitlines()]
+    ref = predict(run, files, engine="torch")
+    assert [r["input"] for r in recs] == files
+    assert np.abs(np.array([list(r["proba"].values()) for r in recs]) - ref["proba"]).max() < 1e-4
