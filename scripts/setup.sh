@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 TRANSFUSE_HOME=${TRANSFUSE_HOME:-$HOME/.cache/transfuse}
 
-# 1. System packages (Debian): sample data and speech synthesis.
-APT_PKGS="espeak-ng sox wordnet-base dataset-fashion-mnist"
+# 1. System packages (Debian): sample data, speech synthesis, and the headless Chromium the
+#    report test renders report.html in (tests/test_report_html.py; it fails without it).
+APT_PKGS="espeak-ng sox wordnet-base dataset-fashion-mnist chromium"
 missing=""
 for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
