@@ -150,3 +150,103 @@ def test_onnx_predict_of_an_audio_run_from_the_command_line(audio_run, tmp_path)
     ref = predict(run, files, engine="torch")
     assert [r["input"] for r in recs] == files
     assert np.abs(np.array([list(r["proba"].values()) for r in recs]) - ref["proba"]).max() < 1e-4
+
+
+# ------------------------------------------------------------------ multimodal: image + text + audio
+
+@pytest.fixture(scope="module")
+def multimodal_run(tmp_path_factory) -> tuple[Path, Path, list[dict[str, str]]]:
+    """Digit images, a caption and a sound per row (a ``multimodal_manifest``), one backbone per
+    modality (EfficientNet-Lite0, MiniLM-L6, the scratch CNN); the feature fusion of all three
+    exported (one graph, three inputs). Returns the run, a table of its test rows in the manifest's
+    own columns, and those rows as ``{modality: input}``."""
+    import csv
+
+    from conftest import write_digits_folder
+
+    from transfuse.export.onnx import export_run
+    from transfuse.pipeline import run_experiment
+
+    root = tmp_path_factory.mktemp("mm")
+    write_digits_folder(root, classes=(0, 1, 7), per_class=8)
+    write_sounds_folder(root / "sounds", per_class=8)
+    words = {0: ["a round loop", "an oval ring", "a closed circle"], 1: ["a straight stroke", "one upright line",
+             "a thin bar"], 7: ["a bar and a slant", "a hook going down", "a line with a top bar"]}
+    sound = {0: "low", 1: "high", 7: "noise"}
+    rows = []
+    for d in (0, 1, 7):
+        for i, f in enumerate(sorted((root / f"digit{d}").glob("*.png"))):
+            rows.append({"picture": f"digit{d}/{f.name}", "clip": f"sounds/{sound[d]}/{sound[d]}{i}.wav",
+                         "caption": words[d][i % 3], "note": "handwritten" if i % 2 else "", "label": f"d{d}"})
+    with open(root / "mm.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    cfg = {"name": "mm", "data": {"source": "multimodal_manifest", "path": str(root / "mm.csv"), "modality": "multimodal",
+                                  "options": {"image_column": "picture", "audio_column": "clip",
+                                              "text_columns": ["caption", "note"]}},
+           "split": {"folds": 3, "test_size": 0.25}, "preprocess": {"image_size": 32},
+           "backbones": ["bundled:efficientnet_lite0", "bundled:minilm_l6",
+                         {"name": "scratch_cnn", "options": {"clip_seconds": 0.5}}],
+           "adapt": {"strategies": ["linear_probe"], "baseline": False},
+           "fuse": {"ensembles": ["mean"], "features": {"enabled": True}}, "output": {"dir": str(root / "run")}}
+    run = root / "run"
+    run_experiment(validate_config(cfg), run, progress=False)
+    meta = export_run(run, candidate="fusion/features")
+    assert [p["preprocess"]["type"] for p in meta["parts"]] == ["image", "text", "audio"]
+    test = [rows[i] for i in json.loads((run / "splits.json").read_text())["test_idx"]]
+    with open(root / "test.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(test)
+    items = [{"image": str(root / r["picture"]), "audio": str(root / r["clip"]),
+              "text": " | ".join(t for t in (r["caption"], r["note"]) if t)} for r in test]
+    return run, root / "test.csv", items
+
+
+def test_multimodal_onnx_predict_needs_no_torch_and_matches_the_torch_engine(multimodal_run):
+    """Each part of the one graph reads its own column, preprocessed without torch."""
+    from transfuse.export.predict import predict
+
+    run, _, items = multimodal_run
+    code = ("import json, sys\nfrom transfuse.export.predict import predict\n"
+            f"r = predict({str(run)!r}, {items!r}, engine='onnx', candidate='fusion/features')\n"
+            "print(json.dumps({'torch': 'torch' in sys.modules, 'proba': r['proba'].tolist(), 'errors': r['errors']}))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout)
+    assert out["torch"] is False and out["errors"] == {}
+    ref = predict(run, items, engine="torch", candidate="fusion/features")
+    assert np.asarray(out["proba"]).shape == ref["proba"].shape == (len(items), 3)
+    # image inputs within 1 float32 ulp of torch's, text ids and audio inputs identical: the
+    # difference is ONNX vs torch kernels, bounded by the export's parity tolerance
+    assert np.abs(np.asarray(out["proba"]) - ref["proba"]).max() < 1e-4
+    assert ref["classes"] == json.loads((run / "report.json").read_text())["task"]["classes"] == ["d0", "d1", "d7"]
+
+
+def test_multimodal_predict_from_a_table_on_the_command_line(multimodal_run):
+    """``transfuse predict RUN --csv TABLE``: a multimodal model reads the run's own manifest
+    columns (texts joined as at fit time); a bad row gets an error record, the others answers."""
+    from transfuse.export.predict import predict
+
+    run, table, items = multimodal_run
+    bad = table.with_name("bad.csv")  # beside the table: its relative paths resolve the same
+    bad.write_text("\n".join(table.read_text().splitlines()[:3]) + "\n"
+                   + "digit0/missing.png,sounds/low/low0.wav,a round loop,,d0\n")
+    good = [json.loads(r) for r in subprocess.run(
+        [sys.executable, "-m", "transfuse.cli", "predict", str(run), "--csv", str(table), "--engine", "onnx",
+         "--candidate", "fusion/features", "--json"], capture_output=True, text=True, timeout=300, check=True
+    ).stdout.splitlines()]
+    ref = predict(run, items, engine="torch", candidate="fusion/features")
+    assert [r["input"] for r in good] == [f"{table}:{i}" for i in range(2, len(items) + 2)]
+    assert np.abs(np.array([list(r["proba"].values()) for r in good]) - ref["proba"]).max() < 1e-4
+    p = subprocess.run([sys.executable, "-m", "transfuse.cli", "predict", str(run), "--csv", str(bad), "--engine",
+                        "onnx", "--candidate", "fusion/features", "--json"], capture_output=True, text=True, timeout=300)
+    recs = [json.loads(r) for r in p.stdout.splitlines()]
+    assert p.returncode == 1 and [("error" in r) for r in recs] == [False, False, True]
+    assert recs[2]["error"] == "image: file not found"
+    p = subprocess.run([sys.executable, "-m", "transfuse.cli", "predict", str(run), items[0]["image"],
+                        "--candidate", "fusion/features"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        "error: a multimodal model reads a table: give --csv FILE with the columns picture, clip, caption, note "
+        "(no file arguments, --text or --column)"]
