@@ -1,7 +1,9 @@
 """``predict --engine onnx`` without torch for audio models (Whisper log-mel, the scratch CNN's
-mel, a feature fusion of both): the ONNX engine feeds the exported graph from numpy + scipy
-alone (the backbones' own eval transform, :mod:`transfuse.data.audio_transforms`), answers what
-the torch engine answers, and never imports torch. (Image and text: tests/test_export.py.)"""
+mel, a feature fusion of both) and multimodal ones (an image + text + audio feature fusion, fed
+from a table in the run's own columns): the ONNX engine feeds the exported graph from numpy +
+scipy (+ PIL, tokenizers) alone, audio through the backbones' own eval transform
+(:mod:`transfuse.data.audio_transforms`), answers what the torch engine answers, and never
+imports torch. (Image and text models: tests/test_export.py.)"""
 
 from __future__ import annotations
 

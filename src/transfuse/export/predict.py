@@ -81,9 +81,6 @@ def input_problem(item: str, modality: str, audio_check: Any = None) -> str | No
     return None
 
 
-MULTIMODAL = "multimodal"
-
-
 def multimodal_columns(folder: Path) -> dict[str, list[str]]:
     """A multimodal model's inputs, ``{modality: table columns}``: the run's own manifest columns
     (``image_column``, ``audio_column``, ``text_columns``, several texts joined with ``" | "`` as
@@ -105,7 +102,7 @@ def _multimodal_inputs(items: list[Any], folder: Path | None) -> tuple[Any, dict
     """``{modality: file path or text}`` per input -> a ``MultimodalDataset``; an input missing a
     modality of the model, or with a bad file or an empty text, gets a reason."""
     from transfuse.data.base import _identity
-    from transfuse.data.multimodal import MultimodalDataset
+    from transfuse.data.multimodal import MULTIMODAL, MultimodalDataset
 
     wanted = sorted(multimodal_columns(folder)) if folder is not None else None
     for it in items:
@@ -147,6 +144,7 @@ def load_inputs(paths_or_texts: list[Any], modality: str, folder: Path | None = 
     decompression bomb, silent or over-long audio). A file of another modality is an error for the
     whole command (the wrong model or the wrong files)."""
     from transfuse.data.base import Dataset
+    from transfuse.data.multimodal import MULTIMODAL
 
     if modality == MULTIMODAL:
         return _multimodal_inputs(list(paths_or_texts), folder)
