@@ -156,6 +156,31 @@ def test_onnx_predict_of_an_audio_run_from_the_command_line(audio_run, tmp_path)
     assert np.abs(np.array([list(r["proba"].values()) for r in recs]) - ref["proba"]).max() < 1e-4
 
 
+def test_speech_embedding_has_no_onnx_engine_and_export_says_why(tmp_path):
+    """The one audio backbone without a torch-free engine: its forward runs onnxruntime itself, so
+    there is no ONNX graph to run; export refuses in one line (before any tracing) and the
+    ONNX engine points to the export, while the torch engine serves the run."""
+    from transfuse.errors import UserError
+    from transfuse.export.onnx import export_cli
+    from transfuse.export.predict import predict
+    from transfuse.pipeline import run_experiment
+
+    data = write_sounds_folder(tmp_path / "sounds", per_class=6)
+    cfg = {"name": "se", "data": {"source": "audio_folder", "path": str(data), "modality": "audio"},
+           "split": {"folds": 2, "test_size": 0.3},
+           "backbones": [{"name": "bundled:speech_embedding", "options": {"clip_seconds": 1.0}}],
+           "adapt": {"strategies": ["linear_probe"]}, "output": {"dir": str(tmp_path / "run")}}
+    run_experiment(validate_config(cfg), tmp_path / "run", progress=False)
+    with pytest.raises(UserError, match=r"^export: backbone bundled:speech_embedding cannot be exported to ONNX: its "
+                       r"forward runs openWakeWord's own two ONNX models through onnxruntime, which "
+                       r"torch.onnx.export cannot trace; serve this model with 'transfuse predict' \(--engine torch\)"):
+        export_cli(tmp_path / "run", "onnx")
+    assert not (tmp_path / "run" / "model" / "model.onnx").exists()
+    clip = str(data / "low" / "low0.wav")
+    with pytest.raises(UserError, match="has no ONNX model; run 'transfuse export' on it first, or use --engine torch"):
+        predict(tmp_path / "run", [clip], engine="onnx")
+    assert predict(tmp_path / "run", [clip], engine="torch")["proba"].shape == (1, 3)
+
 # ------------------------------------------------------------------ multimodal: image + text + audio
 
 @pytest.fixture(scope="module")
