@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 TRANSFUSE_HOME=${TRANSFUSE_HOME:-$HOME/.cache/transfuse}
 
-# 1. System packages (Debian): sample data, speech synthesis, and PostgreSQL (the search workers'
-#    test starts a throw-away server of it).
-APT_PKGS="espeak-ng sox wordnet-base dataset-fashion-mnist postgresql"
+# 1. System packages (Debian): sample data, speech synthesis, PostgreSQL (the search workers'
+#    test starts a throw-away server of it) and the headless Chromium the report test renders
+#    report.html in (tests/test_report_html.py; it fails without it).
+APT_PKGS="espeak-ng sox wordnet-base dataset-fashion-mnist postgresql chromium"
 missing=""
 for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

@@ -233,7 +233,7 @@ def resume(run_dir: Path = typer.Argument(..., help="A run folder."),
 def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
             inputs: Optional[list[str]] = typer.Argument(None, help="Files or folders (a folder: its image/audio/.txt files); for a text model a text file is one text per line."),
             text: Optional[list[str]] = typer.Option(None, "--text", help="A literal text to classify (repeatable; text models)."),
-            table: Optional[Path] = typer.Option(None, "--csv", help="A .csv/.tsv/.jsonl table of inputs (its --column: texts, or file paths relative to the table)."),
+            table: Optional[Path] = typer.Option(None, "--csv", help="A .csv/.tsv/.jsonl table of inputs (its --column: texts, or file paths relative to the table; a multimodal model reads its own columns)."),
             column: Optional[str] = typer.Option(None, "--column", help="The --csv column to read (default: text for text models, path for image/audio)."),
             out: Optional[Path] = typer.Option(None, "--out", help="Write the predictions here: .csv, .tsv or .jsonl (with a header / all probabilities)."),
             as_json: bool = typer.Option(False, "--json", help="Print JSON lines with all probabilities."),
@@ -249,12 +249,14 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
 
     from transfuse.artifacts.spec import load_spec
     from transfuse.export import batch
-    from transfuse.export.predict import model_folder
+    from transfuse.export.predict import model_folder, multimodal_columns
     from transfuse.export.predict import predict as _predict
 
     fmt = batch.output_format(out, as_json)
-    modality = load_spec(model_folder(run_dir, candidate)).modality
-    got = batch.gather(inputs or [], modality, text or [], table, column)
+    folder = model_folder(run_dir, candidate)
+    modality = load_spec(folder).modality
+    columns = multimodal_columns(folder) if modality == "multimodal" else None
+    got = batch.gather(inputs or [], modality, text or [], table, column, columns)
     good = [i for i in range(len(got.names)) if i not in got.errors]
     res = _predict(run_dir, [got.items[i] for i in good], engine=engine, candidate=candidate)
     classes = res["classes"]
