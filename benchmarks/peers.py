@@ -27,10 +27,10 @@ types are image, text, tabular, document), so only transfuse runs there, with it
 Per tool: test accuracy (computed here from the tool's test predictions: AutoGluon's
 ``predict``, transfuse's chosen model in ``report.json``), fit wall seconds (AutoGluon: its
 ``fit()`` call; transfuse: the whole ``fit`` command, test scoring and report included), the whole
-process's wall seconds and the peak memory of its process tree (``peak_mem_mb``: PSS summed over
-the process and its children, so pages that forked data-loader workers share count once; polled
-every 0.5 s from /proc; the JSON also has the largest single process's RSS), with the 1-minute
-load average before and after each run.
+process's wall seconds and the peak memory of its process tree (``peak_mem_mb``: the process's
+RSS plus the private memory of each child, so pages that forked data-loader workers share with
+their parent count once; polled every 0.5 s from /proc; the JSON also has the largest single
+process's RSS), with the 1-minute load average before and after each run.
 
     bash benchmarks/setup_peers.sh                 # once: AutoGluon's venv (~6 GB)
     nice -n 5 .venv/bin/python benchmarks/peers.py --tasks wordnet-nouns-26 --ag-time-limit 300
@@ -194,34 +194,36 @@ def _children() -> dict[int, list[int]]:
     return kids
 
 
-def _pss(pid: int) -> int:
-    """Proportional set size of one process in bytes (its RSS where smaps_rollup is unreadable):
-    pages shared by forked workers count once across the tree, not once per process."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, IndexError, ValueError):
-        pass
+def _rss(pid: int) -> int:
     try:
         return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, IndexError, ValueError):
         return 0
 
 
+def _uss(pid: int) -> int:
+    """Private (unshared) bytes of one process: what a forked worker adds beside its parent."""
+    try:
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    except OSError:
+        return _rss(pid)
+    return sum(int(ln.split()[1]) * 1024 for ln in lines if ln.startswith(("Private_Clean:", "Private_Dirty:")))
+
+
 def tree_memory(pid: int) -> tuple[int, int]:
-    """``(PSS summed over pid and its descendants, largest single process RSS)`` in bytes."""
-    page = os.sysconf("SC_PAGE_SIZE")
-    kids, pss, rss_max, stack = _children(), 0, 0, [pid]
+    """``(RSS of pid + private bytes of each descendant, largest single process RSS)``.
+
+    Not an RSS sum (forked data-loader workers share most of their parent's pages, and a sum counts
+    them once per worker) and not PSS (which divides shared library pages among *every* process on
+    the machine that maps them, so a tool whose venv other jobs also use would look smaller)."""
+    kids = _children()
+    total, rss_max, stack = _rss(pid), _rss(pid), list(kids.get(pid, []))
     while stack:
         p = stack.pop()
-        pss += _pss(p)
-        try:
-            rss_max = max(rss_max, int(Path(f"/proc/{p}/statm").read_text().split()[1]) * page)
-        except (OSError, IndexError, ValueError):
-            pass
+        total += _uss(p)
+        rss_max = max(rss_max, _rss(p))
         stack += kids.get(p, [])
-    return pss, rss_max
+    return total, rss_max
 
 
 def measured_run(cmd: list[str], env: dict[str, str], log: Path, timeout: float) -> dict[str, Any]:
