@@ -35,6 +35,8 @@ process's RSS), with the 1-minute load average before and after each run.
     bash benchmarks/setup_peers.sh                 # once: AutoGluon's venv (~6 GB)
     nice -n 5 .venv/bin/python benchmarks/peers.py --tasks wordnet-nouns-26 --ag-time-limit 300
     .venv/bin/python benchmarks/peers.py --dry-run  # the plan, nothing run
+
+``--resume`` reuses each tool run that finished in ``--out`` with the same settings (``row.json`` in its folder).
 """
 
 from __future__ import annotations
@@ -264,9 +266,35 @@ def tool_env(args: argparse.Namespace, **extra: str) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------ the two tools
+def reused(work: Path, key: dict[str, Any], args: argparse.Namespace) -> dict[str, Any] | None:
+    """With ``--resume``: the row a finished earlier run of the same ``key`` left in ``work``."""
+    f = work / "row.json"
+    if not (args.resume and f.is_file()):
+        return None
+    saved = json.loads(f.read_text())
+    return saved["row"] if saved.get("key") == key else None
+
+
+def finished(work: Path, key: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    if row.get("test_accuracy") is not None:
+        (work / "row.json").write_text(json.dumps({"key": key, "row": row}, indent=1) + "\n")
+    return row
+
+
 def run_autogluon(task: str, meta: dict[str, Any], checkpoint: str, time_limit: int, tag: str,
                   args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.out) / task / f"autogluon-{tag}"
+    key = {"task": task, "split": meta, "checkpoint": checkpoint, "presets": args.ag_presets,
+           "time_limit": time_limit, "hyperparameters": args.ag_hyperparameter, "threads": args.threads,
+           "venv": sorted(p.name for p in AG_VENV.glob(".stamp-*"))}
+    row = reused(work, key, args)
+    if row is not None:
+        return row
+    return finished(work, key, _run_autogluon(work, task, meta, checkpoint, time_limit, args))
+
+
+def _run_autogluon(work: Path, task: str, meta: dict[str, Any], checkpoint: str, time_limit: int,
+                   args: argparse.Namespace) -> dict[str, Any]:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     spec = {"train_csv": meta["train"], "test_csv": meta["test"], "model": TASKS[task][2],
@@ -312,7 +340,19 @@ def transfuse_supports_time_limit(exe: str, env: dict[str, str]) -> bool:
 
 def run_transfuse(task: str, meta: dict[str, Any], time_limit: float | None,
                   args: argparse.Namespace) -> dict[str, Any]:
+    from _common import code_version
+
     work = Path(args.out) / task / "transfuse"
+    key = {"task": task, "split": meta, "time_limit": int(time_limit) if time_limit is not None else None,
+           "args": args.transfuse_arg, "transfuse": args.transfuse, "code": code_version(), "threads": args.threads}
+    row = reused(work, key, args)
+    if row is not None:
+        return row
+    return finished(work, key, _run_transfuse(work, task, meta, time_limit, args))
+
+
+def _run_transfuse(work: Path, task: str, meta: dict[str, Any], time_limit: float | None,
+                   args: argparse.Namespace) -> dict[str, Any]:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     modality, backbone, _ = TASKS[task]
@@ -363,6 +403,9 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=60, help="WordNet glosses per supersense (transfer_text)")
     ap.add_argument("--spam-per-class", type=int, default=300, help="SpamAssassin e-mails per label (transfer_text)")
     ap.add_argument("--fashion-per-class", type=int, default=100, help="Fashion-MNIST train images per class")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse each tool run that finished in --out with the same settings (and, for "
+                         "transfuse, the same code version) instead of running it again")
     ap.add_argument("--dry-run", action="store_true", help="print the plan; run nothing")
     ap.add_argument("--name", default="peers", help="results file name (benchmarks/results/NAME.*)")
     ap.add_argument("--out", default="benchmarks/out/peers")
