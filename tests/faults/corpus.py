@@ -451,18 +451,18 @@ CASES = [
     Case("audio_zero_bytes", "audio data source", "a zero-byte WAV", "quarantined", "zero-length file (0 bytes)",
          "fit_audio", item="zero.wav"),
     Case("audio_truncated_header", "audio data source", "a WAV cut inside its header (20 bytes)", "quarantined",
-         "corrupt or unsupported audio header (Error opening 'tones/low/truncated_header.wav': Error in "
+         "corrupt or unsupported audio header (Error opening '.../tones/low/truncated_header.wav': Error in "
          "WAV/W64/RF64 file. Malformed 'fmt ' chunk.)", "fit_audio", item="truncated_header.wav"),
     Case("audio_no_samples", "audio data source", "a WAV header with an empty data chunk", "quarantined",
          "zero-length audio (no samples)", "fit_audio", item="no_samples.wav"),
     Case("audio_text_file", "audio data source", "a text file named .wav", "quarantined",
-         "corrupt or unsupported audio header (Error opening 'tones/low/not_audio.wav': Format not recognised.)",
+         "corrupt or unsupported audio header (Error opening '.../tones/low/not_audio.wav': Format not recognised.)",
          "fit_audio", item="not_audio.wav"),
     Case("audio_zero_sample_width", "audio data source", "0 bits a sample in the header", "quarantined",
-         "corrupt or unsupported audio header (Error opening 'tones/low/bits0.wav': File contains data in an "
+         "corrupt or unsupported audio header (Error opening '.../tones/low/bits0.wav': File contains data in an "
          "unimplemented format.)", "fit_audio", item="bits0.wav"),
     Case("audio_zero_channels", "audio data source", "0 channels in the header", "quarantined",
-         "corrupt or unsupported audio header (Error opening 'tones/low/channels0.wav': Channel count is zero.)",
+         "corrupt or unsupported audio header (Error opening '.../tones/low/channels0.wav': Channel count is zero.)",
          "fit_audio", item="channels0.wav"),
     Case("audio_silent", "audio data source", "one second of digital silence", "quarantined",
          "all-silent (peak 0.0e+00 <= silence_threshold=0.0001)", "fit_audio", item="silent.wav"),
@@ -507,7 +507,7 @@ CASES = [
          "Unable to parse input string as an integer, exceeded maximum size", "config_huge_value"),
     Case("config_unknown_key", "config", "a misspelt top-level key", "error",
          "exp.yaml: unknown key 'trian'; did you mean 'train'? valid keys here: name, seed, data, split, "
-         "preprocess, augment, backbones, adapt, train, evaluate, fuse, search, calibration, export, output",
+         "preprocess, augment, backbones, adapt, train, evaluate, fuse, search, calibration, export, output, budget",
          "config_typo"),
     Case("config_bad_yaml", "config", "unclosed bracket", "error", "config file 'exp.yaml' line 2: not valid "
          "YAML (...", "config_bad_yaml"),

@@ -162,12 +162,20 @@ def _quarantined(res: Result) -> dict[str, str]:
 
 
 def _matches(text: str, expect: str) -> bool:
-    """``expect`` exactly; with a trailing "...", a prefix; with "..." at both ends, a part."""
-    if expect.startswith("...") and expect.endswith("..."):
-        return expect[3:-3] in text
-    if expect.endswith("..."):
-        return text.startswith(expect[:-3])
-    return text == expect
+    """``expect`` exactly, where each "..." stands for any text: a trailing one makes it a prefix,
+    one at both ends a part, one in the middle a prefix and a suffix (an absolute path between)."""
+    parts = expect.split("...")
+    if len(parts) == 1:
+        return text == expect
+    if not text.startswith(parts[0]) or not text.endswith(parts[-1]):
+        return False
+    pos = len(parts[0])
+    for part in parts[1:-1]:
+        i = text.find(part, pos)
+        if i < 0:
+            return False
+        pos = i + len(part)
+    return len(text) - len(parts[-1]) >= pos
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
