@@ -14,8 +14,14 @@ import numpy as np
 
 from transfuse.artifacts.store import RunFolder, check_data_options
 from transfuse.config import ExperimentConfig, config_to_yaml
+from transfuse.distributed import rank_label, wait_for_followers
 from transfuse.errors import UserError
 from transfuse.io import read_json
+
+
+#: How long rank 0 waits, after its last candidate, for the ranks Lightning's launcher started
+#: from it: they have the same predictions left to make as rank 0 had after the last fit.
+FOLLOWER_WAIT_S = 3600.0
 
 
 def run_dir_for(cfg: ExperimentConfig) -> Path:
@@ -34,6 +40,10 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, pro
 
     check_data_options(cfg)
     run = RunFolder(run_dir if run_dir is not None else run_dir_for(cfg))
+    if (who := rank_label()) is not None:
+        from transfuse.pipeline.follow import follow_experiment
+
+        return follow_experiment(cfg, run, who, wrap)
     run.claim(cfg)
     run.start(config_to_yaml(cfg), overwrite=overwrite)
     t = t0 = time.perf_counter()
@@ -49,7 +59,10 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, pro
         t = time.perf_counter()
         results += run_fusions(cfg, run, data, results, cache, progress)
         timings["fusion"] = time.perf_counter() - t
+    followers = [{"pid": pid, "exit_code": code} for pid, code in wait_for_followers(FOLLOWER_WAIT_S)]
     report = build_report(cfg, run, data, results, timings)
+    if followers:  # Lightning's launcher started them from this process (torchrun: it waits for them)
+        report["followers"] = followers
     report["skipped"] = skipped
     report["wall_seconds"] = time.perf_counter() - t0  # nested timings (embed: within a candidate) not summed
     if cfg.fuse.enabled and (run.path / "fusion.json").exists():

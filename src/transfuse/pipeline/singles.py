@@ -48,11 +48,13 @@ def inference_ms(backbone: Any, test: Any, n: int = 16) -> float | None:
 
 
 def run_singles(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: bool,
-                timings: dict[str, float], wrap: dict[str, Callable[[Any], Any]] | None = None
-                ) -> tuple[list[CandidateResult], list[dict[str, str]]]:
+                timings: dict[str, float], wrap: dict[str, Callable[[Any], Any]] | None = None,
+                follower: bool = False) -> tuple[list[CandidateResult], list[dict[str, str]]]:
     """Every (backbone x strategy) candidate of ``cfg``: results and ``{name, reason}`` skipped.
     ``wrap[name]`` replaces candidate ``name``'s strategy by ``wrap[name](strategy)`` (a searched
-    candidate: the search runs inside each fold)."""
+    candidate: the search runs inside each fold). ``follower`` (a rank > 0 of a distributed run):
+    only the unfinished fine-tuning candidates are cross-fitted, in the same order as on rank 0,
+    so that every rank reaches the same ``Trainer.fit`` calls; nothing is saved or returned."""
     y, classes = data.train.labels, list(data.train.classes)
     n_classes, metric, bs = len(classes), cfg.evaluate.metric, cfg.train.embed_batch_size
     results: list[CandidateResult] = []
@@ -72,6 +74,8 @@ def run_singles(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
                 console.print(f"[yellow]skip[/yellow] {name}: {reason}")
                 skipped.append({"name": name, "reason": reason})
                 continue
+            if follower and (raw or strategy not in TRAINING_STRATEGIES):
+                continue  # nothing distributed: rank 0 alone fits it
             done = run.done(name)
             if done is not None:
                 console.print(f"[dim]resume: {name} already done (cv {done.cv_mean:.4f})[/dim]")
@@ -100,6 +104,8 @@ def run_singles(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
             if wrap and name in wrap:
                 strat = wrap[name](strat)
             cv = cross_fit(strat, y, data.folds, n_classes, metric, cfg.seed)
+            if follower:
+                continue
             spec = ModelSpec(kind="probe", candidate=name, modality=train.modality, classes=classes,
                              strategy=strategy)
             folder = run.candidate_dir(name)
