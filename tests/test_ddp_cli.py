@@ -197,3 +197,45 @@ def test_ddp_run_killed_on_rank_1_resumes(tmp_path: Path):
     assert fold1["resumed_from_epoch"] >= 1 and fold1["world_size"] == 2
     assert [h["epoch"] for h in fold1["history"]] == [1, 2, 3]
     assert [f["exit_code"] for f in rep["followers"]] == [0]
+
+
+# The Python API under Lightning's launcher: the script itself is re-run for rank 1.
+_API_SCRIPT = """
+import sys
+import numpy as np
+from sklearn.datasets import load_digits
+import transfuse
+
+d = load_digits()
+keep = np.isin(d.target, [0, 1, 7])
+images = (d.images[keep][:36] * 255 / 16).astype(np.uint8)
+labels = d.target[keep][:36]
+ft = {"epochs": 1, "batch_size": 4, "inner_val": 0, "patience": None, "num_workers": 0, "accelerator": "cpu",
+      "devices": 2, "strategy": "ddp"}
+run = transfuse.fit(images, labels, backbones=["bundled:efficientnet_lite0"], image_size=32, folds=2,
+                    strategies=["linear_probe", "finetune"], out=sys.argv[1],
+                    config={"adapt": {"baseline": False}, "fuse": {"enabled": False}, "train": {"finetune": ft}})
+# rank 1's script goes on too, once rank 0 has written the report; only rank 0 lists the followers
+followers = [f["exit_code"] for f in run.report().get("followers", [])]
+print("chosen", run.report()["chosen"], "followers", followers, flush=True)
+"""
+
+
+def test_python_api_under_ddp_writes_from_rank_0_only(tmp_path: Path):
+    env = _env(tmp_path)
+    env["TRANSFUSE_FEATURE_CACHE"] = str(tmp_path / "features")
+    (tmp_path / "fit_ddp.py").write_text(_API_SCRIPT)
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, str(tmp_path / "fit_ddp.py"), str(out)], env=env, capture_output=True,
+                       text=True, timeout=400)
+    assert p.returncode == 0, p.stderr[-3000:]
+    # both processes ran the script to its end, rank 0 after rank 1 had exited 0
+    assert sorted(p.stdout.splitlines()) == ["chosen efficientnet_lite0/linear_probe followers [0]",
+                                             "chosen efficientnet_lite0/linear_probe followers []"]
+    events = _audit(tmp_path)
+    assert set(events) == {None, "1"} and events["1"] == []
+    written = {e["path"] for e in events[None]}
+    inputs = next((out / "inputs").iterdir())
+    assert {str(inputs / "manifest.csv"), str(inputs / "000000.png"), str(out / "report.json")} <= written
+    fits = sorted((out / "work" / "efficientnet_lite0_finetune").glob("*/finetune.json"))
+    assert len(fits) == 3 and {json.loads(f.read_text())["world_size"] for f in fits} == {2}

@@ -122,3 +122,37 @@ def test_ranks_at_different_fits_stop_with_one_line(tmp_path: Path):
             "rows; rank 0 at 'lp_ft/fold1', rank 1 at 'lp_ft/fold0'); start every rank with the same command, "
             "config and data, with the run folder on storage all of them see (docs/distributed.md)")
     assert got == {0: want, 1: want}
+
+
+def test_a_follower_waits_for_rank_0s_file(tmp_path: Path, monkeypatch):
+    import threading
+
+    target = tmp_path / "fold0" / "finetune_config.json"
+    timer = threading.Timer(0.4, lambda: (target.parent.mkdir(), target.write_text("{}")))
+    timer.start()
+    distributed.wait_for_rank0(target, "the fine-tune in fold0", poll_s=0.05)
+    assert target.exists()
+
+    # the process that started this one (Lightning's launcher: rank 0) ends: a one-line error
+    for k in RANK_VARS:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    parents = iter([100, 100, 1])
+    monkeypatch.setattr(distributed.os, "getppid", lambda: next(parents))
+    with pytest.raises(UserError) as e:
+        distributed.wait_for_rank0(tmp_path / "never", "the fine-tune in fold1", poll_s=0.01)
+    assert str(e.value) == ("rank 1: the process that started it ended before rank 0 reached the fine-tune in "
+                            "fold1; see rank 0's error, then 'transfuse resume RUN_DIR'")
+
+
+def test_the_python_api_needs_out_under_ddp(tmp_path: Path, monkeypatch):
+    import transfuse
+
+    monkeypatch.chdir(tmp_path)
+    texts, labels = [f"text {i}" for i in range(10)], ["a", "b"] * 5
+    ddp = {"train": {"finetune": {"accelerator": "cpu", "devices": 2, "strategy": "ddp"}}}
+    with pytest.raises(UserError) as e:
+        transfuse.fit(texts, labels, backbones=["tfidf"], strategies=["linear_probe", "finetune"], config=ddp)
+    assert str(e.value) == ("transfuse.fit: the fine-tuning runs on 2 processes (train.finetune.devices x num_nodes), "
+                            "each running this script: give out= (the same run folder, on storage every process sees)")
+    assert list(tmp_path.iterdir()) == []

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
+from pathlib import Path
 from typing import Any
 
 #: Launcher variables that name a non-zero rank, in the order they are trusted: the global rank
@@ -82,3 +84,19 @@ def planned_world_size(accelerator: str, devices: int | str, num_nodes: int) -> 
         gpus = torch.cuda.device_count() if accelerator in ("auto", "gpu", "cuda") else 0
         devices = max(1, gpus)
     return int(devices) * int(num_nodes)
+
+
+def wait_for_rank0(path: Path, what: str, poll_s: float = 0.5) -> None:
+    """Block until rank 0 has written ``path`` (on storage every rank sees). A follower waits here,
+    not inside a collective: a collective gives up after the process group's timeout (30 min),
+    while rank 0 may spend longer on work of its own (embedding, probes, a raw baseline) before
+    the next fit. If the process that started this one ends (Lightning's launcher: rank 0 itself),
+    the wait ends with a one-line error; ``torchrun`` and ``srun`` stop every rank themselves."""
+    from transfuse.errors import UserError
+
+    parent = os.getppid()
+    while not path.exists():
+        if os.getppid() != parent:
+            raise UserError(f"{rank_label()}: the process that started it ended before rank 0 reached {what}; "
+                            "see rank 0's error, then 'transfuse resume RUN_DIR'")
+        time.sleep(poll_s)

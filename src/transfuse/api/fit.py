@@ -82,9 +82,11 @@ def build_config(data: Any, labels: Sequence[Any] | None = None, *, out: str | P
     inputs are written under ``OUT/inputs/<content hash>/`` first)."""
     from transfuse.artifacts.store import RunFolder
     from transfuse.config import validate_config
+    from transfuse.distributed import is_follower
 
     out = Path(out).resolve()
-    RunFolder(out).claim()  # ours to write in (a new, empty or run folder) before the inputs go in
+    if not is_follower():  # rank 0 alone writes (a distributed run: docs/distributed.md)
+        RunFolder(out).claim()  # ours to write in (a new, empty or run folder) before the inputs go in
     section, modality = _data_section(data, labels, modality, column, image_shape, label, out / INPUTS_DIR)
     section["modality"] = modality
     if test_data is not None:
@@ -99,6 +101,21 @@ def build_config(data: Any, labels: Sequence[Any] | None = None, *, out: str | P
     if image_size is not None:
         raw["preprocess"] = {"image_size": image_size}
     return validate_config(_merge(raw, config or {}), source="transfuse.fit")
+
+
+def _check_one_run_folder(strategies: Sequence[str] | None, config: Mapping[str, Any] | None) -> None:
+    """Under DDP every process runs the caller's script (Lightning's launcher re-runs it): a default
+    run folder named by the clock would differ per process, so ``out`` must be given."""
+    from transfuse.config import TRAINING_STRATEGIES
+    from transfuse.distributed import is_follower, planned_world_size
+
+    if not set(strategies or ()) & set(TRAINING_STRATEGIES):
+        return
+    ft = dict(((config or {}).get("train") or {}).get("finetune") or {})
+    n = planned_world_size(ft.get("accelerator", "auto"), ft.get("devices", "auto"), ft.get("num_nodes", 1))
+    if n > 1 or is_follower():
+        raise UserError(f"transfuse.fit: the fine-tuning runs on {n} processes (train.finetune.devices x num_nodes), "
+                        "each running this script: give out= (the same run folder, on storage every process sees)")
 
 
 def fit(data: Any, labels: Sequence[Any] | None = None, *, out: str | Path | None = None,
@@ -117,12 +134,16 @@ def fit(data: Any, labels: Sequence[Any] | None = None, *, out: str | Path | Non
     different one is refused unless the folder holds nothing finished or ``overwrite`` is set.
     ``config``: any other config sections as a nested dict (e.g. ``{"fuse": {"enabled": False}}``).
     """
+    from transfuse.distributed import is_follower, wait_for_rank0
     from transfuse.pipeline import run_experiment
 
     if out is None:
+        _check_one_run_folder(strategies, config)
         out = Path("runs") / f"fit-{dt.datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
     cfg = build_config(data, labels, out=out, modality=modality, backbones=backbones, strategies=strategies,
                        folds=folds, test_data=test_data, test_labels=test_labels, image_size=image_size,
                        image_shape=image_shape, column=column, label=label, seed=seed, config=config)
     run_experiment(cfg, cfg.output.dir, progress=progress, overwrite=overwrite)
+    if is_follower():  # the caller's script goes on as on rank 0, with the run rank 0 finished
+        wait_for_rank0(Path(cfg.output.dir) / "report.json", f"the end of the run {cfg.output.dir}")
     return Run(cfg.output.dir)

@@ -16,7 +16,7 @@ from transfuse.artifacts.store import RunFolder, check_data_options
 from transfuse.config import ExperimentConfig, config_to_yaml
 from transfuse.distributed import rank_label, wait_for_followers
 from transfuse.errors import UserError
-from transfuse.io import read_json
+from transfuse.io import atomic_write_json, read_json
 
 
 #: How long rank 0 waits, after its last candidate, for the ranks Lightning's launcher started
@@ -59,13 +59,16 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, pro
         t = time.perf_counter()
         results += run_fusions(cfg, run, data, results, cache, progress)
         timings["fusion"] = time.perf_counter() - t
-    followers = [{"pid": pid, "exit_code": code} for pid, code in wait_for_followers(FOLLOWER_WAIT_S)]
     report = build_report(cfg, run, data, results, timings)
-    if followers:  # Lightning's launcher started them from this process (torchrun: it waits for them)
-        report["followers"] = followers
     report["skipped"] = skipped
     report["wall_seconds"] = time.perf_counter() - t0  # nested timings (embed: within a candidate) not summed
     if cfg.fuse.enabled and (run.path / "fusion.json").exists():
         report["fusion"] = read_json(run.path / "fusion.json")  # members left out, with reasons
     finish(cfg, run, data, results, report)
+    # the ranks Lightning's launcher started from this process (torchrun waits for its own): after
+    # the report, which a follower of the Python API waits for before its script goes on
+    followers = [{"pid": pid, "exit_code": code} for pid, code in wait_for_followers(FOLLOWER_WAIT_S)]
+    if followers:
+        report["followers"] = followers
+        atomic_write_json(run.path / "report.json", report)
     return report
