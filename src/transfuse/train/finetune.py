@@ -225,6 +225,8 @@ def _module_class() -> type:
             self._val = torch.zeros(3)  # loss sum, correct, count
             self.validate = True
             self.fit_key: dict[str, Any] = {}
+            self.n_val = 0  # validation rows (the whole set, over all ranks)
+            self._val_left = 0
 
         def on_fit_start(self) -> None:
             check_same_fit(self.fit_key, self.trainer.world_size)
@@ -252,10 +254,17 @@ def _module_class() -> type:
 
         def on_validation_epoch_start(self) -> None:
             self._val = torch.zeros(3, device=self.device)
+            # under DDP, Lightning's DistributedSampler pads the validation set to a multiple of the
+            # ranks by repeating its first rows, which land last on their ranks: count each row once
+            w, r = self.trainer.world_size, self.trainer.global_rank
+            self._val_left = self.n_val if w <= 1 else max(0, -(-(self.n_val - r) // w))
 
         def validation_step(self, batch: Any, batch_idx: int) -> None:
             x, y = batch
             logits = self.model(x).float()
+            keep = min(y.numel(), self._val_left)
+            self._val_left -= keep
+            logits, y = logits[:keep], y[:keep]
             self._val += torch.stack([F.cross_entropy(logits, y, reduction="sum"),
                                       (logits.argmax(-1) == y).sum().float(), y.new_tensor(y.numel()).float()])
 
@@ -354,6 +363,7 @@ def finetune(
     weight = resolve_class_weights(cfg.class_weight, train_ds.labels, n_classes)
     module = _module_class()(model, cfg, weight)
     module.validate = validate
+    module.n_val = len(val_ds) if validate else 0
     last = out / CKPT_DIR / "last.ckpt"
     module.fit_key = fit_key(out, cfg, n_classes, seed, backbone, train_ds, val_ds, last.is_file())
 
