@@ -97,7 +97,7 @@ def test_head_lr_auto_is_10x_for_a_fresh_head_and_1x_for_lp_ft():
 
 
 TOP_KEYS = ("name, seed, data, split, preprocess, augment, backbones, adapt, train, evaluate, fuse, search, "
-            "calibration, export, output")
+            "calibration, export, output, budget")
 
 
 def message(raw) -> str:

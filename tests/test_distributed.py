@@ -156,3 +156,19 @@ def test_the_python_api_needs_out_under_ddp(tmp_path: Path, monkeypatch):
     assert str(e.value) == ("transfuse.fit: the fine-tuning runs on 2 processes (train.finetune.devices x num_nodes), "
                             "each running this script: give out= (the same run folder, on storage every process sees)")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_time_limit_is_refused_under_ddp(tmp_path: Path, digits_folder: Path):
+    from transfuse.config import validate_config
+    from transfuse.pipeline import run_experiment
+
+    cfg = validate_config({"data": {"source": "folder", "path": str(digits_folder)},
+                           "backbones": ["bundled:efficientnet_lite0"], "budget": {"time_limit": 600},
+                           "train": {"finetune": {"accelerator": "cpu", "devices": 2, "strategy": "ddp"}}})
+    with pytest.raises(UserError) as e:
+        run_experiment(cfg, tmp_path / "run", progress=False)
+    assert str(e.value) == (
+        "budget.time_limit with distributed fine-tuning (train.finetune.devices x num_nodes = 2 processes): the "
+        "planner decides by each process's clock, so the ranks could reach different fits; set "
+        "train.finetune.devices: 1, or leave out the time limit")
+    assert not (tmp_path / "run").exists()

@@ -98,7 +98,9 @@ def run(config: Path = typer.Argument(..., help="Experiment YAML file."),
 
         _echo_summary(fit_with_search(cfg, out or run_dir_for(cfg), cfg.search.n_trials, progress=not quiet))
         return
-    _echo_summary(run_experiment(cfg, out, progress=not quiet, overwrite=overwrite))
+    from transfuse.budget import process_start
+
+    _echo_summary(run_experiment(cfg, out, progress=not quiet, overwrite=overwrite, started=process_start()))
 
 
 SOURCE_MODALITY = {"audio_folder": "audio", "audio_manifest": "audio", "speech": "audio", "text_table": "text",
@@ -169,8 +171,10 @@ def infer_source(data: str, modality: str) -> tuple[str, str | None]:
 @app.command()
 def fit(data: str = typer.Option(..., "--data", help="Folder, manifest, SOURCE:PATH or a sample set name (emoji, fashion_mnist, wordnet, ...)."),
         modality: Optional[str] = typer.Option(None, "--modality", help="image | text | audio (default: from the data: a table's text column, audio files, else image)."),
-        backbone: list[str] = typer.Option(..., "--backbone", help="Backbone name (repeatable), e.g. bundled:efficientnet_lite0."),
-        strategy: Optional[list[str]] = typer.Option(None, "--strategy", help="linear_probe | finetune | lp_ft | partial_ft (repeatable; default linear_probe)."),
+        backbone: Optional[list[str]] = typer.Option(None, "--backbone", help="Backbone name (repeatable), e.g. bundled:efficientnet_lite0 (default: the modality's bundled ones)."),
+        strategy: Optional[list[str]] = typer.Option(None, "--strategy", help="linear_probe | finetune | lp_ft | partial_ft (repeatable; default: the preset's, else linear_probe)."),
+        time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Seconds for the whole command: the planner measures costs and keeps what fits (default preset: medium)."),
+        preset: Optional[str] = typer.Option(None, "--preset", help="fast (probes) | medium (+ LP-FT) | best (+ full fine-tuning): the strategies tried."),
         out: Path = typer.Option(..., "--out", help="Run folder."),
         test_data: Optional[str] = typer.Option(None, "--test-data", help="External test set (same forms as --data)."),
         folds: int = typer.Option(5, "--folds", help="Cross-validation folds."),
@@ -182,30 +186,40 @@ def fit(data: str = typer.Option(..., "--data", help="Folder, manifest, SOURCE:P
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run folder that holds a different experiment.")) -> None:
     """The same pipeline with defaults, for the common case and for scripts."""
     _quiet(quiet)
+    from transfuse.api.fit import DEFAULT_BACKBONES
     from transfuse.config import apply_overrides, validate_config
 
     modality = modality or infer_modality(data)
+    if not backbone and modality not in DEFAULT_BACKBONES:
+        raise UserError(f"--backbone: no default backbone for modality {modality!r}; give --backbone NAME "
+                        "(e.g. for multimodal data one image and one text backbone)")
     source, path = infer_source(data, modality)
     raw: dict[str, Any] = {
         "name": out.name, "seed": seed,
         "data": {"source": source, "path": path, "modality": modality},
         "split": {"folds": folds},
-        "backbones": list(backbone),
-        "adapt": {"strategies": list(strategy or ["linear_probe"])},
+        "backbones": list(backbone or DEFAULT_BACKBONES[modality]),
         "output": {"dir": str(out)},
     }
+    if strategy or not (time_limit or preset):
+        raw["adapt"] = {"strategies": list(strategy or ["linear_probe"])}
+    if time_limit is not None or preset is not None:
+        raw["budget"] = {k: v for k, v in (("time_limit", time_limit), ("preset", preset)) if v is not None}
     if test_data:
         tsource, tpath = infer_source(test_data, modality)
         raw["data"].update({"test_source": tsource, "test_path": tpath})
+    if search_trials and time_limit is not None:
+        raise UserError("--time-limit does not bound --search yet; give one of them (search: --search N trials)")
     cfg = validate_config(apply_overrides(raw, set_ or []), source="fit")
     if search_trials:
         from transfuse.pipeline.search import fit_with_search
 
         _echo_summary(fit_with_search(cfg, out, search_trials, storage, progress=not quiet))
         return
+    from transfuse.budget import process_start
     from transfuse.pipeline import run_experiment
 
-    _echo_summary(run_experiment(cfg, out, progress=not quiet, overwrite=overwrite))
+    _echo_summary(run_experiment(cfg, out, progress=not quiet, overwrite=overwrite, started=process_start()))
 
 
 @app.command()
@@ -213,9 +227,10 @@ def resume(run_dir: Path = typer.Argument(..., help="A run folder."),
            quiet: bool = typer.Option(False, "--quiet", help="No progress bars, no library warnings.")) -> None:
     """Continue an interrupted run without redoing finished candidates."""
     _quiet(quiet)
+    from transfuse.budget import process_start
     from transfuse.pipeline.resume import resume as _resume
 
-    _echo_summary(_resume(run_dir, progress=not quiet))
+    _echo_summary(_resume(run_dir, progress=not quiet, started=process_start()))
 
 
 @app.command()

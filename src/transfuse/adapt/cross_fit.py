@@ -9,12 +9,14 @@ folds made (:meth:`Strategy.final_choice`), and predicts the test part once.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
+from transfuse import budget
 from transfuse.faults import fault_point
 
 Folds = Sequence[tuple[np.ndarray, np.ndarray]]
@@ -83,9 +85,12 @@ def cross_fit(strategy: Strategy, y: np.ndarray, folds: Folds, n_classes: int, m
               seed: int) -> CrossFit:
     """Score ``strategy`` on ``folds`` (outer folds, scored once each), then fit what ships."""
     fits: list[Fit] = []
+    started = time.time()
 
     def fit_predict(k: int, tr: np.ndarray, va: np.ndarray) -> np.ndarray:
         fault_point("fold")
+        # under a time limit: stop when k folds' pace says the rest (and the refit) cannot finish
+        budget.check_projection(f"fold {k + 1} of {len(folds)}", k, len(folds) + 1, started)
         f = strategy.fit(tr, seed + k, f"fold{k}")
         fits.append(f)
         return strategy.predict(f, va)
@@ -93,6 +98,7 @@ def cross_fit(strategy: Strategy, y: np.ndarray, folds: Folds, n_classes: int, m
     oof = oof_loop(fit_predict, folds, len(y), n_classes)
     scores = [score(y[va], oof[va], metric) for _, va in folds]
     chosen = [f.chosen for f in fits]
+    budget.check_projection("refit", len(folds), len(folds) + 1, started)
     final = strategy.fit(np.arange(len(y)), seed, "final", strategy.final_choice(chosen))
     history = [{"fold": k, **h} for k, f in enumerate(fits) for h in f.history]
     return CrossFit(oof=np.nan_to_num(oof).astype(np.float32), scores=scores,

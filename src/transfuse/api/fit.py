@@ -77,7 +77,8 @@ def build_config(data: Any, labels: Sequence[Any] | None = None, *, out: str | P
                  backbones: Sequence[str] | None = None, strategies: Sequence[str] | None = None, folds: int = 5,
                  test_data: Any = None, test_labels: Sequence[Any] | None = None, image_size: int | None = None,
                  image_shape: tuple[int, int] | None = None, column: str | None = None, label: str = "label",
-                 seed: int = 0, name: str | None = None, config: Mapping[str, Any] | None = None) -> Any:
+                 seed: int = 0, name: str | None = None, config: Mapping[str, Any] | None = None,
+                 time_limit: float | None = None, preset: str | None = None) -> Any:
     """The validated :class:`~transfuse.config.ExperimentConfig` of a :func:`fit` call (in-memory
     inputs are written under ``OUT/inputs/<content hash>/`` first)."""
     from transfuse.artifacts.store import RunFolder
@@ -95,22 +96,26 @@ def build_config(data: Any, labels: Sequence[Any] | None = None, *, out: str | P
     raw: dict[str, Any] = {
         "name": name or out.name, "seed": seed, "data": section, "split": {"folds": folds},
         "backbones": list(backbones or DEFAULT_BACKBONES[modality]),
-        "adapt": {"strategies": list(strategies or ["linear_probe"])},
         "output": {"dir": str(out)},
     }
+    if strategies or not (time_limit or preset):  # else the preset's strategies
+        raw["adapt"] = {"strategies": list(strategies or ["linear_probe"])}
+    if time_limit is not None or preset is not None:
+        raw["budget"] = {k: v for k, v in (("time_limit", time_limit), ("preset", preset)) if v is not None}
     if image_size is not None:
         raw["preprocess"] = {"image_size": image_size}
     return validate_config(_merge(raw, config or {}), source="transfuse.fit")
 
 
-def _check_one_run_folder(strategies: Sequence[str] | None, config: Mapping[str, Any] | None) -> None:
+def _check_one_run_folder(strategies: Sequence[str] | None, config: Mapping[str, Any] | None,
+                          preset: str | None = None) -> None:
     """Under DDP every process runs the caller's script (Lightning's launcher re-runs it): a default
     run folder named by the clock would differ per process, so ``out`` must be given."""
     from transfuse.config import TRAINING_STRATEGIES
     from transfuse.distributed import is_follower, planned_world_size
 
-    if not set(strategies or ()) & set(TRAINING_STRATEGIES):
-        return
+    if not set(strategies or ()) & set(TRAINING_STRATEGIES) and preset is None:
+        return  # no fine-tuning (a preset may add some)
     ft = dict(((config or {}).get("train") or {}).get("finetune") or {})
     n = planned_world_size(ft.get("accelerator", "auto"), ft.get("devices", "auto"), ft.get("num_nodes", 1))
     if n > 1 or is_follower():
@@ -124,7 +129,7 @@ def fit(data: Any, labels: Sequence[Any] | None = None, *, out: str | Path | Non
         test_labels: Sequence[Any] | None = None, image_size: int | None = None,
         image_shape: tuple[int, int] | None = None, column: str | None = None, label: str = "label",
         seed: int = 0, config: Mapping[str, Any] | None = None, progress: bool = False,
-        overwrite: bool = False) -> Run:
+        overwrite: bool = False, time_limit: float | None = None, preset: str | None = None) -> Run:
     """Transfer, fuse and select by cross-validation, as ``transfuse fit``; returns the :class:`Run`.
 
     ``data``: a folder (one sub-folder per class) or a .csv/.jsonl table (labels inside), or the
@@ -133,17 +138,24 @@ def fit(data: Any, labels: Sequence[Any] | None = None, *, out: str | Path | Non
     run folder (default ``runs/fit-<time>``); the same call on the same folder resumes it, a
     different one is refused unless the folder holds nothing finished or ``overwrite`` is set.
     ``config``: any other config sections as a nested dict (e.g. ``{"fuse": {"enabled": False}}``).
+    ``time_limit``: seconds for the whole call (the planner keeps what fits; see ``budget`` in the
+    docs); ``preset``: ``fast`` | ``medium`` | ``best``, the strategies tried.
     """
+    import time
+
     from transfuse.distributed import is_follower, wait_for_rank0
     from transfuse.pipeline import run_experiment
 
+    started = time.time()
+
     if out is None:
-        _check_one_run_folder(strategies, config)
+        _check_one_run_folder(strategies, config, preset)
         out = Path("runs") / f"fit-{dt.datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
     cfg = build_config(data, labels, out=out, modality=modality, backbones=backbones, strategies=strategies,
                        folds=folds, test_data=test_data, test_labels=test_labels, image_size=image_size,
-                       image_shape=image_shape, column=column, label=label, seed=seed, config=config)
-    run_experiment(cfg, cfg.output.dir, progress=progress, overwrite=overwrite)
+                       image_shape=image_shape, column=column, label=label, seed=seed, config=config,
+                       time_limit=time_limit, preset=preset)
+    run_experiment(cfg, cfg.output.dir, progress=progress, overwrite=overwrite, started=started)
     if is_follower():  # the caller's script goes on as on rank 0, with the run rank 0 finished
         wait_for_rank0(Path(cfg.output.dir) / "report.json", f"the end of the run {cfg.output.dir}")
     return Run(cfg.output.dir)

@@ -164,6 +164,11 @@ class RunFolder:
         for ckpt in self.work_dir(name).glob("*/checkpoints"):
             shutil.rmtree(ckpt, ignore_errors=True)
 
+    def discard_work(self, name: str) -> None:
+        """Delete the whole scratch folder of a candidate that will not finish (stopped by the time
+        limit): its partial folds would not match a later plan's epochs."""
+        shutil.rmtree(self.work_dir(name), ignore_errors=True)
+
     def done(self, name: str) -> CandidateResult | None:
         """A finished candidate (resume), or None."""
         return CandidateResult.load(self.candidate_dir(name))

@@ -15,7 +15,14 @@ from transfuse.config.data import (
     SplitConfig,
     TextCleaning,
 )
-from transfuse.config.experiment import BackboneConfig, EvaluateConfig, ExperimentConfig, OutputConfig
+from transfuse.config.experiment import (
+    PRESETS,
+    BackboneConfig,
+    BudgetConfig,
+    EvaluateConfig,
+    ExperimentConfig,
+    OutputConfig,
+)
 from transfuse.config.fuse import (
     DistillOptions,
     EnsembleName,
@@ -65,7 +72,7 @@ from transfuse.config.train import (
 )
 
 __all__ = [
-    "EXTRA_FINETUNE_PARAMS", "STRATEGIES", "TRAINING_STRATEGIES", "AdaptConfig", "AudioAugment", "AugmentConfig", "BackboneConfig",
+    "EXTRA_FINETUNE_PARAMS", "PRESETS", "STRATEGIES", "TRAINING_STRATEGIES", "AdaptConfig", "AudioAugment", "AugmentConfig", "BackboneConfig", "BudgetConfig",
     "CalibrationConfig", "ClassWeight", "DataConfig", "DistillOptions", "EnsembleName", "EvaluateConfig",
     "ExperimentConfig", "ExportConfig", "FeatureFusionConfig", "FeatureFusionOptions", "FinetuneConfig",
     "FuseConfig", "HeadConfig", "HeadFit", "HeadKind", "ImageAugment", "JointOptions", "NonNegFloat",

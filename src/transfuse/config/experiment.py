@@ -32,6 +32,27 @@ class OutputConfig(Section):
     dir: str | None = None
 
 
+#: What each preset tries (``budget.preset``); under a time limit the planner keeps what fits,
+#: in this order. See docs/decisions.md for why ``medium`` is the default with a time limit.
+PRESETS: dict[str, list[str]] = {
+    "fast": ["linear_probe"],
+    "medium": ["linear_probe", "lp_ft"],
+    "best": ["linear_probe", "lp_ft", "finetune"],
+}
+
+
+class BudgetConfig(Section):
+    """A time limit for the whole run and a preset of strategies (``fit --time-limit/--preset``).
+
+    ``preset`` fills ``adapt.strategies`` when the config does not list them (``medium`` when only
+    a time limit is given). With ``time_limit``, the planner measures each backbone's embedding and
+    fine-tuning step costs first and keeps what fits: cheap candidates first, fine-tuning with the
+    epochs that fit, fusions, then the report; what it skipped is listed with the reason."""
+
+    time_limit: float | None = Field(None, gt=0, description="seconds for the whole command, start-up included")
+    preset: Literal["fast", "medium", "best"] | None = None
+
+
 class ExperimentConfig(Section):
     """A whole experiment: ``transfuse run CONFIG.yaml``."""
 
@@ -50,6 +71,21 @@ class ExperimentConfig(Section):
     calibration: CalibrationConfig = CalibrationConfig()
     export: ExportConfig = ExportConfig()
     output: OutputConfig = OutputConfig()
+    budget: BudgetConfig = BudgetConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_strategies(cls, v: Any) -> Any:
+        """``budget.preset`` (or ``medium`` under a time limit) lists the strategies when
+        ``adapt.strategies`` is not given; the resolved config then lists them."""
+        if not isinstance(v, dict) or not isinstance(v.get("budget"), dict):
+            return v
+        b = v["budget"]
+        preset = b.get("preset") or ("medium" if b.get("time_limit") is not None else None)
+        adapt = v.get("adapt") if v.get("adapt") is not None else {}
+        if preset not in PRESETS or not isinstance(adapt, dict) or "strategies" in adapt:
+            return v
+        return {**v, "adapt": {**adapt, "strategies": list(PRESETS[preset])}}
 
     @model_validator(mode="before")
     @classmethod

@@ -185,6 +185,28 @@ def _per_class(per_class: dict) -> str:
                         _table(["class", "precision", "recall", "F1", "support"], rows), False)
 
 
+def _plan(r: dict) -> str:
+    """The time limit's plan (what ran, with how many epochs, what was skipped or stopped, why)
+    and every skipped candidate; empty when neither applies."""
+    plan, skipped = r.get("plan") or {}, r.get("skipped") or []
+    if not plan and not skipped:
+        return ""
+    out = []
+    if plan:
+        out.append(f"<h2>Time limit</h2><p>Time limit {_secs(plan.get('time_limit'))} for the whole command "
+                   f"(preset {_e(plan.get('preset') or '—')}); the work stopped after {_secs(plan.get('work_seconds'))}, "
+                   f"{_secs(plan.get('reserve_s'))} kept for the report. Fine-tuning was planned from one measured "
+                   "training step and one inference batch.</p>")
+        rows = [[f"<td>{_e(d.get('name'))}</td>", f"<td>{_e(d.get('action'))}</td>", f"<td>{_e(d.get('reason'))}</td>"]
+                for d in plan.get("decisions") or []]
+        if rows:
+            out.append(_table(["candidate", "decision", "why"], rows))
+    if skipped:
+        rows = [[f"<td>{_e(x.get('name'))}</td>", f"<td>{_e(x.get('reason'))}</td>"] for x in skipped]
+        out.append(f"<h2>Skipped candidates ({len(skipped)})</h2>" + _table(["candidate", "reason"], rows))
+    return "".join(out)
+
+
 def render_report_html(report: dict) -> str:
     """The whole page as a string (``report`` is not modified)."""
     r = report
@@ -203,6 +225,7 @@ def render_report_html(report: dict) -> str:
         if cv:
             s.append(f"<p class='sub'>{_e(cv.get('folds', '?'))}-fold cross-validation, "
                      f"seed {_e(cv.get('seed', '?'))}; the candidate is chosen by CV, the test split is used once.</p>")
+    s.append(_plan(r))
     if test.get("confusion_matrix"):
         s.append("<h2>Confusion matrix (test, chosen candidate)</h2>"
                  + _img(plots.confusion_matrix_plot(test["confusion_matrix"], classes), "confusion matrix"))

@@ -14,7 +14,7 @@ import numpy as np
 
 from transfuse.artifacts.store import RunFolder, check_data_options
 from transfuse.config import ExperimentConfig, config_to_yaml
-from transfuse.distributed import rank_label, wait_for_followers
+from transfuse.distributed import planned_world_size, rank_label, wait_for_followers
 from transfuse.errors import UserError
 from transfuse.io import atomic_write_json, read_json
 
@@ -28,11 +28,38 @@ def run_dir_for(cfg: ExperimentConfig) -> Path:
     return Path(cfg.output.dir or Path("runs") / cfg.name)
 
 
+def refuse_time_limit_under_ddp(cfg: ExperimentConfig) -> None:
+    """The time-limit planner decides by each process's clock (epochs that fit, candidates
+    stopped): under DDP the ranks could reach different fits, so the two do not go together."""
+    ft = cfg.train.finetune
+    n = planned_world_size(ft.accelerator, ft.devices, ft.num_nodes)
+    if n > 1 or rank_label() is not None:
+        raise UserError(f"budget.time_limit with distributed fine-tuning (train.finetune.devices x num_nodes = {n} "
+                        "processes): the planner decides by each process's clock, so the ranks could reach "
+                        "different fits; set train.finetune.devices: 1, or leave out the time limit")
+
+
 def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, progress: bool = True,
-                   wrap: dict[str, Any] | None = None, overwrite: bool = False) -> dict[str, Any]:
+                   wrap: dict[str, Any] | None = None, overwrite: bool = False,
+                   started: float | None = None) -> dict[str, Any]:
     """Run (or resume) the whole experiment; returns the report dict. ``wrap``: see
     :func:`~transfuse.pipeline.singles.run_singles`; ``overwrite``: replace a run folder that holds
-    a different experiment (see :meth:`~transfuse.artifacts.store.RunFolder.start`)."""
+    a different experiment (see :meth:`~transfuse.artifacts.store.RunFolder.start`); ``started``:
+    when the command started (``time.time()``; default now), from which ``budget.time_limit`` counts."""
+    from transfuse.budget import Budget, budgeted
+    from transfuse.pipeline.plan import Planner
+
+    limit = cfg.budget.time_limit
+    if limit is not None:
+        refuse_time_limit_under_ddp(cfg)
+    budget = Budget(limit, start=started) if limit is not None else None
+    planner = Planner(budget, preset=cfg.budget.preset or ("medium" if limit is not None else None))
+    with budgeted(budget):
+        return _run(cfg, run_dir, progress, wrap, overwrite, planner)
+
+
+def _run(cfg: ExperimentConfig, run_dir: str | Path | None, progress: bool, wrap: dict[str, Any] | None,
+         overwrite: bool, planner: Any) -> dict[str, Any]:
     from transfuse.pipeline.fusions import run_fusions
     from transfuse.pipeline.report import build_report, finish
     from transfuse.pipeline.singles import run_singles
@@ -52,7 +79,11 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, pro
     if len(np.unique(data.train.labels)) < 2:
         raise UserError(f"data {cfg.data.path!r}: fewer than 2 classes with valid inputs; need at least 2")
     cache = FeatureCache()
-    results, skipped = run_singles(cfg, run, data, cache, progress, timings, wrap)
+    results, skipped = run_singles(cfg, run, data, cache, progress, timings, wrap, planner)
+    if not results and planner.budget is not None:
+        raise UserError(f"budget.time_limit {planner.budget.limit:g} s: no candidate finished in time ("
+                        + "; ".join(f"{s['name']}: {s['reason']}" for s in skipped)
+                        + "); raise the time limit or use fewer backbones")
     if not results:
         raise UserError("no candidate could run: " + "; ".join(s["reason"] for s in skipped))
     if cfg.fuse.enabled:
@@ -61,6 +92,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, pro
         timings["fusion"] = time.perf_counter() - t
     report = build_report(cfg, run, data, results, timings)
     report["skipped"] = skipped
+    if planner.budget is not None:
+        report["plan"] = planner.summary()
     report["wall_seconds"] = time.perf_counter() - t0  # nested timings (embed: within a candidate) not summed
     if cfg.fuse.enabled and (run.path / "fusion.json").exists():
         report["fusion"] = read_json(run.path / "fusion.json")  # members left out, with reasons

@@ -8,10 +8,12 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
+from transfuse import budget
 from transfuse.adapt.result import CandidateResult
 from transfuse.artifacts import save
 from transfuse.artifacts.spec import ModelSpec
 from transfuse.artifacts.store import Prepared, RunFolder
+from transfuse.budget import TimeLimitReached
 from transfuse.backbones.registry import create_backbone, resolve_options, short_name
 from transfuse.faults import fault_point
 from transfuse.io import atomic_write_json
@@ -66,15 +68,13 @@ def run_soups(cfg: Any, run: RunFolder, data: Prepared, results: list[CandidateR
 
 def run_fusions(cfg: Any, run: RunFolder, data: Prepared, results: list[CandidateResult], cache: Any,
                 progress: bool = True) -> list[CandidateResult]:
-    """The configured fusions over ``results`` as candidates (saved, resumable)."""
-    from transfuse.data.multimodal import dataset_for
-    from transfuse.fuse.candidates import ensemble_candidate, feature_candidate, select_members
-    from transfuse.fuse.student import distill_candidate, pick_student, pick_teacher
+    """The configured fusions over ``results`` as candidates (saved, resumable); under a time
+    limit the ones not finished by the deadline are left out (``fusion.json`` says so)."""
+    from transfuse.fuse.candidates import select_members
 
     fault_point("fusion")
-    fc, seed, metric = cfg.fuse, cfg.seed, cfg.evaluate.metric
-    y, classes, modality = data.train.labels, list(data.train.classes), data.train.modality
-    c, bs = len(classes), cfg.train.embed_batch_size
+    fc, metric = cfg.fuse, cfg.evaluate.metric
+    classes, modality = list(data.train.classes), data.train.modality
     # the image baseline is a reference, not material: fusions of transferred candidates stay
     # exportable (ONNX cannot hold raw pixels + logistic regression) and as they were without it
     reference = {r.name for r in results if r.kind == "baseline" and r.name == IMAGE_BASELINE}
@@ -108,17 +108,42 @@ def run_fusions(cfg: Any, run: RunFolder, data: Prepared, results: list[Candidat
             made.append(feature_backbones(cfg))
         return made[0]
 
+    try:
+        _fusion_stages(cfg, run, data, results, cache, progress, members, excluded, done, keep, spec, all_backbones, out)
+    except TimeLimitReached as e:
+        why = f"stopped at the time limit ({e.where})"
+        console.print(f"[yellow]fusion: stop[/yellow] {why}")
+        excluded["fusions not finished"] = why
+    atomic_write_json(run.path / "fusion.json", {"members": [r.name for r in members], "excluded": excluded})
+    return out
+
+
+def _fusion_stages(cfg: Any, run: RunFolder, data: Prepared, results: list[CandidateResult], cache: Any,
+                   progress: bool, members: list[CandidateResult], excluded: dict[str, str], done: Callable,
+                   keep: Callable, spec: Callable, all_backbones: Callable[[], list], out: list) -> None:
+    """The fusions in order (soups, ensembles, feature fusion, distillation, joint), each one
+    checking the time limit before it starts."""
+    from transfuse.data.multimodal import dataset_for
+    from transfuse.fuse.candidates import ensemble_candidate, feature_candidate
+    from transfuse.fuse.student import distill_candidate, pick_student, pick_teacher
+
+    fc, seed, metric = cfg.fuse, cfg.seed, cfg.evaluate.metric
+    y, classes = data.train.labels, list(data.train.classes)
+    c, bs = len(classes), cfg.train.embed_batch_size
     if fc.soups.enabled and fc.soups.methods:
+        budget.check("soups")
         run_soups(cfg, run, data, results, done, keep, spec, excluded, all_backbones)
     if len(members) >= 2:
         for method in fc.ensembles:
             if not done(f"fusion/{method}"):
+                budget.check(f"fusion/{method}")
                 cand, est = ensemble_candidate(method, members, y, data.folds, metric, seed)
                 save.save_ensemble(run.candidate_dir(cand.name), spec(cand.name, method=method,
                                                                      members=cand.members), est)
                 keep(cand)
     backbones: list | None = None
     if fc.features.enabled and not done("fusion/features"):
+        budget.check("fusion/features")
         backbones = all_backbones()
         if len(backbones) >= 2:
             blocks = {n: cache.embed(bb, dataset_for(data.train, bb.modality), bs, progress) for n, _, _, bb in backbones}
@@ -140,6 +165,7 @@ def run_fusions(cfg: Any, run: RunFolder, data: Prepared, results: list[Candidat
         backbones = backbones or all_backbones()
         student = pick_student(fc.distill.student, results, backbones)
         if not done(f"distill/{student[0]}"):
+            budget.check("distillation")
             cand, model, settings = distill_candidate(cfg, data, teacher, results, cache, student, backbones, progress)
             _, name, opts, bb = student
             s = spec(cand.name, kind="probe", strategy="distill", backbones=[save.backbone_ref(name, opts, bb)],
@@ -151,6 +177,7 @@ def run_fusions(cfg: Any, run: RunFolder, data: Prepared, results: list[Candidat
                 save.save_probe(folder, s, model)
             keep(cand)
     if fc.joint.enabled and not done("fusion/joint"):
+        budget.check("fusion/joint")
         from transfuse.fuse.joint import joint_candidate
 
         backbones = backbones or all_backbones()
@@ -159,5 +186,3 @@ def run_fusions(cfg: Any, run: RunFolder, data: Prepared, results: list[Candidat
         save.save_joint(run.candidate_dir(cand.name), spec(cand.name, backbones=refs), net,
                         fc.joint.hidden, fc.joint.dropout)
         keep(cand)
-    atomic_write_json(run.path / "fusion.json", {"members": [r.name for r in members], "excluded": excluded})
-    return out

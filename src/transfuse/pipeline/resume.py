@@ -35,8 +35,8 @@ def absolute_data_paths(run: RunFolder) -> None:
         atomic_write_text(run.config_file, yaml.safe_dump(raw, sort_keys=False))
 
 
-def resume(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Continue the run in ``run_dir`` from its saved config."""
+def resume(run_dir: str | Path, progress: bool = True, started: float | None = None) -> dict[str, Any]:
+    """Continue the run in ``run_dir`` from its saved config (a time limit counts from ``started``)."""
     run = RunFolder(run_dir)
     if not run.config_file.exists():
         raise UserError(f"{str(run.path)!r} is not a transfuse run folder (no {CONFIG_FILE}); "
@@ -46,4 +46,4 @@ def resume(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     cfg = load_config(run.config_file)
     if (run.path / SEARCH_DIR / "search.json").is_file():
         return resume_searched(cfg, run.path, progress)
-    return run_experiment(cfg, run.path, progress=progress)
+    return run_experiment(cfg, run.path, progress=progress, started=started)

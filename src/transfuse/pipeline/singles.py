@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from transfuse import budget
 from transfuse.adapt.cross_fit import cross_fit
 from transfuse.adapt.finetune import FinetuneStrategy
 from transfuse.adapt.partial import PartialStrategy
@@ -18,9 +19,11 @@ from transfuse.adapt.result import CandidateResult
 from transfuse.artifacts import save
 from transfuse.artifacts.spec import ModelSpec
 from transfuse.artifacts.store import Prepared, RunFolder
+from transfuse.budget import TimeLimitReached
 from transfuse.backbones.registry import create_backbone, resolve_options, short_name
 from transfuse.config import TRAINING_STRATEGIES
 from transfuse.data.multimodal import dataset_for
+from transfuse.pipeline.plan import Planner
 from transfuse.progress import console
 
 
@@ -47,90 +50,156 @@ def inference_ms(backbone: Any, test: Any, n: int = 16) -> float | None:
     return 1000.0 * (time.perf_counter() - t) / len(sub)
 
 
+def singles_order(cfg: Any, is_raw: Callable[[Any], bool]) -> list[tuple[Any, str | None]]:
+    """``(backbone config, strategy)`` jobs in the order they run: every backbone's cheap
+    candidates (raw baselines, linear probes) first, then the training strategies in the order
+    listed, backbone by backbone (``None``: a raw-input estimator, which has no strategy)."""
+    cheap: list[tuple[Any, str | None]] = []
+    training: list[tuple[Any, str | None]] = []
+    for bcfg in cfg.backbones:
+        if is_raw(bcfg):
+            cheap.append((bcfg, None))
+            continue
+        for strategy in cfg.adapt.strategies:
+            (training if strategy in TRAINING_STRATEGIES else cheap).append((bcfg, strategy))
+    return cheap + [j for s in cfg.adapt.strategies for j in training if j[1] == s]
+
+
 def run_singles(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: bool,
                 timings: dict[str, float], wrap: dict[str, Callable[[Any], Any]] | None = None,
-                follower: bool = False) -> tuple[list[CandidateResult], list[dict[str, str]]]:
+                planner: Planner | None = None, follower: bool = False
+                ) -> tuple[list[CandidateResult], list[dict[str, str]]]:
     """Every (backbone x strategy) candidate of ``cfg``: results and ``{name, reason}`` skipped.
     ``wrap[name]`` replaces candidate ``name``'s strategy by ``wrap[name](strategy)`` (a searched
-    candidate: the search runs inside each fold). ``follower`` (a rank > 0 of a distributed run):
-    only the unfinished fine-tuning candidates are cross-fitted, in the same order as on rank 0,
-    so that every rank reaches the same ``Trainer.fit`` calls; nothing is saved or returned."""
-    y, classes = data.train.labels, list(data.train.classes)
-    n_classes, metric, bs = len(classes), cfg.evaluate.metric, cfg.train.embed_batch_size
+    candidate: the search runs inside each fold). ``planner``: under a time limit, fine-tunes run
+    with the epochs that fit and a candidate stopped by the deadline is left out (listed).
+    ``follower`` (a rank > 0 of a distributed run): only the unfinished fine-tuning candidates are
+    cross-fitted, in the same order as on rank 0, so that every rank reaches the same
+    ``Trainer.fit`` calls; nothing is saved or returned."""
+    planner = planner or Planner(None)
     results: list[CandidateResult] = []
     skipped: list[dict[str, str]] = []
-    for bcfg in cfg.backbones:
-        opts = resolve_options(bcfg.options, cfg.data.modality, cfg.preprocess.image_size)
-        t = time.perf_counter()
-        backbone = create_backbone(bcfg.name, **opts)
-        timings[f"load:{short_name(bcfg.name)}"] = time.perf_counter() - t
-        raw = getattr(backbone, "is_raw_estimator", False)
-        train, test = dataset_for(data.train, backbone.modality), dataset_for(data.test, backbone.modality)
-        feats: tuple[np.ndarray, np.ndarray] | None = None
-        for strategy in ([None] if raw else cfg.adapt.strategies):
-            name = short_name(bcfg.name) if raw else f"{short_name(bcfg.name)}/{strategy}"
-            if strategy in TRAINING_STRATEGIES and not getattr(backbone, "trainable", True):
-                reason = f"{bcfg.name} cannot be fine-tuned (frozen backbone); only linear_probe applies"
-                console.print(f"[yellow]skip[/yellow] {name}: {reason}")
-                skipped.append({"name": name, "reason": reason})
-                continue
-            if follower and (raw or strategy not in TRAINING_STRATEGIES):
-                continue  # nothing distributed: rank 0 alone fits it
-            done = run.done(name)
-            if done is not None:
-                console.print(f"[dim]resume: {name} already done (cv {done.cv_mean:.4f})[/dim]")
-                results.append(done)
-                continue
+    loaded: dict[str, tuple[Any, dict[str, Any]]] = {}
+    feats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def load(bcfg: Any) -> tuple[Any, dict[str, Any]]:
+        if bcfg.name not in loaded:
             t = time.perf_counter()
-            console.print(f"[bold]candidate[/bold] {name}")
-            if strategy in ("linear_probe", "lp_ft", "partial_ft") and feats is None:
-                te = time.perf_counter()
-                feats = (cache.embed(backbone, train, bs, progress), cache.embed(backbone, test, bs, progress))
-                timings[f"embed:{short_name(bcfg.name)}"] = time.perf_counter() - te
-            if raw:
-                strat: Any = RawStrategy(backbone, [train.load(i) for i in range(len(train))],
-                                         [test.load(i) for i in range(len(test))], y, n_classes)
-            elif strategy == "linear_probe":
-                strat = ProbeStrategy(cfg.train.head, feats[0], feats[1], y, n_classes)
-            elif strategy == "partial_ft":
-                strat = PartialStrategy(backbone, train, test, cfg.train.finetune, cfg.train.head,
-                                        cfg.train.partial, run.work_dir(name), features=feats[0],
-                                        batch_size=bs, progress=progress)
-            else:
-                strat = FinetuneStrategy(strategy, backbone, train, test, cfg.train.finetune, cfg.train.head,
-                                         run.work_dir(name), features=feats[0] if feats else None,
-                                         augment=getattr(cfg.augment, train.modality, None), batch_size=bs,
-                                         progress=progress)
-            if wrap and name in wrap:
-                strat = wrap[name](strat)
-            cv = cross_fit(strat, y, data.folds, n_classes, metric, cfg.seed)
-            if follower:
-                continue
-            spec = ModelSpec(kind="probe", candidate=name, modality=train.modality, classes=classes,
-                             strategy=strategy)
-            folder = run.candidate_dir(name)
-            if raw:
-                save.save_raw(folder, spec.model_copy(update={
-                    "estimator": {"name": bcfg.name, "options": opts}}), cv.final.model)
-                params = None
-            else:
-                spec = spec.model_copy(update={"backbones": [save.backbone_ref(bcfg.name, opts, backbone)]})
-                if strategy == "linear_probe":
-                    save.save_probe(folder, spec, cv.final.model)
-                    params = (n_params(backbone) or 0) + feats[0].shape[1] * n_classes + n_classes
-                else:
-                    network = strat.shippable(cv.final.model) if isinstance(strat, PartialStrategy) \
-                        else cv.final.model
-                    save.save_network(folder, spec.model_copy(update={"kind": "finetune"}), network)
-                    params = n_params(network)
-            res = CandidateResult(
-                name=name, kind="baseline" if raw else "single", oof=cv.oof, test=cv.test,
-                cv_scores=cv.scores, backbone=None if raw else backbone.spec, strategy=strategy,
-                method=name if raw else None, history=cv.history, fit_seconds=time.perf_counter() - t,
-                params=params, inference_ms_per_example=inference_ms(backbone, test), selected=cv.selected)
-            res.save(folder)
-            run.release_work(name)
+            opts = resolve_options(bcfg.options, cfg.data.modality, cfg.preprocess.image_size)
+            loaded[bcfg.name] = (create_backbone(bcfg.name, **opts), opts)
+            timings[f"load:{short_name(bcfg.name)}"] = time.perf_counter() - t
+        return loaded[bcfg.name]
+
+    for bcfg, strategy in singles_order(cfg, lambda b: getattr(load(b)[0], "is_raw_estimator", False)):
+        name = short_name(bcfg.name) if strategy is None else f"{short_name(bcfg.name)}/{strategy}"
+        if follower and strategy not in TRAINING_STRATEGIES:
+            continue  # nothing distributed (a raw baseline, a probe): rank 0 alone fits it
+        done = run.done(name)
+        if done is not None:
+            console.print(f"[dim]resume: {name} already done (cv {done.cv_mean:.4f})[/dim]")
+            results.append(done)
+            continue
+        t = time.perf_counter()
+        try:
+            budget.check("before it started")
+            res = _run_single(cfg, run, data, cache, progress, timings, wrap, planner, bcfg, strategy, name,
+                              *load(bcfg), feats, skipped, follower)
+        except TimeLimitReached as e:
+            reason = f"stopped at the time limit ({e.where})" if e.where != "before it started" else \
+                "not started: the time limit was reached"
+            console.print(f"[yellow]skip[/yellow] {name}: {reason}")
+            skipped.append({"name": name, "reason": reason})
+            planner.note(name, "stopped", reason)
+            run.discard_work(name)
+            continue
+        if res is not None:
             results.append(res)
             timings[f"candidate:{name}"] = time.perf_counter() - t
-            console.print(f"  cv {metric} {res.cv_mean:.4f} ± {res.cv_std:.4f}")
     return results, skipped
+
+
+def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: bool, timings: dict[str, float],
+                wrap: dict[str, Callable[[Any], Any]] | None, planner: Planner, bcfg: Any, strategy: str | None,
+                name: str, backbone: Any, opts: dict[str, Any], feats: dict[str, tuple[np.ndarray, np.ndarray]],
+                skipped: list[dict[str, str]], follower: bool = False) -> CandidateResult | None:
+    """One candidate: cross-fitted, saved, its result (None: skipped, reason in ``skipped``;
+    ``follower``: cross-fitted only)."""
+    y, classes = data.train.labels, list(data.train.classes)
+    n_classes, metric, bs = len(classes), cfg.evaluate.metric, cfg.train.embed_batch_size
+    raw = strategy is None
+    train, test = dataset_for(data.train, backbone.modality), dataset_for(data.test, backbone.modality)
+    if strategy in TRAINING_STRATEGIES and not getattr(backbone, "trainable", True):
+        reason = f"{bcfg.name} cannot be fine-tuned (frozen backbone); only linear_probe applies"
+        console.print(f"[yellow]skip[/yellow] {name}: {reason}")
+        skipped.append({"name": name, "reason": reason})
+        return None
+    t = time.perf_counter()
+    console.print(f"[bold]candidate[/bold] {name}")
+    if strategy in ("linear_probe", "lp_ft", "partial_ft") and bcfg.name not in feats:
+        te = time.perf_counter()
+        feats[bcfg.name] = (cache.embed(backbone, train, bs, progress), cache.embed(backbone, test, bs, progress))
+        timings[f"embed:{short_name(bcfg.name)}"] = time.perf_counter() - te
+    f = feats.get(bcfg.name)
+    ft = cfg.train.finetune
+    if strategy in TRAINING_STRATEGIES and planner.budget is not None:
+        from transfuse.train.finetune import measure_step
+
+        cost = measure_step(backbone, train, n_classes, ft, getattr(cfg.augment, train.modality, None), cfg.seed)
+        epochs = planner.plan_finetune(name, cost, len(train), len(test), len(data.folds), ft.inner_val, ft.epochs,
+                                       reserve=fusion_reserve(cfg, run))
+        if epochs is None:
+            reason = next(d["reason"] for d in reversed(planner.decisions) if d["name"] == name)
+            console.print(f"[yellow]skip[/yellow] {name}: {reason}")
+            skipped.append({"name": name, "reason": f"time limit: {reason}"})
+            return None
+        ft = ft.model_copy(update={"epochs": epochs})
+    if raw:
+        strat: Any = RawStrategy(backbone, [train.load(i) for i in range(len(train))],
+                                 [test.load(i) for i in range(len(test))], y, n_classes)
+    elif strategy == "linear_probe":
+        strat = ProbeStrategy(cfg.train.head, f[0], f[1], y, n_classes)
+    elif strategy == "partial_ft":
+        strat = PartialStrategy(backbone, train, test, ft, cfg.train.head, cfg.train.partial, run.work_dir(name),
+                                features=f[0], batch_size=bs, progress=progress)
+    else:
+        strat = FinetuneStrategy(strategy, backbone, train, test, ft, cfg.train.head, run.work_dir(name),
+                                 features=f[0] if f else None, augment=getattr(cfg.augment, train.modality, None),
+                                 batch_size=bs, progress=progress)
+    if wrap and name in wrap:
+        strat = wrap[name](strat)
+    cv = cross_fit(strat, y, data.folds, n_classes, metric, cfg.seed)
+    if follower:
+        return None
+    spec = ModelSpec(kind="probe", candidate=name, modality=train.modality, classes=classes, strategy=strategy)
+    folder = run.candidate_dir(name)
+    if raw:
+        save.save_raw(folder, spec.model_copy(update={"estimator": {"name": bcfg.name, "options": opts}}),
+                      cv.final.model)
+        params = None
+    else:
+        spec = spec.model_copy(update={"backbones": [save.backbone_ref(bcfg.name, opts, backbone)]})
+        if strategy == "linear_probe":
+            save.save_probe(folder, spec, cv.final.model)
+            params = (n_params(backbone) or 0) + f[0].shape[1] * n_classes + n_classes
+        else:
+            network = strat.shippable(cv.final.model) if isinstance(strat, PartialStrategy) else cv.final.model
+            save.save_network(folder, spec.model_copy(update={"kind": "finetune"}), network)
+            params = n_params(network)
+    res = CandidateResult(
+        name=name, kind="baseline" if raw else "single", oof=cv.oof, test=cv.test,
+        cv_scores=cv.scores, backbone=None if raw else backbone.spec, strategy=strategy,
+        method=name if raw else None, history=cv.history, fit_seconds=time.perf_counter() - t,
+        params=params, inference_ms_per_example=inference_ms(backbone, test), selected=cv.selected)
+    res.save(folder)
+    run.release_work(name)
+    console.print(f"  cv {metric} {res.cv_mean:.4f} ± {res.cv_std:.4f}")
+    return res
+
+
+def fusion_reserve(cfg: Any, run: RunFolder) -> float:
+    """Seconds to keep for the fusions when planning a fine-tune: the probes' measured fit times
+    (a feature fusion fits a head over all of them, the ensembles are cheaper), at least 2 s."""
+    if not cfg.fuse.enabled:
+        return 0.0
+    probes = [r for r in (run.done(f"{short_name(b.name)}/linear_probe") for b in cfg.backbones) if r is not None]
+    return max(2.0, 1.5 * sum(r.fit_seconds or 0.0 for r in probes) + 0.5 * len(cfg.fuse.ensembles))

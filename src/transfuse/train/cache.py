@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from transfuse import budget
 from transfuse.backbones.base import Backbone
 from transfuse.data.base import Dataset
 from transfuse.faults import fault_point
@@ -156,6 +157,12 @@ def compute_features(backbone: Backbone, dataset: Dataset, batch_size: int = 64,
     backbone.eval().to(device)
     loader = make_loader(dataset, backbone, train=False, batch_size=batch_size)
     chunks = []
+    n, first, since = 0, 0, time.time()
     for batch, _ in track(loader, total=len(loader), description=desc, enabled=progress):
         chunks.append(backbone(backbone.batch_to(batch, device)).float().cpu().numpy())
+        n += len(chunks[-1])
+        if len(chunks) == 1:  # the pace is measured from the second batch on (the first warms up)
+            first, since = n, time.time()
+        # under a time limit: stop as soon as the measured pace says it cannot finish in time
+        budget.check_projection(desc, n - first, len(dataset) - first, since)
     return np.concatenate(chunks) if chunks else np.zeros((0, backbone.feature_dim), np.float32)

@@ -157,6 +157,45 @@ class Classifier(nn.Module):
         return torch.cat(out).numpy() if out else np.zeros((0, self.n_classes), np.float32)
 
 
+@dataclass
+class StepCost:
+    """Measured unit costs of fine-tuning one backbone: seconds per training step (decode,
+    transform, forward, backward, AdamW update) and per inference batch, both at ``batch_size``."""
+
+    train_step: float
+    infer_batch: float
+    batch_size: int
+
+
+def measure_step(backbone: Backbone, train_ds: Dataset, n_classes: int, cfg: FinetuneConfig,
+                 augment: Any = None, seed: int = 0) -> StepCost:
+    """Time one real training step and one inference batch on the first rows of ``train_ds``
+    (a copy of the backbone; the second of two steps is timed, the first warms up kernels and
+    allocators): what the time-limit planner multiplies by the steps a fit will take."""
+    from transfuse.train.cache import pick_device
+
+    device = pick_device()
+    bs = max(1, min(cfg.batch_size, len(train_ds)))
+    rows = train_ds.subset(range(bs))
+    model = Classifier(copy.deepcopy(backbone), n_classes, cfg.dropout, cfg.freeze_bn).to(device)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.0)  # lr 0: the measured step changes nothing that matters
+    times = []
+    for _ in range(2):
+        t = time.perf_counter()
+        x, y = next(iter(make_loader(rows, model.backbone, train=True, batch_size=bs, augment=augment,
+                                     num_workers=0, seed=seed)))
+        loss = F.cross_entropy(model(model.backbone.batch_to(x, device)), y.to(device))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    model.predict_proba(rows, batch_size=bs)
+    infer = time.perf_counter() - t
+    return StepCost(train_step=times[-1], infer_batch=infer, batch_size=bs)
+
+
 def fold_standardizer(
     weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, scale: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -475,6 +514,10 @@ def _make_trainer(cfg: FinetuneConfig, out: Path, progress: bool,
     ckpt_cb = ModelCheckpoint(dirpath=out / CKPT_DIR, filename="best", monitor=cfg.monitor if validate else None,
                               mode=mode, save_top_k=1, save_last=True, enable_version_counter=False)
     callbacks: list = [ckpt_cb]
+    from transfuse.budget import active_budget
+
+    if active_budget() is not None:
+        callbacks.append(_deadline_callback())
     if cfg.patience is not None and validate:
         callbacks.append(EarlyStopping(monitor=cfg.monitor, mode=mode, patience=cfg.patience))
     if progress:
@@ -507,6 +550,22 @@ def _make_trainer(cfg: FinetuneConfig, out: Path, progress: bool,
         plugins=[_safe_checkpoint_io()],
     )
     return trainer, ckpt_cb
+
+
+def _deadline_callback() -> Any:
+    """Checks the run's time limit after every training and validation batch."""
+    from lightning.pytorch.callbacks import Callback
+
+    from transfuse.budget import check
+
+    class Deadline(Callback):
+        def on_train_batch_end(self, *args: Any) -> None:
+            check("fine-tuning")
+
+        def on_validation_batch_end(self, *args: Any) -> None:
+            check("fine-tuning")
+
+    return Deadline()
 
 
 def _signature(cfg: FinetuneConfig, n_classes: int, seed: int, backbone: Backbone) -> dict:

@@ -1,0 +1,88 @@
+"""The time-limit planner (``budget.time_limit``): what a run does with the seconds it has.
+
+Measured, then chosen: the cheap candidates (probes on cached features, raw baselines) run first
+for every backbone, their embedding stopped early if its measured pace cannot finish in time. Each
+fine-tuning candidate is then planned from one real training step and one inference batch
+(:func:`~transfuse.train.finetune.measure_step`) times the steps its folds and refit take: it runs
+with the most epochs (up to ``train.finetune.epochs``) that fit the time left, after a reserve for
+the fusions, or is skipped with the estimate as the reason. Whatever still runs past the deadline
+is stopped (:class:`~transfuse.budget.TimeLimitReached`) and left out; the report is written with
+what finished. Every decision is kept for ``report.json["plan"]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from transfuse.budget import Budget
+
+#: Estimates are multiplied by this before they are compared with the time left: a fit's
+#: fixed costs (trainer set-up, checkpoints) and a shared machine's noise.
+SAFETY = 1.25
+#: Seconds per fit for what is not a step: trainer set-up, checkpoint writes, the LP-FT probe.
+FIT_OVERHEAD = 2.0
+
+
+def finetune_seconds(step: float, infer: float, batch_size: int, n: int, n_test: int, folds: int,
+                     inner_val: float, epochs: int) -> float:
+    """Estimated seconds of one fine-tuning candidate under :func:`~transfuse.adapt.cross_fit.cross_fit`:
+    per outer fold, ``epochs`` epochs on the inner training part, a validation pass over the inner
+    validation part per epoch (plus the sanity pass and the final one), the outer fold predicted
+    once; then the refit on all ``n`` rows for ``epochs`` epochs and the test part predicted."""
+    def batches(rows: float) -> int:
+        return math.ceil(rows / batch_size) if rows > 0 else 0
+
+    n_fold_train = n - n / folds
+    n_inner_val = n_fold_train * inner_val
+    per_fold = (batches(n_fold_train - n_inner_val) * epochs * step
+                + (batches(n_inner_val) * (epochs + 2) if inner_val > 0 else 0) * infer
+                + batches(n / folds) * infer + FIT_OVERHEAD)
+    refit = batches(n) * epochs * step + batches(n_test) * infer + FIT_OVERHEAD
+    return folds * per_fold + refit
+
+
+@dataclass
+class Planner:
+    """Decisions of one budgeted run (``budget``: None plans nothing and keeps everything)."""
+
+    budget: Budget | None
+    preset: str | None = None
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+
+    def left(self) -> float:
+        return math.inf if self.budget is None else self.budget.left()
+
+    def note(self, name: str, action: str, reason: str, **extra: Any) -> None:
+        self.decisions.append({"name": name, "action": action, "reason": reason, **extra})
+
+    def plan_finetune(self, name: str, cost: Any, n: int, n_test: int, folds: int, inner_val: float,
+                      max_epochs: int, reserve: float = 0.0) -> int | None:
+        """The most epochs (``1..max_epochs``) whose estimate fits the time left minus ``reserve``
+        (None: not even one does). Recorded as a decision either way."""
+        if self.budget is None:
+            return max_epochs
+        avail = self.left() - reserve
+
+        def est(e: int) -> float:
+            return SAFETY * finetune_seconds(cost.train_step, cost.infer_batch, cost.batch_size, n, n_test,
+                                             folds, inner_val, e)
+        unit = {"train_step_s": round(cost.train_step, 4), "infer_batch_s": round(cost.infer_batch, 4),
+                "batch_size": cost.batch_size}
+        fits = [e for e in range(1, max_epochs + 1) if est(e) <= avail]
+        if not fits:
+            self.note(name, "skip", f"needs about {est(1):.0f} s for 1 epoch ({folds} folds + refit), "
+                      f"{max(avail, 0):.0f} s left", estimate_s=round(est(1), 1), **unit)
+            return None
+        e = fits[-1]
+        why = "as configured" if e == max_epochs else f"{max_epochs} would need about {est(max_epochs):.0f} s"
+        self.note(name, "run", f"{e} epoch(s): about {est(e):.0f} s of {max(avail, 0):.0f} s left ({why})",
+                  estimate_s=round(est(e), 1), epochs=e, **unit)
+        return e
+
+    def summary(self) -> dict[str, Any] | None:
+        if self.budget is None:
+            return None
+        return {"time_limit": self.budget.limit, "preset": self.preset, "reserve_s": round(self.budget.reserve, 1),
+                "work_seconds": round(self.budget.elapsed(), 1), "decisions": self.decisions}

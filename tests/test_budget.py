@@ -1,0 +1,167 @@
+"""The time limit (``fit --time-limit``): the clock, the planner's arithmetic, presets, and runs
+that stop on time with a finished report."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from conftest import cli, write_digits_folder
+
+from transfuse.budget import Budget, TimeLimitReached, budgeted, check, process_start
+from transfuse.config import validate_config
+from transfuse.pipeline.plan import SAFETY, Planner, finetune_seconds
+from transfuse.train.finetune import StepCost
+
+
+class Clock:
+    def __init__(self, t: float = 0.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_finetune_estimate_counts_every_fit_and_pass():
+    # by hand: n=100, 5 folds -> 80 training rows per fold, 16 of them the inner validation part;
+    # batch 10: per fold 7 steps x 2 epochs x 1 s = 14, inner validation 2 batches x (2 epochs +
+    # sanity + final) x 0.5 s = 4, the outer fold 2 batches x 0.5 = 1, overhead 2 -> 21; 5 folds = 105;
+    # refit 10 steps x 2 epochs = 20, test 2 batches x 0.5 = 1, overhead 2 -> 23; total 128
+    assert finetune_seconds(1.0, 0.5, 10, 100, 20, 5, 0.2, 2) == pytest.approx(128.0)
+    # no inner split (a fixed schedule): per fold 8 steps x 2 + 1 + 2 = 19; 5 x 19 + 23 = 118
+    assert finetune_seconds(1.0, 0.5, 10, 100, 20, 5, 0.0, 2) == pytest.approx(118.0)
+
+
+def test_planner_keeps_the_most_epochs_that_fit_and_says_why():
+    cost = StepCost(train_step=1.0, infer_batch=0.5, batch_size=10)
+    # estimate(e) = 50 e + 28 (see above), times the safety factor
+    assert SAFETY * (50 * 2 + 28) < 190 < SAFETY * (50 * 3 + 28)
+    p = Planner(Budget(200, start=0.0, reserve=10, clock=Clock()))
+    assert p.plan_finetune("bb/lp_ft", cost, 100, 20, 5, 0.2, max_epochs=10) == 2
+    d = p.decisions[-1]
+    assert (d["action"], d["epochs"], d["estimate_s"]) == ("run", 2, round(SAFETY * 128, 1))
+    assert d["reason"] == f"2 epoch(s): about {SAFETY * 128:.0f} s of 190 s left (10 would need about " \
+                          f"{SAFETY * 528:.0f} s)"
+    assert p.plan_finetune("bb/lp_ft", cost, 100, 20, 5, 0.2, max_epochs=10, reserve=40) == 1
+    assert p.plan_finetune("bb/lp_ft", cost, 100, 20, 5, 0.2, max_epochs=1) == 1
+    assert p.decisions[-1]["reason"].endswith("(as configured)")
+    assert p.plan_finetune("bb/finetune", cost, 100, 20, 5, 0.2, max_epochs=10, reserve=100) is None
+    assert p.decisions[-1]["reason"] == f"needs about {SAFETY * 78:.0f} s for 1 epoch (5 folds + refit), 90 s left"
+    assert Planner(None).plan_finetune("x", cost, 100, 20, 5, 0.2, max_epochs=7) == 7  # no limit: as configured
+
+
+def test_budget_deadline_reserve_and_projection():
+    clock = Clock(1000.0)
+    b = Budget(60, start=1000.0, clock=clock)
+    assert b.reserve == 3.0 and b.left() == 57.0  # 5 % of the limit, at least 2 s
+    assert Budget(10, start=0.0, clock=clock).reserve == 2.0
+    clock.t = 1050.0
+    b.check("x")
+    # 10 of 110 items in 5 s: 50 s more at this pace, 7 s left -> stop now, not at the deadline
+    with pytest.raises(TimeLimitReached) as e:
+        b.check_projection("embed", 10, 110, 1045.0)
+    assert str(e.value) == "embed (about 50 s more needed, 7 s left): stopped at the time limit (60 s)"
+    b.check_projection("embed", 100, 110, 1045.0)  # 0.5 s more: fine
+    clock.t = 1057.5
+    with pytest.raises(TimeLimitReached, match=r"^fold: stopped at the time limit \(60 s\)$"):
+        b.check("fold")
+
+
+def test_check_is_a_no_op_without_an_active_budget():
+    check("anything")
+    clock = Clock(100.0)
+    with budgeted(Budget(1, start=0.0, clock=clock)):
+        with pytest.raises(TimeLimitReached):
+            check("late")
+    check("after the block")
+
+
+def test_process_start_is_before_the_first_statement():
+    t = process_start()
+    assert time.time() - 600 < t <= time.time()
+
+
+def test_presets_list_the_strategies_unless_the_config_does():
+    base = {"backbones": ["bundled:minilm_l6"], "data": {"modality": "text"}}
+    assert validate_config({**base, "budget": {"time_limit": 60}}).adapt.strategies == ["linear_probe", "lp_ft"]
+    assert validate_config({**base, "budget": {"preset": "fast"}}).adapt.strategies == ["linear_probe"]
+    assert validate_config({**base, "budget": {"preset": "best"}}).adapt.strategies == \
+        ["linear_probe", "lp_ft", "finetune"]
+    assert validate_config({**base, "budget": {"preset": "best"},
+                            "adapt": {"strategies": ["finetune"]}}).adapt.strategies == ["finetune"]
+    assert validate_config(base).adapt.strategies == ["linear_probe"]
+
+
+def test_bad_budget_values_are_one_line_errors():
+    p = cli("fit", "--data", "emoji", "--out", "/tmp/never", "--preset", "fastest", check=False)
+    assert p.returncode == 2
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and "budget.preset" in err[0] and "'fast', 'medium' or 'best'" in err[0], err
+    p = cli("fit", "--data", "emoji", "--out", "/tmp/never", "--time-limit", "0", check=False)
+    assert p.returncode == 2 and "budget.time_limit" in p.stderr and "greater than 0" in p.stderr, p.stderr
+
+
+@pytest.mark.real
+def test_a_fine_tune_stopped_by_the_deadline_is_left_out_and_the_run_finishes(tmp_path: Path, monkeypatch):
+    """The planner lets LP-FT start (its measured step is made tiny: 200 epochs planned in about
+    8 s of fixed costs); 12 s later the deadline stops it mid-fit (200 epochs take minutes): the run still ends with the probe chosen, a report and a served model,
+    and the stopped candidate is listed with the reason, its work folder removed."""
+    import transfuse.train.finetune as ft
+    from transfuse.budget import active_budget
+    from transfuse.pipeline import run_experiment
+
+    real = ft.measure_step
+
+    def tiny(*a, **k):
+        real(*a, **k)
+        b = active_budget()
+        b.start -= b.left() - 12.0  # from now on, 12 s of work are left
+        return StepCost(1e-4, 1e-4, 8)
+
+    monkeypatch.setattr(ft, "measure_step", tiny)
+    data = write_digits_folder(tmp_path / "digits", per_class=10)
+    cfg = validate_config({
+        "name": "budget", "data": {"source": "folder", "path": str(data), "modality": "image"},
+        "split": {"folds": 2}, "preprocess": {"image_size": 64}, "backbones": ["bundled:efficientnet_lite0"],
+        "adapt": {"baseline": False}, "budget": {"time_limit": 3600, "preset": "medium"},
+        "fuse": {"enabled": False},
+        "train": {"finetune": {"epochs": 200, "batch_size": 4, "patience": None, "num_workers": 0}},
+        "output": {"dir": str(tmp_path / "run")}})
+    rep = run_experiment(cfg, progress=False)
+    assert [c["name"] for c in rep["candidates"]] == ["efficientnet_lite0/linear_probe"]
+    assert rep["chosen"] == "efficientnet_lite0/linear_probe"
+    assert rep["skipped"] == [{"name": "efficientnet_lite0/lp_ft",
+                               "reason": "stopped at the time limit (fine-tuning)"}]
+    plan = rep["plan"]
+    assert plan["time_limit"] == 3600 and plan["preset"] == "medium"
+    assert [(d["name"], d["action"]) for d in plan["decisions"]] == [
+        ("efficientnet_lite0/lp_ft", "run"), ("efficientnet_lite0/lp_ft", "stopped")]
+    run = tmp_path / "run"
+    assert json.loads((run / "report.json").read_text())["plan"] == plan
+    assert (run / "model" / "model.json").is_file()
+    assert not (run / "work" / "efficientnet_lite0_lp_ft").exists()
+    assert "time limit" in (run / "report.html").read_text()
+
+
+@pytest.mark.real
+def test_fit_with_a_time_limit_ends_on_time_with_a_report(tmp_path: Path):
+    """The whole command, start-up included, within the limit (+10 %): probes and the pixel
+    baseline finish; fine-tuning is planned from its measured step and kept only if it fits."""
+    data = write_digits_folder(tmp_path / "digits", per_class=12)
+    limit = 45.0
+    t = time.time()
+    p = cli("fit", "--data", str(data), "--out", str(tmp_path / "run"), "--time-limit", str(limit),
+            "--folds", "3", "--quiet")
+    wall = time.time() - t
+    assert wall <= 1.1 * limit, (wall, p.stderr[-2000:])
+    rep = json.loads((tmp_path / "run" / "report.json").read_text())
+    names = [c["name"] for c in rep["candidates"]]
+    assert "efficientnet_lite0/linear_probe" in names and "pixels" in names
+    lp_ft = [d for d in rep["plan"]["decisions"] if d["name"] == "efficientnet_lite0/lp_ft"]
+    assert lp_ft and lp_ft[0]["action"] in ("run", "skip") and lp_ft[0]["train_step_s"] > 0
+    if lp_ft[0]["action"] == "skip":
+        assert {"name": "efficientnet_lite0/lp_ft", "reason": "time limit: " + lp_ft[0]["reason"]} in rep["skipped"]
+    assert rep["plan"]["work_seconds"] <= limit
+    assert (tmp_path / "run" / "model" / "model.json").is_file()
