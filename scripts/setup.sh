@@ -6,8 +6,10 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 TRANSFUSE_HOME=${TRANSFUSE_HOME:-$HOME/.cache/transfuse}
 
-# 1. System packages (Debian): sample data and speech synthesis.
-APT_PKGS="espeak-ng sox wordnet-base dataset-fashion-mnist"
+# 1. System packages (Debian): sample data, speech synthesis, PostgreSQL (the search workers'
+#    test starts a throw-away server of it) and the headless Chromium the report test renders
+#    report.html in (tests/test_report_html.py; it fails without it).
+APT_PKGS="espeak-ng sox wordnet-base dataset-fashion-mnist postgresql chromium"
 missing=""
 for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
@@ -39,8 +41,8 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
   # torch first, pinned: both wheels lie on this machine's disk (anything else downloads GBs).
   .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v "is ignored" || true
-  .venv/bin/pip install -q -e '.[models,dev]' 2>&1 | grep -v "is ignored" || true
-  .venv/bin/python -c "import transfuse, torch, timm, transformers, lightning" \
+  .venv/bin/pip install -q -e '.[models,dev,postgres]' 2>&1 | grep -v "is ignored" || true
+  .venv/bin/python -c "import transfuse, torch, timm, transformers, lightning, psycopg" \
     || { echo "setup: Python packages failed to install" >&2; exit 1; }
   rm -f .venv/.stamp-*
   touch "$stamp"

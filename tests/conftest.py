@@ -1,4 +1,4 @@
-"""Shared fixtures: an isolated feature cache and small real image folders."""
+"""Shared fixtures: an isolated feature cache, small real image folders, a throw-away PostgreSQL."""
 
 from __future__ import annotations
 
@@ -72,3 +72,22 @@ def run_config(cfg: dict) -> Path:
 
     run_experiment(validate_config(cfg), progress=False)
     return Path(cfg["output"]["dir"])
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throw-away PostgreSQL server on loopback for the session (tests/postgres_server.py)."""
+    from postgres_server import postgres_server as _server
+
+    with _server() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request) -> str:
+    """A new, empty database on the session's PostgreSQL server, for one test."""
+    import re
+
+    from postgres_server import create_database
+
+    return create_database(postgres_server, "t_" + re.sub(r"\W", "_", request.node.name)[:50].lower())

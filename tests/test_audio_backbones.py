@@ -238,6 +238,21 @@ def test_log_mel_matches_transformers_feature_extractor() -> None:
     np.testing.assert_allclose(batched[0], ours, atol=1e-5)
 
 
+@pytest.mark.parametrize("n_mels", [40, 80, 128])
+def test_mel_filters_equal_transformers_slaney_bank(n_mels: int) -> None:
+    """Our numpy filter bank (no transformers import: predict --engine onnx runs it) is the one
+    ``WhisperFeatureExtractor`` builds."""
+    from transformers.audio_utils import mel_filter_bank
+
+    from transfuse.data.audio_transforms import mel_filters
+
+    ref = mel_filter_bank(num_frequency_bins=201, num_mel_filters=n_mels, min_frequency=0.0, max_frequency=8000,
+                          sampling_rate=16000, norm="slaney", mel_scale="slaney")
+    ours = mel_filters(n_mels)
+    assert ours.shape == ref.shape == (201, n_mels) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-8)
+
+
 @pytest.mark.parametrize("sr", [8000, 22050, 44100, 96000])
 def test_resample_keeps_frequency_and_duration(sr: int) -> None:
     t = np.arange(sr) / sr  # one second of 440 Hz

@@ -72,3 +72,28 @@ def test_unusable_cache_folder_and_damaged_shard(parts, tmp_path, capsys):
     again = FeatureCache(tmp_path / "c")
     assert np.abs(again.embed(bb, a) - want).max() < 1e-5 and again.last.n_computed == 6
     assert f"cannot read {shard.name}" in capsys.readouterr().err
+
+
+def test_fill_writes_a_file_per_block_and_a_killed_fill_loses_one_block(parts, tmp_path, monkeypatch):
+    bb, a, _ = parts  # 6 items: blocks of 2 batches of 2 -> 4 + 2 items
+    want = FeatureCache(tmp_path / "one").embed(bb, a, batch_size=2)
+    real = cache_mod.compute_features
+    calls = []
+
+    def dies_in_block_two(*args, **kw):
+        calls.append(len(args[1]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process stops in its second block
+        return real(*args, **kw)
+
+    monkeypatch.setattr(cache_mod, "compute_features", dies_in_block_two)
+    with pytest.raises(KeyboardInterrupt):
+        FeatureCache(tmp_path / "c").fill(bb, a, batch_size=2, block_batches=2)
+    assert calls == [4, 2] and len(list((tmp_path / "c").rglob("shard-*.npz"))) == 1  # block one kept
+    monkeypatch.setattr(cache_mod, "compute_features", real)
+    cache = FeatureCache(tmp_path / "c")
+    stats = cache.fill(bb, a, batch_size=2, block_batches=2)
+    assert (stats.n_items, stats.n_computed) == (6, 2)  # only the lost block
+    assert cache.fill(bb, a, batch_size=2, block_batches=2).n_computed == 0
+    got = cache.embed(bb, a, batch_size=2)
+    assert cache.last.n_computed == 0 and got.tobytes() == want.tobytes()

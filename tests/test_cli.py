@@ -13,7 +13,8 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return run_cli(*args, check=False, timeout=300)
 
 
-@pytest.mark.parametrize("cmd", ["run", "fit", "resume", "predict", "demo", "info", "merge", "data", "search", "export"])
+@pytest.mark.parametrize("cmd", ["run", "fit", "resume", "predict", "demo", "info", "merge", "data", "search", "export",
+                                 "embed"])
 def test_help_everywhere(cmd: str):
     p = cli(cmd, "--help")
     assert p.returncode == 0 and "Usage" in p.stdout

@@ -172,3 +172,12 @@ def test_a_time_limit_is_refused_under_ddp(tmp_path: Path, digits_folder: Path):
         "planner decides by each process's clock, so the ranks could reach different fits; set "
         "train.finetune.devices: 1, or leave out the time limit")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_slurm_task_is_a_follower_only_of_a_distributed_fine_tune(monkeypatch):
+    for k in RANK_VARS:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "3")  # e.g. one of `srun --ntasks 16 transfuse search --worker`
+    assert distributed.follower_label("cpu", 1, 1) is None
+    assert distributed.follower_label("cpu", 2, 1) == "SLURM task 3"
+    assert distributed.following() is None  # only the pipeline makes a process a follower

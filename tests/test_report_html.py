@@ -1,4 +1,5 @@
-"""report.html: values, ordering, escaping, embedded PNGs, self-containment, missing fields."""
+"""report.html: values, ordering, escaping, embedded PNGs, self-containment, missing fields, and the
+page in a real headless Chromium (no console errors, every figure renders)."""
 
 import base64
 import copy
@@ -171,3 +172,63 @@ def test_misclassified_examples_accuracy_interval_and_baseline_verdict(report, t
     assert section.count('alt="misclassified example"') == 1  # the file that exists gets a thumbnail
     assert "<code>gone/&lt;x&gt;.png</code></td><td>c_class</td><td>a_class</td><td class='num'>50.0%" in section
     assert "None: every test example" in render_report_html({"name": "x", "misclassified": []})
+
+
+# ------------------------------------------------------------------ in a real browser
+
+def _chromium() -> None:
+    """Headless Chromium is part of the test set-up (scripts/setup.sh): missing, the test fails."""
+    from headless_chromium import find_chromium
+
+    if find_chromium() is None:
+        pytest.fail("no chromium on PATH: 'make setup' (scripts/setup.sh) installs the Debian package chromium")
+
+
+def test_report_in_headless_chromium_has_no_errors_and_every_figure_renders(report, tmp_path):
+    """The whole page in a real browser: no console error, exception or failed load; each figure
+    (candidates chart, confusion matrix, misclassified thumbnails, learning curves, reliability
+    diagram) decodes and is laid out at a non-zero size inside the page; the screenshot is kept."""
+    from headless_chromium import open_page
+
+    _chromium()
+    r = copy.deepcopy(report)
+    thumbs = []
+    for i, colour in enumerate(("red", "navy")):
+        thumbs.append(tmp_path / f"wrong{i}.png")
+        Image.new("RGB", (40, 30), colour).save(thumbs[-1])
+    r["misclassified"] = [{"input": str(p), "true": "a_class", "predicted": "b_class", "confidence": 0.9 - 0.1 * i}
+                          for i, p in enumerate(thumbs)]
+    r["misclassified"].append({"input": str(tmp_path / "moved.png"), "true": "c_class", "predicted": "a_class",
+                               "confidence": 0.5})  # a file gone since the run: its path only, no broken image
+    page = open_page(write_report_html(r, tmp_path), width=1200)
+    (tmp_path / "report.png").write_bytes(page.png)
+    assert page.errors == []
+    assert [i["alt"] for i in page.images] == [
+        "candidates: CV accuracy and test accuracy", "confusion matrix", "misclassified example",
+        "misclassified example", "learning curves", "reliability diagram"]
+    for img in page.images:
+        assert img["complete"] and min(img["natural"]) > 0, img  # decoded: not a broken image
+        assert min(img["shown"]) > 0 and img["shown"][0] <= page.size[0], img  # laid out, inside the page
+    assert page.images[2]["natural"] == [40, 30]  # the thumbnail of the file, as it is
+    assert page.size[0] == 1200  # nothing wider than the window: no sideways scrolling
+    shot = Image.open(io.BytesIO(page.png))
+    assert shot.size == page.size and page.size[1] > 2000
+    assert np.asarray(shot.convert("L")).std() > 10  # a page was drawn, not a blank canvas
+
+
+def test_headless_chromium_check_sees_errors_and_broken_images(tmp_path):
+    """The browser check can fail: a console error, an exception, a missing file and an
+    undecodable inline image are all reported."""
+    from headless_chromium import open_page
+
+    _chromium()
+    page = tmp_path / "bad.html"
+    page.write_text("<!DOCTYPE html><html><body><img alt='bad' src='data:image/png;base64,AAAA'>"
+                    "<img alt='gone' src='gone.png'><script>console.error('boom'); notDefined();</script>"
+                    "</body></html>")
+    got = open_page(page, width=800)
+    errors = sorted(got.errors)  # the failed load may be reported before or after the script ran
+    assert len(errors) == 3 and errors[0] == "console.error: boom"
+    assert errors[1].startswith("exception: ReferenceError: notDefined is not defined")
+    assert errors[2].startswith("network: Failed to load resource: net::ERR_FILE_NOT_FOUND")
+    assert [(i["alt"], i["natural"]) for i in got.images] == [("bad", [0, 0]), ("gone", [0, 0])]

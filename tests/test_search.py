@@ -409,3 +409,23 @@ def test_searched_finetune_searches_inside_each_fold_and_ships_the_full_searchs_
     last = calls[-1]
     assert last["out"] == ("work", "final") and not last["val"] and last["lr"] == final["finetune"]["lr"]
     assert last["epochs"] == epochs and last["train"] == {f"r{i}" for i in range(n)}
+
+
+@pytest.mark.parametrize("url, message", [
+    ("postgresql+pg8000://u:secret@127.0.0.1/db", "search storage 'postgresql+pg8000://u:***@127.0.0.1/db' needs "
+     "the database driver pg8000, which is not installed; pip install pg8000"),
+    ("mysql+pymysql://u@h/db", "search storage 'mysql+pymysql://u@h/db' needs the database driver pymysql, which "
+     "is not installed; pip install pymysql"),
+])
+def test_missing_database_driver_is_one_line_without_the_password(url, message):
+    with pytest.raises(UserError) as e:
+        make_storage(url, 1)
+    assert str(e.value) == message
+
+
+def test_postgres_url_without_its_driver_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if transfuse[postgres] were not installed
+    with pytest.raises(UserError) as e:
+        make_storage("postgresql://optuna:pw@db-host/optuna", 1)
+    assert str(e.value) == ("search storage 'postgresql://optuna:***@db-host/optuna' needs the database driver "
+                            "psycopg, which is not installed; pip install 'transfuse[postgres]'")

@@ -237,7 +237,7 @@ def resume(run_dir: Path = typer.Argument(..., help="A run folder."),
 def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
             inputs: Optional[list[str]] = typer.Argument(None, help="Files or folders (a folder: its image/audio/.txt files); for a text model a text file is one text per line."),
             text: Optional[list[str]] = typer.Option(None, "--text", help="A literal text to classify (repeatable; text models)."),
-            table: Optional[Path] = typer.Option(None, "--csv", help="A .csv/.tsv/.jsonl table of inputs (its --column: texts, or file paths relative to the table)."),
+            table: Optional[Path] = typer.Option(None, "--csv", help="A .csv/.tsv/.jsonl table of inputs (its --column: texts, or file paths relative to the table; a multimodal model reads its own columns)."),
             column: Optional[str] = typer.Option(None, "--column", help="The --csv column to read (default: text for text models, path for image/audio)."),
             out: Optional[Path] = typer.Option(None, "--out", help="Write the predictions here: .csv, .tsv or .jsonl (with a header / all probabilities)."),
             as_json: bool = typer.Option(False, "--json", help="Print JSON lines with all probabilities."),
@@ -253,12 +253,14 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
 
     from transfuse.artifacts.spec import load_spec
     from transfuse.export import batch
-    from transfuse.export.predict import model_folder
+    from transfuse.export.predict import model_folder, multimodal_columns
     from transfuse.export.predict import predict as _predict
 
     fmt = batch.output_format(out, as_json)
-    modality = load_spec(model_folder(run_dir, candidate)).modality
-    got = batch.gather(inputs or [], modality, text or [], table, column)
+    folder = model_folder(run_dir, candidate)
+    modality = load_spec(folder).modality
+    columns = multimodal_columns(folder) if modality == "multimodal" else None
+    got = batch.gather(inputs or [], modality, text or [], table, column, columns)
     good = [i for i in range(len(got.names)) if i not in got.errors]
     res = _predict(run_dir, [got.items[i] for i in good], engine=engine, candidate=candidate)
     classes = res["classes"]
@@ -372,10 +374,34 @@ def search(config: Path = typer.Argument(..., help="Experiment YAML file (its se
 
     res = search_cli(config, set_ or [], storage, trials, worker, progress=not quiet)
     for s in res["stages"]:
-        console.print(f"{s['stage']}: {s['n_trials']} trials ({s['n_pruned']} pruned), best CV "
-                      f"{s['best_value']:.4f} with {s['best_params']}" if s["best_value"] is not None
-                      else f"{s['stage']}: no complete trial")
+        finished = s["n_complete"] + s["n_pruned"]
+        failed = s["n_trials"] - finished  # killed workers' trials (retried), running ones, overflows
+        counts = f"{s['n_pruned']} pruned; {s['n_here']} run by this process" + (f"; {failed} failed" if failed else "")
+        console.print(f"{s['stage']}: {finished} finished trials ({counts}), best CV {s['best_value']:.4f} with "
+                      f"{s['best_params']}" if s["best_value"] is not None
+                      else f"{s['stage']}: no complete trial ({counts})", soft_wrap=True)
     console.print(f"search report: {res['html']}")
+
+
+@app.command()
+def embed(config: Path = typer.Argument(..., help="Experiment YAML file."),
+          set_: SetOpt = None,
+          shard: Optional[str] = typer.Option(None, "--shard", help="I/N: embed shard I of N (0 <= I < N), one process per shard on any machines sharing TRANSFUSE_FEATURE_CACHE (default: everything)."),
+          quiet: bool = typer.Option(False, "--quiet", help="No progress bars, no library warnings.")) -> None:
+    """Fill the feature cache with the features of a config's data, for every backbone: a later
+    run or search of the config reads them instead of computing them."""
+    from transfuse.pipeline.embed import embed_config, parse_shard
+
+    part = parse_shard(shard)  # a bad --shard fails before the config and the data are read
+    _quiet(quiet)
+    from transfuse.config import load_config
+
+    for r in embed_config(load_config(config, set_ or []), part, progress=not quiet):
+        if "skipped" in r:
+            print(f"{r['backbone']}: skipped, {r['skipped']}")
+        else:
+            print(f"{r['backbone']}{f' (shard {part})' if shard else ''}: {r['items']} items, {r['computed']} computed, {r['cached']} "
+                  f"already cached ({r['seconds']:.1f} s) -> {r['folder']}")
 
 
 @app.command()

@@ -52,6 +52,29 @@ def is_follower() -> bool:
     return rank_label() is not None
 
 
+def follower_label(accelerator: str, devices: int | str, num_nodes: int) -> str | None:
+    """This process's rank label when it is a follower of a distributed fine-tune with these
+    settings, else None: a non-zero rank whose fine-tuning runs on one process (``srun`` tasks of
+    search workers or embedding shards each have a ``SLURM_PROCID``) is not anyone's follower."""
+    who = rank_label()
+    return who if who is not None and planned_world_size(accelerator, devices, num_nodes) > 1 else None
+
+
+_following: str | None = None
+
+
+def become_follower(who: str) -> None:
+    """Mark this process as follower ``who`` of a distributed run (set by the pipeline)."""
+    global _following
+    _following = who
+
+
+def following() -> str | None:
+    """The label :func:`become_follower` set, or None: a process the pipeline made a follower
+    waits for rank 0's files and writes none."""
+    return _following
+
+
 def keep_followers(trainer: Any) -> None:
     """Remember the processes a Trainer's launcher started (Lightning's subprocess launcher keeps
     them in ``launcher.procs``; other launchers start none here)."""

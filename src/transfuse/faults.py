@@ -1,14 +1,15 @@
 """A test hook, read in one place: ``TRANSFUSE_FAULT_KILL_AT=STAGE[:N]`` SIGKILLs the process the
 N-th time (default: the first) it reaches ``fault_point(STAGE)``. The kill tests use it to stop a
-run at a named point (``embed``, ``fold``, ``fusion``, ``report``) the way a crash or an OOM
-killer would; unset (always, outside the tests) it does nothing."""
+run at a named point (``embed``, ``fold``, ``fusion``, ``report``; ``trial``: a search trial after
+its first fold) the way a crash or an OOM killer would; unset (always, outside the tests) it does
+nothing."""
 
 from __future__ import annotations
 
 import os
 import signal
 
-STAGES = ("embed", "fold", "fusion", "report")
+STAGES = ("embed", "fold", "fusion", "report", "trial")
 _reached: dict[str, int] = {}
 
 

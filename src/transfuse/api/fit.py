@@ -46,7 +46,7 @@ def _disk_source(path: Path, modality: str | None) -> tuple[str, str, str]:
 
 
 def _data_section(data: Any, labels: Sequence[Any] | None, modality: str | None, column: str | None,
-                  image_shape: tuple[int, int] | None, label: str, inputs_dir: Path,
+                  image_shape: tuple[int, int] | None, label: str, inputs_dir: Path, write: bool = True,
                   ) -> tuple[dict[str, Any], str]:
     """``data`` (+ ``labels``) -> the config's (source, path, options) and the modality."""
     if isinstance(data, (str, Path)) and labels is None:
@@ -69,7 +69,7 @@ def _data_section(data: Any, labels: Sequence[Any] | None, modality: str | None,
     if len(labels) != len(batch):
         raise UserError(f"{len(batch)} inputs but {len(labels)} labels; give one label per input")
     folder = inputs_dir / fingerprint(batch, labels)
-    source, path = write_dataset(batch, labels, folder)
+    source, path = write_dataset(batch, labels, folder, write)
     return {"source": source, "path": path, "options": {}}, batch.modality
 
 
@@ -83,15 +83,15 @@ def build_config(data: Any, labels: Sequence[Any] | None = None, *, out: str | P
     inputs are written under ``OUT/inputs/<content hash>/`` first)."""
     from transfuse.artifacts.store import RunFolder
     from transfuse.config import validate_config
-    from transfuse.distributed import is_follower
-
     out = Path(out).resolve()
-    if not is_follower():  # rank 0 alone writes (a distributed run: docs/distributed.md)
+    write = ddp_follower(config) is None  # a distributed run: rank 0 alone writes (docs/distributed.md)
+    if write:
         RunFolder(out).claim()  # ours to write in (a new, empty or run folder) before the inputs go in
-    section, modality = _data_section(data, labels, modality, column, image_shape, label, out / INPUTS_DIR)
+    section, modality = _data_section(data, labels, modality, column, image_shape, label, out / INPUTS_DIR, write)
     section["modality"] = modality
     if test_data is not None:
-        tsec, _ = _data_section(test_data, test_labels, modality, column, image_shape, label, out / INPUTS_DIR)
+        tsec, _ = _data_section(test_data, test_labels, modality, column, image_shape, label, out / INPUTS_DIR,
+                                write)
         section.update(test_source=tsec["source"], test_path=tsec["path"])
     raw: dict[str, Any] = {
         "name": name or out.name, "seed": seed, "data": section, "split": {"folds": folds},
@@ -107,18 +107,30 @@ def build_config(data: Any, labels: Sequence[Any] | None = None, *, out: str | P
     return validate_config(_merge(raw, config or {}), source="transfuse.fit")
 
 
+def _finetune_settings(config: Mapping[str, Any] | None) -> tuple[str, int | str, int]:
+    ft = dict(((config or {}).get("train") or {}).get("finetune") or {})
+    return ft.get("accelerator", "auto"), ft.get("devices", "auto"), ft.get("num_nodes", 1)
+
+
+def ddp_follower(config: Mapping[str, Any] | None) -> str | None:
+    """This process's rank label when it is a follower of the distributed fine-tune ``config``
+    asks for (its ``train.finetune`` section), else None."""
+    from transfuse.distributed import follower_label
+
+    return follower_label(*_finetune_settings(config))
+
+
 def _check_one_run_folder(strategies: Sequence[str] | None, config: Mapping[str, Any] | None,
                           preset: str | None = None) -> None:
     """Under DDP every process runs the caller's script (Lightning's launcher re-runs it): a default
     run folder named by the clock would differ per process, so ``out`` must be given."""
     from transfuse.config import TRAINING_STRATEGIES
-    from transfuse.distributed import is_follower, planned_world_size
+    from transfuse.distributed import planned_world_size
 
     if not set(strategies or ()) & set(TRAINING_STRATEGIES) and preset is None:
         return  # no fine-tuning (a preset may add some)
-    ft = dict(((config or {}).get("train") or {}).get("finetune") or {})
-    n = planned_world_size(ft.get("accelerator", "auto"), ft.get("devices", "auto"), ft.get("num_nodes", 1))
-    if n > 1 or is_follower():
+    n = planned_world_size(*_finetune_settings(config))
+    if n > 1:
         raise UserError(f"transfuse.fit: the fine-tuning runs on {n} processes (train.finetune.devices x num_nodes), "
                         "each running this script: give out= (the same run folder, on storage every process sees)")
 
@@ -143,7 +155,7 @@ def fit(data: Any, labels: Sequence[Any] | None = None, *, out: str | Path | Non
     """
     import time
 
-    from transfuse.distributed import is_follower, wait_for_rank0
+    from transfuse.distributed import wait_for_rank0
     from transfuse.pipeline import run_experiment
 
     started = time.time()
@@ -156,6 +168,6 @@ def fit(data: Any, labels: Sequence[Any] | None = None, *, out: str | Path | Non
                        image_shape=image_shape, column=column, label=label, seed=seed, config=config,
                        time_limit=time_limit, preset=preset)
     run_experiment(cfg, cfg.output.dir, progress=progress, overwrite=overwrite, started=started)
-    if is_follower():  # the caller's script goes on as on rank 0, with the run rank 0 finished
+    if ddp_follower(config) is not None:  # the caller's script goes on as on rank 0, with rank 0's run
         wait_for_rank0(Path(cfg.output.dir) / "report.json", f"the end of the run {cfg.output.dir}")
     return Run(cfg.output.dir)

@@ -29,10 +29,12 @@ def run_root(folder: Path) -> Path:
 
 
 def view(dataset: Any, modality: str) -> Any:
-    """A multimodal dataset's column of ``modality`` (other datasets as they are)."""
-    from transfuse.data.multimodal import dataset_for
+    """A multimodal dataset's column of ``modality`` (other datasets as they are). A model over
+    several modalities (a feature fusion or ensemble of a multimodal run) gets the whole dataset:
+    each of its backbones or members reads its own column."""
+    from transfuse.data.multimodal import MULTIMODAL, dataset_for
 
-    return dataset_for(dataset, modality)
+    return dataset if modality == MULTIMODAL else dataset_for(dataset, modality)
 
 
 def _tensors(folder: Path, spec: ModelSpec, key: str, lib: str = "torch") -> dict[str, Any]:

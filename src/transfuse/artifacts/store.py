@@ -73,6 +73,31 @@ def check_data_options(cfg: Any) -> None:
         check_options(d.test_source or d.source, d.test_options, "data.test_options")
 
 
+def load_sources(cfg: Any) -> tuple[Dataset, Dataset | None]:
+    """The data of ``cfg`` (an ExperimentConfig) and its external test data (or None), loaded and
+    validated (bad inputs quarantined), not yet split."""
+    from transfuse.data.registry import load_dataset
+
+    d = cfg.data
+    # text cleaning: only when the user set it (sources such as spamassassin have own defaults)
+    cleaning = cfg.preprocess.text if cfg.preprocess.text.model_fields_set else None
+
+    def load(source: str, path: str | None, options: dict[str, Any]) -> Dataset:
+        opts = dict(options)
+        if d.modality == "text" and cleaning is not None:
+            opts.setdefault("cleaning", cleaning)
+        return load_dataset(source, path, **opts)
+
+    data = load(d.source, d.path, d.options)
+    test_data = None
+    if d.test_path is not None or d.test_source is not None:
+        test_data = load(d.test_source or d.source, d.test_path, d.test_options)
+    if data.modality != d.modality:
+        raise UserError(f"data.source {d.source!r} gives {data.modality} data but data.modality is "
+                        f"{d.modality!r}; set data.modality: {data.modality}")
+    return data, test_data
+
+
 class RunFolder:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -205,7 +230,6 @@ class RunFolder:
         """Load, validate (quarantine) and split the data of ``cfg`` (an ExperimentConfig); the split
         is saved and reused on resume. ``write=False`` (a follower rank of a distributed run): the
         saved split when there is one, else the same split made in memory; nothing is written."""
-        from transfuse.data.registry import load_dataset
         from transfuse.data.splits import Splits, make_splits
         from transfuse.progress import console
 
@@ -214,22 +238,7 @@ class RunFolder:
             self.claim(cfg)
 
         d = cfg.data
-        # text cleaning: only when the user set it (sources such as spamassassin have own defaults)
-        cleaning = cfg.preprocess.text if cfg.preprocess.text.model_fields_set else None
-
-        def load(source: str, path: str | None, options: dict[str, Any]) -> Dataset:
-            opts = dict(options)
-            if d.modality == "text" and cleaning is not None:
-                opts.setdefault("cleaning", cleaning)
-            return load_dataset(source, path, **opts)
-
-        data = load(d.source, d.path, d.options)
-        test_data = None
-        if d.test_path is not None or d.test_source is not None:
-            test_data = load(d.test_source or d.source, d.test_path, d.test_options)
-        if data.modality != d.modality:
-            raise UserError(f"data.source {d.source!r} gives {data.modality} data but data.modality is "
-                            f"{d.modality!r}; set data.modality: {data.modality}")
+        data, test_data = load_sources(cfg)
         split_file = self.path / SPLITS_FILE
         if split_file.exists():
             splits = Splits.load(split_file)

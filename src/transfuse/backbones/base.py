@@ -26,6 +26,8 @@ class Backbone(nn.Module, ABC):
     feature_dim: int = 0
     #: False for backbones that cannot be fine-tuned (e.g. ONNX Runtime graphs).
     trainable: bool = True
+    #: Why ``torch.onnx.export`` cannot hold this backbone (None: it can); export refuses with it.
+    onnx_refusal: str | None = None
 
     def __init__(self) -> None:
         super().__init__()

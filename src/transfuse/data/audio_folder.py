@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfuse.backbones.audio.common import trim_silence as _trim
+from transfuse.data.audio_transforms import trim_silence as _trim
 from transfuse.data.base import Dataset, Quarantined
 from transfuse.errors import UserError
 

@@ -45,17 +45,23 @@ def candidates_chart(candidates: list[dict], chosen: str | None) -> bytes:
     colours = [CHOSEN_COLOUR if n == chosen else KIND_COLOURS.get(c.get("kind"), "#4c78a8")
                for n, c in zip(names, cands)]
     y = np.arange(len(cands))
-    ax.barh(y, mean, xerr=std, color=colours, capsize=3, height=0.6, label="CV mean ± std")
+    ax.barh(y, mean, xerr=std, color=colours, capsize=3, height=0.6)
     if test:
         ax.scatter([a for _, a in test], [i for i, _ in test], marker="D", color="black", zorder=3, s=28,
                    label="test accuracy")
+    from matplotlib.patches import Patch  # one swatch per bar colour drawn (not the first bar's for all)
+
+    kinds = {"chosen" if n == chosen else str(c.get("kind") or "single"): col
+             for n, c, col in zip(names, cands, colours)}
+    swatches = [Patch(color=col, label=f"CV mean ± std: {k}") for k, col in sorted(kinds.items())]
     ax.set_yticks(y, [_short(n, 40) for n in names])
     values = np.concatenate([mean - std, [a for _, a in test]]) if len(cands) else np.array([0.0])
     low = max(0.0, float(np.floor((values.min() - 0.05) * 20) / 20))
-    ax.set_xlim(low, 1.0)
+    ax.set_xlim(low, 1.0 + 0.015 * (1.0 - low))  # a diamond at 1.0 is drawn whole, not cut by the frame
     ax.set_xlabel("accuracy" + (f" (axis starts at {low:.2f})" if low > 0 else ""))
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    handles = ax.get_legend_handles_labels()[0] + swatches
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # beside the bars
     return _png(fig)
 
 
@@ -142,9 +148,9 @@ def reliability_diagram(curves: dict[str, dict]) -> bytes:
         ece = bins.get("ece")
         ax.plot(conf, acc, "-", color=colour, lw=1.5,
                 label=label + (f" (ECE {ece:.3f})" if ece is not None else ""))
-        ax.scatter(conf, acc, s=15 + 200 * n / n.sum(), color=colour, alpha=0.7)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
+        ax.scatter(conf, acc, s=15 + 200 * n / n.sum(), color=colour, alpha=0.7, clip_on=False)
+    ax.set_xlim(0, 1.02)  # a bin at confidence or accuracy 1 is drawn whole
+    ax.set_ylim(0, 1.02)
     ax.set_xlabel("confidence (top-label, mean per bin; dot size = share of examples)")
     ax.set_ylabel("accuracy in bin")
     ax.grid(alpha=0.3)

@@ -149,11 +149,53 @@ def _table(path: Path, column: str | None, modality: str, out: Inputs) -> None:
                         "name the right one with --column")
 
 
+def _multimodal_table(path: Path, columns: dict[str, list[str]], out: Inputs) -> None:
+    """A multimodal model's table: per row ``{modality: value}`` from the model's columns (file
+    paths relative to the table's folder; several text columns joined with ``" | "``)."""
+    from transfuse.data.text import _table_rows
+
+    fmt = TABLE_FORMATS.get(path.suffix.lower())
+    if fmt is None or not path.is_file():
+        raise UserError(f"--csv {str(path)!r}: give an existing .csv, .tsv or .jsonl table")
+    need = [c for cs in columns.values() for c in cs]
+    for line, row, problem in _table_rows(path, fmt):
+        if row is not None and "__header__" in row:
+            missing = [c for c in need if c not in row["__header__"]]
+            if missing:
+                raise UserError(f"--csv {str(path)!r} has no column {', '.join(map(repr, missing))}; this multimodal "
+                                f"model reads {', '.join(need)} (its columns: {', '.join(row['__header__'])})")
+            continue
+        name = f"{path}:{line}"
+        if problem is not None or row is None:
+            out.add(name, error=problem or "unreadable row")
+            continue
+        item: dict[str, str] = {}
+        for m, cs in columns.items():
+            values = [str(row.get(c) or "").strip() for c in cs]
+            if m == "text":
+                item[m] = " | ".join(v for v in values if v)
+            elif values[0]:
+                f = Path(values[0])
+                item[m] = str(f if f.is_absolute() else path.parent / f)
+        out.add(name, item)
+
+
 def gather(args: Sequence[str], modality: str, texts: Sequence[str] = (), table: Path | None = None,
-           column: str | None = None) -> Inputs:
+           column: str | None = None, columns: dict[str, list[str]] | None = None) -> Inputs:
     """``transfuse predict``'s inputs in order: the positional arguments (files; folders expanded
     to their files of the model's modality; for a text model a text file is one text per line),
-    then ``--text`` texts, then the ``--csv`` table's column."""
+    then ``--text`` texts, then the ``--csv`` table's column. A multimodal model reads only a
+    table: its ``columns`` (``{modality: [column, ...]}``) of each row."""
+    if modality == "multimodal":
+        if args or texts or column is not None or table is None:
+            need = ", ".join(c for cs in (columns or {}).values() for c in cs)
+            raise UserError(f"a multimodal model reads a table: give --csv FILE with the columns {need} "
+                            "(no file arguments, --text or --column)")
+        out = Inputs()
+        _multimodal_table(Path(table), columns or {}, out)
+        if not out.names:
+            raise UserError(f"--csv {str(table)!r} has no rows")
+        return out
     if column is not None and table is None:
         raise UserError("--column applies to --csv; give the table with --csv FILE")
     if texts and modality != "text":

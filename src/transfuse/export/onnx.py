@@ -16,6 +16,7 @@ fails and leaves no model behind.
 from __future__ import annotations
 
 import copy
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -241,6 +242,11 @@ def build_graph(model: Any, spec: Any, folder: Path) -> tuple[Any, list[Part]]:
     else:
         parts = [Part(model.backbone, {"name": spec.backbone.name, "options": spec.backbone.options})]
         core, logits = M["Single"](model), True
+    refused = next((p for p in parts if getattr(p.backbone, "onnx_refusal", None)), None)
+    if refused is not None:  # said before a slow trace that would fail
+        raise ExportError(f"export: backbone {refused.spec['name']} cannot be exported to ONNX: "
+                          f"{refused.backbone.onnx_refusal}; serve this model with 'transfuse predict' "
+                          "(--engine torch), or export another candidate (transfuse export RUN --candidate NAME)")
     if len(parts) > 1:
         for i, p in enumerate(parts):
             p.prefix = f"m{i}."
@@ -264,7 +270,7 @@ def export_onnx(graph: Any, parts: list[Part], example: list[Any], path: Path, o
                               verbose=False, external_data=False)
     except Exception as e:  # noqa: BLE001 -- torch.export cannot trace this backbone (e.g. it calls onnxruntime)
         tmp.unlink(missing_ok=True)
-        first = (str(e).strip().splitlines() or [""])[0][:200]
+        first = re.sub(r"\x1b\[[0-9;]*m", "", (str(e).strip().splitlines() or [""])[0])[:200]  # no ANSI colours
         specs = ", ".join(p.spec["name"] for p in parts)
         raise ExportError(f"export: torch.onnx.export cannot trace backbone(s) {specs} ({type(e).__name__}: "
                           f"{first}); use --engine torch for this model") from None

@@ -81,14 +81,73 @@ def input_problem(item: str, modality: str, audio_check: Any = None) -> str | No
     return None
 
 
-def load_inputs(paths_or_texts: list[str], modality: str, folder: Path | None = None
+def multimodal_columns(folder: Path) -> dict[str, list[str]]:
+    """A multimodal model's inputs, ``{modality: table columns}``: the run's own manifest columns
+    (``image_column``, ``audio_column``, ``text_columns``, several texts joined with ``" | "`` as
+    at fit time), or ``image`` / ``text`` for the ``emoji_multimodal`` sample set."""
+    from transfuse.artifacts.serve import run_root
+    from transfuse.config import read_yaml
+
+    data = read_yaml(run_root(folder) / "config.yaml").get("data") or {}
+    opts = data.get("options") or {}
+    if data.get("source") == "emoji_multimodal":
+        return {"image": ["image"], "text": ["text"]}
+    texts = opts.get("text_columns") or []
+    cols = {"image": [opts.get("image_column")], "audio": [opts.get("audio_column")],
+            "text": [texts] if isinstance(texts, str) else list(texts)}
+    return {m: [str(c) for c in cs] for m, cs in cols.items() if cs and all(cs)}
+
+
+def _multimodal_inputs(items: list[Any], folder: Path | None) -> tuple[Any, dict[int, str]]:
+    """``{modality: file path or text}`` per input -> a ``MultimodalDataset``; an input missing a
+    modality of the model, or with a bad file or an empty text, gets a reason."""
+    from transfuse.data.base import _identity
+    from transfuse.data.multimodal import MULTIMODAL, MultimodalDataset
+
+    wanted = sorted(multimodal_columns(folder)) if folder is not None else None
+    for it in items:
+        if not isinstance(it, dict):
+            raise UserError(f"a multimodal model takes one {{modality: input}} mapping per input "
+                            f"({', '.join(wanted or ['image', 'text'])}), got {type(it).__name__} {str(it)[:60]!r}; "
+                            "from the command line give a table with --csv")
+    audio = _audio_check(folder) if folder is not None else None
+    errors: dict[int, str] = {}
+    for i, it in enumerate(items):
+        missing = [m for m in wanted or sorted(it) if m not in it or it[m] is None or not str(it[m]).strip()]
+        if missing:
+            errors[i] = f"no {' or '.join(missing)} input"
+            continue
+        why = next((f"{m}: {w}" for m in sorted(it) if m != "text"
+                    and (w := input_problem(str(it[m]), m, audio))), None)
+        if why:
+            errors[i] = why
+    good = [{m: str(v) for m, v in it.items() if wanted is None or m in wanted}
+            for i, it in enumerate(items) if i not in errors]
+    loaders: dict[str, Any] = {"text": _identity}
+    if any("image" in it for it in good):
+        from transfuse.data.images import load_image
+
+        loaders["image"] = load_image
+    if any("audio" in it for it in good):
+        from transfuse.data.audio import AudioLoader
+
+        loaders["audio"] = AudioLoader()
+    ids = [str(i) for i in range(len(good))]
+    return MultimodalDataset(MULTIMODAL, good, np.zeros(len(good), int), ["?"], ids, loaders=loaders), errors
+
+
+def load_inputs(paths_or_texts: list[Any], modality: str, folder: Path | None = None
                 ) -> tuple[Any, dict[int, str]]:
-    """Decode raw inputs (file paths; texts for a text model) into a :class:`~transfuse.data.base.Dataset` without labels, and the
+    """Decode raw inputs (file paths; texts for a text model; ``{modality: path or text}`` for a
+    multimodal model) into a :class:`~transfuse.data.base.Dataset` without labels, and the
     inputs left out: ``{position: reason}`` (a missing, empty, corrupt or undecodable file, a
     decompression bomb, silent or over-long audio). A file of another modality is an error for the
     whole command (the wrong model or the wrong files)."""
     from transfuse.data.base import Dataset
+    from transfuse.data.multimodal import MULTIMODAL
 
+    if modality == MULTIMODAL:
+        return _multimodal_inputs(list(paths_or_texts), folder)
     if modality == "text":  # literal texts: a text that names a file is still only a text
         items = [str(s) for s in paths_or_texts]
         return Dataset("text", items, np.zeros(len(items), int), ["?"], [str(i) for i in range(len(items))]), {}

@@ -1,6 +1,10 @@
-"""The eval-time image preprocessing of the timm-style backbones in PIL + numpy, without torch:
-what ``predict --engine onnx`` runs for an exported image model (importing torch alone costs
-seconds). It reproduces :func:`transfuse.data.image_transforms.build_image_transform` with
+"""The eval-time preprocessing of exported models without torch: what ``predict --engine onnx``
+runs (importing torch alone costs seconds). Images: the timm-style transform in PIL + numpy;
+texts: the tokenizer with the ``tokenizers`` library; audio: Whisper-style log-mel in numpy
+(:mod:`transfuse.data.audio_transforms`, the backbones' own code); a multimodal model: each part
+on its own column.
+
+Images: the recipe reproduces :func:`transfuse.data.image_transforms.build_image_transform` with
 ``train=False`` step for step on PIL images (torchvision resizes PIL images with PIL itself):
 RGB, resize (shorter side to ``floor(size / crop_pct)``, or cover a non-square size keeping the
 aspect ratio), centre crop, scale to [0, 1], normalise by mean and std, channels first.
@@ -89,6 +93,8 @@ def image_array(img: Any, recipe: Mapping[str, Any]) -> np.ndarray:
 class ImagePart:
     """One graph input of an exported image model, fed from PIL images with no torch."""
 
+    modality = "image"
+
     def __init__(self, recipe: Mapping[str, Any], names: list[str]):
         self.recipe, self.names = dict(recipe), list(names)
 
@@ -96,36 +102,56 @@ class ImagePart:
         return {self.names[0]: np.stack([image_array(im, self.recipe) for im in images])}
 
 
+class AudioPart:
+    """The ``input`` of an exported audio model (Whisper-style log-mel or the waveform), from the
+    decoded ``(waveform, sample_rate)`` in numpy + scipy alone
+    (:func:`transfuse.data.audio_transforms.recipe_input`: the backbones' own eval transform)."""
+
+    modality = "audio"
+
+    def __init__(self, recipe: Mapping[str, Any], names: list[str]):
+        self.recipe, self.names = dict(recipe), list(names)
+
+    def feed(self, clips: list[Any]) -> dict[str, np.ndarray]:
+        from transfuse.data.audio_transforms import recipe_input
+
+        return {self.names[0]: np.stack([recipe_input(c, self.recipe) for c in clips])}
+
+
+def _part(p: Mapping[str, Any]) -> Any:
+    """The torch-free feeder of one exported part, or None when its recipe is not one of ours."""
+    from pathlib import Path
+
+    r = p.get("preprocess") or {}
+    n = len(p.get("inputs", []))
+    if r.get("type") == "image" and n == 1:
+        return ImagePart(r, p["inputs"])
+    if r.get("type") == "text" and r.get("tokenizer_file") and n == 2 and Path(r["tokenizer_file"]).is_file():
+        return TextPart(r, p["inputs"])
+    if r.get("type") == "audio" and n == 1:
+        from transfuse.data.audio_transforms import audio_recipe
+
+        return AudioPart(r, p["inputs"]) if audio_recipe(r) is not None else None
+    return None
+
+
 def torch_free_parts(meta: Mapping[str, Any]) -> list[Any] | None:
     """The parts of an export whose every input has a recorded recipe this module runs (images;
-    texts with a ``tokenizer.json``), else None (the caller rebuilds the backbones)."""
-    parts = meta.get("parts") or []
-    out: list[Any] = []
-    for p in parts:
-        r = p.get("preprocess") or {}
-        if r.get("type") == "image" and len(p.get("inputs", [])) == 1:
-            out.append(ImagePart(r, p["inputs"]))
-        elif r.get("type") == "text" and r.get("tokenizer_file") and len(p.get("inputs", [])) == 2:
-            from pathlib import Path
-
-            if not Path(r["tokenizer_file"]).is_file():
-                return None
-            out.append(TextPart(r, p["inputs"]))
-        else:
-            return None
-    if len({type(p) for p in out}) > 1:
-        return None  # a multimodal model: each part reads its own column (the backbones' path does)
-    return out or None
+    texts with a ``tokenizer.json``; Whisper-style log-mel or waveform audio at 16 kHz), else None
+    (the caller rebuilds the backbones)."""
+    out = [_part(p) for p in meta.get("parts") or []]
+    return out if out and all(p is not None for p in out) else None
 
 
 def proba(session: Any, parts: list[Any], dataset: Any, batch_size: int = 32) -> np.ndarray:
-    """ONNX probabilities over a dataset of one modality, in order, preprocessed without torch."""
+    """ONNX probabilities over a dataset, in order, preprocessed without torch. In a multimodal
+    dataset (each item ``{modality: decoded input}``) every part reads its own modality."""
     out = []
     for i in range(0, len(dataset), batch_size):
         items = [dataset.load(j) for j in range(i, min(i + batch_size, len(dataset)))]
         feeds: dict[str, np.ndarray] = {}
         for p in parts:
-            feeds.update(p.feed(items))
+            feeds.update(p.feed([it[p.modality] if isinstance(it, dict) else it for it in items]))
         out.append(session.run(["proba"], feeds)[0])
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
@@ -155,6 +181,8 @@ class TextPart:
     """The ``input_ids`` / ``attention_mask`` inputs of an exported text model, from the
     ``tokenizers`` library alone (no torch, no transformers): the same ids as the backbone's
     ``Tokenize`` + ``collate``."""
+
+    modality = "text"
 
     def __init__(self, recipe: Mapping[str, Any], names: list[str]):
         from tokenizers import Tokenizer

@@ -14,7 +14,7 @@ import numpy as np
 
 from transfuse.artifacts.store import RunFolder, check_data_options
 from transfuse.config import ExperimentConfig, config_to_yaml
-from transfuse.distributed import planned_world_size, rank_label, wait_for_followers
+from transfuse.distributed import follower_label, planned_world_size, wait_for_followers
 from transfuse.errors import UserError
 from transfuse.io import atomic_write_json, read_json
 
@@ -33,7 +33,7 @@ def refuse_time_limit_under_ddp(cfg: ExperimentConfig) -> None:
     stopped): under DDP the ranks could reach different fits, so the two do not go together."""
     ft = cfg.train.finetune
     n = planned_world_size(ft.accelerator, ft.devices, ft.num_nodes)
-    if n > 1 or rank_label() is not None:
+    if n > 1:
         raise UserError(f"budget.time_limit with distributed fine-tuning (train.finetune.devices x num_nodes = {n} "
                         "processes): the planner decides by each process's clock, so the ranks could reach "
                         "different fits; set train.finetune.devices: 1, or leave out the time limit")
@@ -67,7 +67,8 @@ def _run(cfg: ExperimentConfig, run_dir: str | Path | None, progress: bool, wrap
 
     check_data_options(cfg)
     run = RunFolder(run_dir if run_dir is not None else run_dir_for(cfg))
-    if (who := rank_label()) is not None:
+    ft = cfg.train.finetune
+    if (who := follower_label(ft.accelerator, ft.devices, ft.num_nodes)) is not None:
         from transfuse.pipeline.follow import follow_experiment
 
         return follow_experiment(cfg, run, who, wrap)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from transfuse.artifacts.store import RunFolder
+from transfuse.distributed import become_follower
 from transfuse.errors import UserError
 from transfuse.io import forbid_writes
 
@@ -37,6 +38,7 @@ def follow_experiment(cfg: Any, run: RunFolder, who: str, wrap: dict[str, Any] |
         raise UserError(f"{who}: a searched run does not fine-tune under DDP; search with one process per "
                         "worker (docs/distributed.md) or set search.enabled: false")
     forbid_writes(f"{who} of a distributed run")
+    become_follower(who)
     quiet = console.quiet
     console.quiet = True  # rank 0 prints the run's progress
     try:

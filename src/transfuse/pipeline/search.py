@@ -12,7 +12,7 @@ from typing import Any
 
 from transfuse.backbones.registry import short_name
 from transfuse.config import ExperimentConfig
-from transfuse.distributed import is_follower, planned_world_size
+from transfuse.distributed import planned_world_size
 from transfuse.errors import UserError
 from transfuse.pipeline import run_experiment
 from transfuse.search.nested import nested_search
@@ -24,7 +24,7 @@ def refuse_distributed(cfg: ExperimentConfig) -> None:
     by DDP ranks (a search scales out with workers instead, docs/distributed.md)."""
     ft = cfg.train.finetune
     n = planned_world_size(ft.accelerator, ft.devices, ft.num_nodes)
-    if n > 1 or is_follower():
+    if n > 1:
         raise UserError(f"search.enabled with distributed fine-tuning (train.finetune.devices x num_nodes = {n} "
                         "processes): a searched run fine-tunes on one device; set train.finetune.devices: 1, or "
                         "scale the search out with 'transfuse search --worker' processes (docs/distributed.md)")

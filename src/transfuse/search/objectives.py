@@ -15,6 +15,7 @@ import numpy as np
 
 from transfuse.adapt.cross_fit import score
 from transfuse.config import ParamSpace
+from transfuse.faults import fault_point
 from transfuse.search.study import suggest
 
 
@@ -63,6 +64,8 @@ def head_objective(X: np.ndarray, y: np.ndarray, folds: list, head_cfg: Any, spa
         for k, (tr, va) in enumerate(folds):
             scores.append(score(y[va], fold_proba(cfg, k, tr, va), metric))
             report_fold(trial, scores, last=k == len(folds) - 1)
+            if k == 0:
+                fault_point("trial")  # the kill tests: a worker dies mid-trial
         trial.set_user_attr("fold_scores", scores)
         return float(np.mean(scores))
 
@@ -105,6 +108,8 @@ def finetune_objective(backbone: Any, train: Any, folds: list, n_classes: int, c
                            seed=cfg.seed + k, progress=False)
             scores.append(score(y[va], res.val_proba, cfg.evaluate.metric))
             report_fold(trial, scores, last=k == len(folds) - 1)
+            if k == 0:
+                fault_point("trial")  # the kill tests: a worker dies mid-trial
         trial.set_user_attr("fold_scores", scores)
         return float(np.mean(scores))
 

@@ -77,22 +77,23 @@ def run_search(cfg: ExperimentConfig, run_dir: Path, storage: str | None = None,
 
     sc: SearchConfig = cfg.search
     n = n_trials if n_trials is not None else sc.n_trials
+    name = sc.study_name or cfg.name
+    seed = cfg.seed if sc.seed is None else sc.seed
+    inputs = inputs or search_inputs(cfg, run_dir, progress)  # claims the run folder first
     folder = run_dir / SEARCH_DIR
     folder.mkdir(parents=True, exist_ok=True)
     url = storage or sc.storage or f"sqlite:///{(folder / 'search.db').resolve()}"
-    name = sc.study_name or cfg.name
-    seed = cfg.seed if sc.seed is None else sc.seed
-    inputs = inputs or search_inputs(cfg, run_dir, progress)
     data, backbone, X = inputs.data, inputs.backbone, inputs.X
     y = data.train.labels
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     st = make_storage(url, sc.heartbeat_s)
     t0 = time.perf_counter()
     study = open_study(st, name, make_sampler(sc.sampler, sc.space, seed, sc.grid_points), sc.pruner, worker)
-    run_study(study, head_objective(X, y, data.folds, cfg.train.head, sc.space, cfg.evaluate.metric, seed,
+    ran = run_study(study, head_objective(X, y, data.folds, cfg.train.head, sc.space, cfg.evaluate.metric, seed,
                                     fast=sc.fast_heads, tol=sc.head_tol),
               trial_budget(sc.sampler, n, sc.space, sc.grid_points), sc.timeout)
     head = summarize(study, "heads on cached features")
+    head["n_here"] = ran  # finished by this process (the study's n_trials count all workers)
     head["seconds"] = time.perf_counter() - t0
     head["seconds_per_trial"] = head["seconds"] / max(1, head["n_trials"])
     summaries = [head]
@@ -108,11 +109,12 @@ def run_search(cfg: ExperimentConfig, run_dir: Path, storage: str | None = None,
         ft_space = sc.finetune_space
         fstudy = open_study(st, name + "-finetune", make_sampler(sc.sampler, ft_space, seed, sc.grid_points),
                             sc.pruner, worker)
-        run_study(fstudy, finetune_objective(backbone, data.train, data.folds, n_classes, cfg,
+        ran = run_study(fstudy, finetune_objective(backbone, data.train, data.folds, n_classes, cfg,
                                              init_fn if lp_ft_init(cfg, best_head) else None, ft_space,
                                              folder / "finetune"),
                   trial_budget(sc.sampler, sc.finetune_trials, ft_space, sc.grid_points), sc.timeout)
         ft = summarize(fstudy, "fine-tuning")
+        ft["n_here"] = ran
         ft["seconds"] = time.perf_counter() - t1
         ft["seconds_per_trial"] = ft["seconds"] / max(1, ft["n_trials"])
         summaries.append(ft)

@@ -80,11 +80,26 @@ def make_storage(url: str, heartbeat_s: int) -> Any:
             if race and attempt < 4:  # e.g. workers creating the tables of a new database at once
                 time.sleep(0.2 * (attempt + 1))
                 continue
-            raise UserError(f"search storage {url!r} cannot be opened ({type(e).__name__}: {e}); "
+            if isinstance(e, ImportError):  # the URL's database driver is not installed
+                name = e.name or getattr(e.__cause__, "name", None) or "its driver"  # optuna re-raises
+                psycopg = url.partition("://")[0] in ("postgresql", "postgresql+psycopg")
+                fix = "pip install 'transfuse[postgres]'" if psycopg else f"pip install {name}"
+                raise UserError(f"search storage {safe_url(url)!r} needs the database driver {name}, which is "
+                                f"not installed; {fix}") from None
+            raise UserError(f"search storage {safe_url(url)!r} cannot be opened ({type(e).__name__}: {e}); "
                             "give an Optuna RDB URL such as sqlite:///search.db") from None
     if url.startswith("sqlite"):
         _no_fsync_per_commit(storage.engine)
     return storage
+
+
+def safe_url(url: str) -> str:
+    """A storage URL without its password (``postgresql://user:***@host/db``), for messages."""
+    head, sep, tail = url.partition("://")
+    cred, at, host = tail.rpartition("@")
+    if not sep or not at or ":" not in cred:
+        return url
+    return f"{head}://{cred.split(':', 1)[0]}:***@{host}"
 
 
 def _no_fsync_per_commit(engine: Any) -> None:

@@ -83,6 +83,22 @@ class FeatureCache:
         table.update(self._memory.get(folder, {}))
         return table
 
+    def _cached_hashes(self, folder: Path) -> set[str]:
+        """The item hashes the cache holds for ``folder`` (its features are not read)."""
+        have: set[str] = set(self._memory.get(folder, {}))
+        try:
+            shards = sorted(folder.glob("shard-*.npz")) if folder.exists() else []
+        except OSError as e:
+            self._warn("read it", e)
+            return have
+        for shard in shards:
+            try:
+                with np.load(shard, allow_pickle=False) as z:
+                    have.update(z["hashes"].tolist())
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:  # unreadable or damaged
+                self._warn(f"read {shard.name}", e)
+        return have
+
     def _write(self, folder: Path, backbone: Backbone, new_hashes: list[str], feats: np.ndarray) -> None:
         """Add a shard; a read-only cache or a read-only or full disk keeps the features in memory instead."""
         if self.read_only:
@@ -128,6 +144,33 @@ class FeatureCache:
         self.last = EmbedStats(len(hashes), len(todo), time.perf_counter() - t0)
         return out
 
+    def fill(self, backbone: Backbone, dataset: Dataset, batch_size: int = 64, block_batches: int = 64,
+             progress: bool = False) -> EmbedStats:
+        """Compute and store the features of the items of ``dataset`` the cache lacks, returning
+        nothing: for ``transfuse embed``, on any amount of data. Cached features are not loaded;
+        the missing items go in blocks of ``block_batches`` batches, each block's file written as
+        soon as it is computed (memory holds one block; a killed fill loses at most one). The
+        batches are those of :meth:`embed` over the same items."""
+        t0 = time.perf_counter()
+        folder = self.folder(backbone)
+        hashes = dataset.item_hashes()
+        have = self._cached_hashes(folder)
+        first_of: dict[str, int] = {}
+        for i, h in enumerate(hashes):
+            if h not in have:
+                first_of.setdefault(h, i)
+        todo = list(first_of.values())
+        step = batch_size * block_batches
+        for k in range(0, len(todo), step):
+            rows = todo[k:k + step]
+            fault_point("embed")
+            feats = compute_features(backbone, dataset.subset(rows), batch_size, progress,
+                                     desc=f"embed {backbone.spec or type(backbone).__name__} "
+                                          f"({k + len(rows)}/{len(todo)})")
+            self._write(folder, backbone, [hashes[i] for i in rows], feats)
+        self.last = EmbedStats(len(hashes), len(todo), time.perf_counter() - t0)
+        return self.last
+
     def size_bytes(self) -> int:
         from transfuse.paths import dir_size
 
@@ -155,6 +198,8 @@ def compute_features(backbone: Backbone, dataset: Dataset, batch_size: int = 64,
 
     device = pick_device()
     backbone.eval().to(device)
+    if budget.active_budget() is not None:  # a time limit: small batches, so a check is never far off
+        batch_size = min(batch_size, 16)
     loader = make_loader(dataset, backbone, train=False, batch_size=batch_size)
     chunks = []
     n, first, since = 0, 0, time.time()

@@ -32,7 +32,7 @@ from torch import nn
 from transfuse.backbones.base import Backbone
 from transfuse.config import FinetuneConfig
 from transfuse.data.base import Dataset
-from transfuse.distributed import is_follower, keep_followers, wait_for_rank0
+from transfuse.distributed import following, keep_followers, wait_for_rank0
 from transfuse.errors import UserError
 from transfuse.io import (
     atomic_save_npz,
@@ -577,7 +577,7 @@ def _check_signature(out: Path, cfg: FinetuneConfig, n_classes: int, seed: int, 
     """Refuse to resume or reuse a folder made with other settings; record them for a new fit."""
     sig = json.loads(json.dumps(_signature(cfg, n_classes, seed, backbone)))
     path = out / SIGNATURE
-    if is_follower():  # rank 0 writes the settings just before its fit: the ranks meet there
+    if following():  # rank 0 writes the settings just before its fit: the ranks meet there
         wait_for_rank0(path, f"the fine-tune in {out}")
     if path.is_file():
         old = read_json(path)

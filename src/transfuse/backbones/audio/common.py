@@ -8,8 +8,6 @@ training, pads/trims it to the clip length and hands it to :meth:`AudioBackbone.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache
-from math import gcd
 from typing import Any
 
 import numpy as np
@@ -17,50 +15,23 @@ import torch
 
 from transfuse.backbones.base import Backbone
 from transfuse.config import AudioAugment
+from transfuse.data.audio_transforms import (  # noqa: F401  (re-exported)
+    HOP,
+    N_FFT,
+    SAMPLE_RATE,
+    log_mel_array,
+    mel_filters,
+    model_input,
+    pad_or_trim,
+    resample,
+    to_mono,
+    trim_silence,
+)
 from transfuse.errors import UserError
 
-SAMPLE_RATE = 16_000
-N_FFT = 400
-HOP = 160
 
-
-# ----------------------------------------------------------------------------- waveform helpers
-
-
-def to_mono(wave: np.ndarray) -> np.ndarray:
-    """Mix ``(samples,)`` or ``(samples, channels)`` down to float32 mono."""
-    wave = np.asarray(wave, dtype=np.float32)
-    return wave.mean(axis=1, dtype=np.float32) if wave.ndim == 2 else wave
-
-
-def resample(wave: np.ndarray, sr_from: int, sr_to: int = SAMPLE_RATE) -> np.ndarray:
-    """Polyphase resampling (scipy ``resample_poly``, Kaiser window) from ``sr_from`` to ``sr_to``."""
-    if sr_from == sr_to:
-        return np.asarray(wave, dtype=np.float32)
-    from scipy.signal import resample_poly
-
-    g = gcd(int(sr_from), int(sr_to))
-    return resample_poly(wave, sr_to // g, sr_from // g).astype(np.float32)
-
-
-def pad_or_trim(wave: np.ndarray, n: int) -> np.ndarray:
-    """Zero-pad at the end, or cut, to exactly ``n`` samples."""
-    if len(wave) >= n:
-        return np.ascontiguousarray(wave[:n], dtype=np.float32)
-    return np.pad(wave, (0, n - len(wave))).astype(np.float32)
-
-
-def trim_silence(wave: np.ndarray, top_db: float = 40.0, frame: int = 400, hop: int = 160) -> np.ndarray:
-    """Cut leading and trailing frames whose RMS is more than ``top_db`` below the loudest frame."""
-    if len(wave) < frame:
-        return wave
-    n = 1 + (len(wave) - frame) // hop
-    idx = np.arange(frame)[None, :] + hop * np.arange(n)[:, None]
-    rms = np.sqrt(np.mean(wave[idx].astype(np.float64) ** 2, axis=1))
-    loud = np.flatnonzero(20 * np.log10(np.maximum(rms, 1e-10) / max(rms.max(), 1e-10)) > -top_db)
-    if len(loud) == 0:
-        return wave
-    return wave[loud[0] * hop : loud[-1] * hop + frame]
+# waveform helpers and the log-mel live in numpy alone (transfuse.data.audio_transforms): predict
+# --engine onnx runs them without torch; the names stay importable from here
 
 
 def augment_waveform(wave: np.ndarray, aug: AudioAugment, rng: np.random.Generator,
@@ -119,34 +90,12 @@ def sample_rng() -> np.random.Generator:
 # ----------------------------------------------------------------------------- log-mel
 
 
-@lru_cache(maxsize=4)
-def mel_filters(n_mels: int = 80) -> torch.Tensor:
-    """Whisper's Slaney mel filter bank, ``(201, n_mels)`` for a 400-point FFT at 16 kHz."""
-    from transformers.audio_utils import mel_filter_bank
-
-    fb = mel_filter_bank(num_frequency_bins=1 + N_FFT // 2, num_mel_filters=n_mels,
-                         min_frequency=0.0, max_frequency=SAMPLE_RATE / 2, sampling_rate=SAMPLE_RATE,
-                         norm="slaney", mel_scale="slaney")
-    return torch.from_numpy(np.asarray(fb, dtype=np.float32))
-
-
 def log_mel(wave: torch.Tensor | np.ndarray, n_mels: int = 80) -> torch.Tensor:
-    """Whisper's log-mel spectrogram of ``(samples,)`` or ``(B, samples)`` 16 kHz audio:
-    ``(n_mels, samples // 160)`` (or batched). Same maths as ``WhisperFeatureExtractor``: power
-    STFT (400-pt periodic Hann, hop 160, centred with reflect padding, last frame dropped), mel,
-    log10, floor at max - 8, ``(x + 4) / 4``. Computed in numpy (single-threaded: cheap per clip
-    in DataLoader workers, and no torch thread contention in the main process)."""
-    x = np.asarray(wave.detach().cpu() if isinstance(wave, torch.Tensor) else wave, dtype=np.float32)
-    pad = N_FFT // 2
-    xp = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, pad)], mode="reflect")
-    n_frames = x.shape[-1] // HOP  # torch.stft's 1 + n // hop frames, minus the last one
-    frames = np.lib.stride_tricks.sliding_window_view(xp, N_FFT, axis=-1)[..., : n_frames * HOP : HOP, :]
-    window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)
-    power = np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2  # (..., frames, 201)
-    mel = np.swapaxes(power.astype(np.float32) @ mel_filters(n_mels).numpy(), -1, -2)
-    logspec = np.log10(np.maximum(mel, 1e-10))
-    top = logspec.max(axis=(-2, -1), keepdims=True)
-    return torch.from_numpy(((np.maximum(logspec, top - 8.0) + 4.0) / 4.0).astype(np.float32))
+    """Whisper's log-mel spectrogram (:func:`~transfuse.data.audio_transforms.log_mel_array`) as a
+    tensor. Computed in numpy (single-threaded: cheap per clip in DataLoader workers, and no torch
+    thread contention in the main process)."""
+    x = wave.detach().cpu().numpy() if isinstance(wave, torch.Tensor) else wave
+    return torch.from_numpy(log_mel_array(x, n_mels))
 
 
 # ----------------------------------------------------------------------------- base class
@@ -173,6 +122,8 @@ class AudioTransform:
 
     def __call__(self, decoded: Any) -> torch.Tensor:
         rng = sample_rng() if self.train and self.augment is not None else None
+        if rng is None:  # eval: the numpy path predict --engine onnx runs without torch
+            return torch.from_numpy(model_input(decoded, self.kind, self.sample_rate, self.clip_samples, self.n_mels))
         wave = self.waveform(decoded, rng)
         if self.kind == "waveform":
             return torch.from_numpy(wave)

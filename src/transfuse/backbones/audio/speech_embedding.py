@@ -28,6 +28,8 @@ class SpeechEmbeddingBackbone(AudioBackbone):
 
     input_kind = "waveform"
     trainable = False
+    onnx_refusal = ("its forward runs openWakeWord's own two ONNX models through onnxruntime, which "
+                    "torch.onnx.export cannot trace")
 
     def __init__(self, mel_path: Path, embedding_path: Path, clip_seconds: float = 2.0,
                  pooling: str = "mean", threads: int = 0):
