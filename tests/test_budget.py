@@ -173,3 +173,13 @@ def test_fit_with_a_time_limit_ends_on_time_with_a_report(tmp_path: Path):
         assert {"name": "efficientnet_lite0/lp_ft", "reason": "time limit: " + lp_ft[0]["reason"]} in rep["skipped"]
     assert rep["plan"]["work_seconds"] <= limit
     assert (tmp_path / "run" / "model" / "model.json").is_file()
+
+
+def test_no_step_is_measured_when_not_even_the_fixed_costs_fit():
+    clock = Clock()
+    p = Planner(Budget(100, start=0.0, reserve=5, clock=clock))
+    assert p.too_late("bb/lp_ft", 3, reserve=0) is False  # 95 s left, 10 s needed
+    clock.t = 90.0
+    assert p.too_late("bb/lp_ft", 3, reserve=0) is True
+    assert p.decisions == [{"name": "bb/lp_ft", "action": "skip",
+                            "reason": f"needs at least {SAFETY * 2.0 * 4:.0f} s (3 folds + refit), 5 s left"}]

@@ -21,7 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
-from transfuse.backbones.registry import SPECIAL
+from transfuse.backbones.registry import RAW_ESTIMATORS, SPECIAL
 from transfuse.errors import UserError
 
 #: ``format`` of :meth:`PixelClassifier.to_state`'s parameters.
@@ -154,3 +154,4 @@ def make_pixels(**options: Any) -> PixelClassifier:
 
 
 SPECIAL.add("pixels", make_pixels)
+RAW_ESTIMATORS.add("pixels")

@@ -74,6 +74,16 @@ BUILTIN_MODULES: list[str] = [
 ]
 
 
+#: Special names whose backbone is a raw-input estimator (``is_raw_estimator``): known without
+#: building it, so a run can order its candidates before loading any weights.
+RAW_ESTIMATORS: set[str] = set()
+
+
+def is_raw_estimator(spec: str) -> bool:
+    _load_builtin_modules()
+    return spec in RAW_ESTIMATORS
+
+
 def short_name(spec: str) -> str:
     """A backbone spec as a candidate name prefix (``bundled:minilm_l6`` -> ``minilm_l6``)."""
     return spec.removeprefix("bundled:")

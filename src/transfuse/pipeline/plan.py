@@ -57,6 +57,16 @@ class Planner:
     def note(self, name: str, action: str, reason: str, **extra: Any) -> None:
         self.decisions.append({"name": name, "action": action, "reason": reason, **extra})
 
+    def too_late(self, name: str, folds: int, reserve: float = 0.0) -> bool:
+        """True (and a skip recorded) when the time left minus ``reserve`` cannot hold even the
+        fixed costs of the ``folds`` + 1 fits, so measuring a step would only waste time."""
+        need = SAFETY * FIT_OVERHEAD * (folds + 1)
+        avail = self.left() - reserve
+        if avail >= need:
+            return False
+        self.note(name, "skip", f"needs at least {need:.0f} s ({folds} folds + refit), {max(avail, 0):.0f} s left")
+        return True
+
     def plan_finetune(self, name: str, cost: Any, n: int, n_test: int, folds: int, inner_val: float,
                       max_epochs: int, reserve: float = 0.0) -> int | None:
         """The most epochs (``1..max_epochs``) whose estimate fits the time left minus ``reserve``

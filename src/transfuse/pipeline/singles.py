@@ -20,7 +20,7 @@ from transfuse.artifacts import save
 from transfuse.artifacts.spec import ModelSpec
 from transfuse.artifacts.store import Prepared, RunFolder
 from transfuse.budget import TimeLimitReached
-from transfuse.backbones.registry import create_backbone, resolve_options, short_name
+from transfuse.backbones.registry import create_backbone, is_raw_estimator, resolve_options, short_name
 from transfuse.config import TRAINING_STRATEGIES
 from transfuse.data.multimodal import dataset_for
 from transfuse.pipeline.plan import Planner
@@ -90,7 +90,7 @@ def run_singles(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
             timings[f"load:{short_name(bcfg.name)}"] = time.perf_counter() - t
         return loaded[bcfg.name]
 
-    for bcfg, strategy in singles_order(cfg, lambda b: getattr(load(b)[0], "is_raw_estimator", False)):
+    for bcfg, strategy in singles_order(cfg, lambda b: is_raw_estimator(b.name)):
         name = short_name(bcfg.name) if strategy is None else f"{short_name(bcfg.name)}/{strategy}"
         if follower and strategy not in TRAINING_STRATEGIES:
             continue  # nothing distributed (a raw baseline, a probe): rank 0 alone fits it
@@ -144,9 +144,12 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
     if strategy in TRAINING_STRATEGIES and planner.budget is not None:
         from transfuse.train.finetune import measure_step
 
-        cost = measure_step(backbone, train, n_classes, ft, getattr(cfg.augment, train.modality, None), cfg.seed)
-        epochs = planner.plan_finetune(name, cost, len(train), len(test), len(data.folds), ft.inner_val, ft.epochs,
-                                       reserve=fusion_reserve(cfg, run))
+        reserve = fusion_reserve(cfg, run)
+        epochs = None
+        if planner.too_late(name, len(data.folds), reserve) is False:
+            cost = measure_step(backbone, train, n_classes, ft, getattr(cfg.augment, train.modality, None), cfg.seed)
+            epochs = planner.plan_finetune(name, cost, len(train), len(test), len(data.folds), ft.inner_val,
+                                           ft.epochs, reserve=reserve)
         if epochs is None:
             reason = next(d["reason"] for d in reversed(planner.decisions) if d["name"] == name)
             console.print(f"[yellow]skip[/yellow] {name}: {reason}")

@@ -168,32 +168,38 @@ class StepCost:
 
 
 def measure_step(backbone: Backbone, train_ds: Dataset, n_classes: int, cfg: FinetuneConfig,
-                 augment: Any = None, seed: int = 0) -> StepCost:
-    """Time one real training step and one inference batch on the first rows of ``train_ds``
-    (a copy of the backbone; the second of two steps is timed, the first warms up kernels and
-    allocators): what the time-limit planner multiplies by the steps a fit will take."""
+                 augment: Any = None, seed: int = 0, rows: int = 8) -> StepCost:
+    """Time one real training step and one inference pass on the first ``rows`` items of
+    ``train_ds`` (a copy of the backbone; the second of two steps is timed, the first warms up
+    kernels and allocators), scaled linearly to ``cfg.batch_size`` (fixed per-step costs make that
+    an overestimate): what the time-limit planner multiplies by the steps a fit will take. Checks
+    the run's time limit between steps."""
+    from transfuse.budget import check
     from transfuse.train.cache import pick_device
 
     device = pick_device()
     bs = max(1, min(cfg.batch_size, len(train_ds)))
-    rows = train_ds.subset(range(bs))
+    b = max(1, min(rows, bs))
+    part = train_ds.subset(range(b))
     model = Classifier(copy.deepcopy(backbone), n_classes, cfg.dropout, cfg.freeze_bn).to(device)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=0.0)  # lr 0: the measured step changes nothing that matters
     times = []
     for _ in range(2):
+        check("measuring a fine-tuning step")
         t = time.perf_counter()
-        x, y = next(iter(make_loader(rows, model.backbone, train=True, batch_size=bs, augment=augment,
+        x, y = next(iter(make_loader(part, model.backbone, train=True, batch_size=b, augment=augment,
                                      num_workers=0, seed=seed)))
         loss = F.cross_entropy(model(model.backbone.batch_to(x, device)), y.to(device))
         opt.zero_grad()
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - t)
+    check("measuring a fine-tuning step")
     t = time.perf_counter()
-    model.predict_proba(rows, batch_size=bs)
+    model.predict_proba(part, batch_size=b)
     infer = time.perf_counter() - t
-    return StepCost(train_step=times[-1], infer_batch=infer, batch_size=bs)
+    return StepCost(train_step=times[-1] * bs / b, infer_batch=infer * bs / b, batch_size=bs)
 
 
 def fold_standardizer(

@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.utils.validation import check_is_fitted
 
-from transfuse.backbones.registry import SPECIAL
+from transfuse.backbones.registry import RAW_ESTIMATORS, SPECIAL
 from transfuse.errors import UserError
 
 #: ``format`` of :meth:`TfidfClassifier.to_state`'s parameters.
@@ -180,3 +180,4 @@ def _check_options(options: Mapping[str, Any]) -> None:
 
 
 SPECIAL.add("tfidf", make_tfidf)
+RAW_ESTIMATORS.add("tfidf")
