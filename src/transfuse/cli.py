@@ -50,6 +50,10 @@ def _echo_summary(report: dict[str, Any]) -> None:
 
     from transfuse.progress import console
 
+    if "follower" in report:  # a rank > 0 of a distributed run: rank 0 wrote the run folder
+        console.print(f"{report['follower']}: took part in {report['fits']} fine-tuning fit(s) of "
+                      f"{report['run_dir']}; rank 0 wrote the run folder", soft_wrap=True, highlight=False)
+        return
     table = Table(title=f"{report['name']}: candidates (chosen by CV {report['metric']})")
     for col in ("candidate", "kind", "CV mean ± std", "test acc", "test macro-F1"):
         table.add_column(col, no_wrap=True)

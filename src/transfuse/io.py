@@ -21,8 +21,28 @@ def _file_mode() -> int:
     return 0o666 & ~mask
 
 
+#: Why this process must not write (a follower rank of a distributed run), or None.
+_writes_forbidden: str | None = None
+
+
+def forbid_writes(reason: str | None) -> None:
+    """From now on every write through this module raises (``reason`` names the process, e.g.
+    ``"rank 1 of a distributed run"``); ``None`` allows writes again. A follower rank of a
+    distributed run sets it, so that a writer its pipeline forgot to skip fails loudly instead of
+    racing rank 0 for the same file."""
+    global _writes_forbidden
+    _writes_forbidden = reason
+
+
+def _check_writable(path: Path) -> None:
+    if _writes_forbidden is not None:
+        raise RuntimeError(f"internal error: {_writes_forbidden} must not write {str(path)!r} (only rank 0 "
+                           "writes the run folder and the caches)")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
+    _check_writable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -49,6 +69,7 @@ def copy_folder(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     import shutil
 
     src, dst = Path(src), Path(dst)
+    _check_writable(dst)
     dst.mkdir(parents=True)
     for p in sorted(src.rglob("*")):
         q = dst / p.relative_to(src)

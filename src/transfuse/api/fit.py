@@ -46,7 +46,7 @@ def _disk_source(path: Path, modality: str | None) -> tuple[str, str, str]:
 
 
 def _data_section(data: Any, labels: Sequence[Any] | None, modality: str | None, column: str | None,
-                  image_shape: tuple[int, int] | None, label: str, inputs_dir: Path,
+                  image_shape: tuple[int, int] | None, label: str, inputs_dir: Path, write: bool = True,
                   ) -> tuple[dict[str, Any], str]:
     """``data`` (+ ``labels``) -> the config's (source, path, options) and the modality."""
     if isinstance(data, (str, Path)) and labels is None:
@@ -69,7 +69,7 @@ def _data_section(data: Any, labels: Sequence[Any] | None, modality: str | None,
     if len(labels) != len(batch):
         raise UserError(f"{len(batch)} inputs but {len(labels)} labels; give one label per input")
     folder = inputs_dir / fingerprint(batch, labels)
-    source, path = write_dataset(batch, labels, folder)
+    source, path = write_dataset(batch, labels, folder, write)
     return {"source": source, "path": path, "options": {}}, batch.modality
 
 
@@ -83,13 +83,15 @@ def build_config(data: Any, labels: Sequence[Any] | None = None, *, out: str | P
     inputs are written under ``OUT/inputs/<content hash>/`` first)."""
     from transfuse.artifacts.store import RunFolder
     from transfuse.config import validate_config
-
     out = Path(out).resolve()
-    RunFolder(out).claim()  # ours to write in (a new, empty or run folder) before the inputs go in
-    section, modality = _data_section(data, labels, modality, column, image_shape, label, out / INPUTS_DIR)
+    write = ddp_follower(config) is None  # a distributed run: rank 0 alone writes (docs/distributed.md)
+    if write:
+        RunFolder(out).claim()  # ours to write in (a new, empty or run folder) before the inputs go in
+    section, modality = _data_section(data, labels, modality, column, image_shape, label, out / INPUTS_DIR, write)
     section["modality"] = modality
     if test_data is not None:
-        tsec, _ = _data_section(test_data, test_labels, modality, column, image_shape, label, out / INPUTS_DIR)
+        tsec, _ = _data_section(test_data, test_labels, modality, column, image_shape, label, out / INPUTS_DIR,
+                                write)
         section.update(test_source=tsec["source"], test_path=tsec["path"])
     raw: dict[str, Any] = {
         "name": name or out.name, "seed": seed, "data": section, "split": {"folds": folds},
@@ -103,6 +105,34 @@ def build_config(data: Any, labels: Sequence[Any] | None = None, *, out: str | P
     if image_size is not None:
         raw["preprocess"] = {"image_size": image_size}
     return validate_config(_merge(raw, config or {}), source="transfuse.fit")
+
+
+def _finetune_settings(config: Mapping[str, Any] | None) -> tuple[str, int | str, int]:
+    ft = dict(((config or {}).get("train") or {}).get("finetune") or {})
+    return ft.get("accelerator", "auto"), ft.get("devices", "auto"), ft.get("num_nodes", 1)
+
+
+def ddp_follower(config: Mapping[str, Any] | None) -> str | None:
+    """This process's rank label when it is a follower of the distributed fine-tune ``config``
+    asks for (its ``train.finetune`` section), else None."""
+    from transfuse.distributed import follower_label
+
+    return follower_label(*_finetune_settings(config))
+
+
+def _check_one_run_folder(strategies: Sequence[str] | None, config: Mapping[str, Any] | None,
+                          preset: str | None = None) -> None:
+    """Under DDP every process runs the caller's script (Lightning's launcher re-runs it): a default
+    run folder named by the clock would differ per process, so ``out`` must be given."""
+    from transfuse.config import TRAINING_STRATEGIES
+    from transfuse.distributed import planned_world_size
+
+    if not set(strategies or ()) & set(TRAINING_STRATEGIES) and preset is None:
+        return  # no fine-tuning (a preset may add some)
+    n = planned_world_size(*_finetune_settings(config))
+    if n > 1:
+        raise UserError(f"transfuse.fit: the fine-tuning runs on {n} processes (train.finetune.devices x num_nodes), "
+                        "each running this script: give out= (the same run folder, on storage every process sees)")
 
 
 def fit(data: Any, labels: Sequence[Any] | None = None, *, out: str | Path | None = None,
@@ -125,15 +155,19 @@ def fit(data: Any, labels: Sequence[Any] | None = None, *, out: str | Path | Non
     """
     import time
 
+    from transfuse.distributed import wait_for_rank0
     from transfuse.pipeline import run_experiment
 
     started = time.time()
 
     if out is None:
+        _check_one_run_folder(strategies, config, preset)
         out = Path("runs") / f"fit-{dt.datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
     cfg = build_config(data, labels, out=out, modality=modality, backbones=backbones, strategies=strategies,
                        folds=folds, test_data=test_data, test_labels=test_labels, image_size=image_size,
                        image_shape=image_shape, column=column, label=label, seed=seed, config=config,
                        time_limit=time_limit, preset=preset)
     run_experiment(cfg, cfg.output.dir, progress=progress, overwrite=overwrite, started=started)
+    if ddp_follower(config) is not None:  # the caller's script goes on as on rank 0, with rank 0's run
+        wait_for_rank0(Path(cfg.output.dir) / "report.json", f"the end of the run {cfg.output.dir}")
     return Run(cfg.output.dir)

@@ -283,12 +283,19 @@ def fingerprint(batch: Batch, labels: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def write_dataset(batch: Batch, labels: Sequence[str], folder: Path) -> tuple[str, str]:
+def write_dataset(batch: Batch, labels: Sequence[str], folder: Path, write: bool = True) -> tuple[str, str]:
     """Write ``batch`` with its labels under ``folder`` as a data source reads it; returns
     ``(source, path)``. Images in memory become PNG files (lossless), audio 32-bit float WAV files;
-    files given by path are listed, not copied."""
+    files given by path are listed, not copied. ``write=False`` (a follower rank of a distributed
+    run): nothing is written; it waits for rank 0's copy (the same content, in the same
+    content-addressed folder)."""
+    from transfuse.distributed import wait_for_rank0
     from transfuse.io import atomic_write_text
 
+    if not write:
+        f = folder / ("data.jsonl" if batch.modality == "text" else "manifest.csv")
+        wait_for_rank0(f, f"its inputs in {folder}")
+        return {"text": "text_table", "image": "manifest", "audio": "audio_manifest"}[batch.modality], str(f)
     folder.mkdir(parents=True, exist_ok=True)
     if batch.modality == "text":
         f = folder / "data.jsonl"

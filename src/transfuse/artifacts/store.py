@@ -226,14 +226,16 @@ class RunFolder:
         tmp.rename(self.model_dir)
         shutil.rmtree(old, ignore_errors=True)
 
-    def prepare_data(self, cfg: Any) -> Prepared:
+    def prepare_data(self, cfg: Any, write: bool = True) -> Prepared:
         """Load, validate (quarantine) and split the data of ``cfg`` (an ExperimentConfig); the split
-        is saved and reused on resume."""
+        is saved and reused on resume. ``write=False`` (a follower rank of a distributed run): the
+        saved split when there is one, else the same split made in memory; nothing is written."""
         from transfuse.data.splits import Splits, make_splits
         from transfuse.progress import console
 
         check_data_options(cfg)
-        self.claim(cfg)
+        if write:
+            self.claim(cfg)
 
         d = cfg.data
         data, test_data = load_sources(cfg)
@@ -244,8 +246,9 @@ class RunFolder:
         else:
             splits = make_splits(data, folds=cfg.split.folds, test_size=cfg.split.test_size,
                                  seed=cfg.seed, test_dataset=test_data)
-            splits.save(split_file)
-        for w in splits.warnings:
+            if write:
+                splits.save(split_file)
+        for w in splits.warnings if write else ():
             console.print(f"[yellow]warning:[/yellow] {w}")
         quarantined = list(data.quarantined) + (list(test_data.quarantined) if test_data else [])
         quarantined += list(splits.quarantined) + list(splits.test_quarantined)

@@ -14,12 +14,29 @@ import numpy as np
 
 from transfuse.artifacts.store import RunFolder, check_data_options
 from transfuse.config import ExperimentConfig, config_to_yaml
+from transfuse.distributed import follower_label, planned_world_size, wait_for_followers
 from transfuse.errors import UserError
-from transfuse.io import read_json
+from transfuse.io import atomic_write_json, read_json
+
+
+#: How long rank 0 waits, after its last candidate, for the ranks Lightning's launcher started
+#: from it: they have the same predictions left to make as rank 0 had after the last fit.
+FOLLOWER_WAIT_S = 3600.0
 
 
 def run_dir_for(cfg: ExperimentConfig) -> Path:
     return Path(cfg.output.dir or Path("runs") / cfg.name)
+
+
+def refuse_time_limit_under_ddp(cfg: ExperimentConfig) -> None:
+    """The time-limit planner decides by each process's clock (epochs that fit, candidates
+    stopped): under DDP the ranks could reach different fits, so the two do not go together."""
+    ft = cfg.train.finetune
+    n = planned_world_size(ft.accelerator, ft.devices, ft.num_nodes)
+    if n > 1:
+        raise UserError(f"budget.time_limit with distributed fine-tuning (train.finetune.devices x num_nodes = {n} "
+                        "processes): the planner decides by each process's clock, so the ranks could reach "
+                        "different fits; set train.finetune.devices: 1, or leave out the time limit")
 
 
 def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, progress: bool = True,
@@ -33,6 +50,8 @@ def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, pro
     from transfuse.pipeline.plan import Planner
 
     limit = cfg.budget.time_limit
+    if limit is not None:
+        refuse_time_limit_under_ddp(cfg)
     budget = Budget(limit, start=started) if limit is not None else None
     planner = Planner(budget, preset=cfg.budget.preset or ("medium" if limit is not None else None))
     with budgeted(budget):
@@ -48,6 +67,11 @@ def _run(cfg: ExperimentConfig, run_dir: str | Path | None, progress: bool, wrap
 
     check_data_options(cfg)
     run = RunFolder(run_dir if run_dir is not None else run_dir_for(cfg))
+    ft = cfg.train.finetune
+    if (who := follower_label(ft.accelerator, ft.devices, ft.num_nodes)) is not None:
+        from transfuse.pipeline.follow import follow_experiment
+
+        return follow_experiment(cfg, run, who, wrap)
     run.claim(cfg)
     run.start(config_to_yaml(cfg), overwrite=overwrite)
     t = t0 = time.perf_counter()
@@ -75,4 +99,10 @@ def _run(cfg: ExperimentConfig, run_dir: str | Path | None, progress: bool, wrap
     if cfg.fuse.enabled and (run.path / "fusion.json").exists():
         report["fusion"] = read_json(run.path / "fusion.json")  # members left out, with reasons
     finish(cfg, run, data, results, report)
+    # the ranks Lightning's launcher started from this process (torchrun waits for its own): after
+    # the report, which a follower of the Python API waits for before its script goes on
+    followers = [{"pid": pid, "exit_code": code} for pid, code in wait_for_followers(FOLLOWER_WAIT_S)]
+    if followers:
+        report["followers"] = followers
+        atomic_write_json(run.path / "report.json", report)
     return report

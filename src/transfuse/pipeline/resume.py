@@ -8,6 +8,7 @@ from typing import Any
 
 from transfuse.artifacts.store import CONFIG_FILE, RunFolder
 from transfuse.config import load_config
+from transfuse.distributed import is_follower
 from transfuse.errors import UserError
 from transfuse.pipeline import run_experiment
 from transfuse.pipeline.search import resume_searched
@@ -40,7 +41,8 @@ def resume(run_dir: str | Path, progress: bool = True, started: float | None = N
     if not run.config_file.exists():
         raise UserError(f"{str(run.path)!r} is not a transfuse run folder (no {CONFIG_FILE}); "
                         "give the folder a 'transfuse run' or 'transfuse fit' wrote")
-    absolute_data_paths(run)
+    if not is_follower():  # rank 0 alone rewrites the config (a follower reads it)
+        absolute_data_paths(run)
     cfg = load_config(run.config_file)
     if (run.path / SEARCH_DIR / "search.json").is_file():
         return resume_searched(cfg, run.path, progress)

@@ -12,9 +12,22 @@ from typing import Any
 
 from transfuse.backbones.registry import short_name
 from transfuse.config import ExperimentConfig
+from transfuse.distributed import planned_world_size
+from transfuse.errors import UserError
 from transfuse.pipeline import run_experiment
 from transfuse.search.nested import nested_search
 from transfuse.search.run import SEARCH_DIR, apply_best, run_search, search_inputs, search_report_block
+
+
+def refuse_distributed(cfg: ExperimentConfig) -> None:
+    """A searched run fine-tunes on one process: its trials and nested searches are not replayed
+    by DDP ranks (a search scales out with workers instead, docs/distributed.md)."""
+    ft = cfg.train.finetune
+    n = planned_world_size(ft.accelerator, ft.devices, ft.num_nodes)
+    if n > 1:
+        raise UserError(f"search.enabled with distributed fine-tuning (train.finetune.devices x num_nodes = {n} "
+                        "processes): a searched run fine-tunes on one device; set train.finetune.devices: 1, or "
+                        "scale the search out with 'transfuse search --worker' processes (docs/distributed.md)")
 
 
 def fit_with_search(cfg: ExperimentConfig, run_dir: str | Path, n_trials: int, storage: str | None = None,
@@ -23,6 +36,7 @@ def fit_with_search(cfg: ExperimentConfig, run_dir: str | Path, n_trials: int, s
     ``search.apply_best``), the searched candidates scored by nested CV. The report gets a
     ``search`` block: best parameters, per-stage counts, how the CV was made (``cv``), the nested
     candidates and the link to search.html."""
+    refuse_distributed(cfg)
     run_dir = Path(run_dir)
     inputs = search_inputs(cfg, run_dir, progress)
     res = run_search(cfg, run_dir, storage=storage, n_trials=n_trials, progress=progress, inputs=inputs)
@@ -34,6 +48,7 @@ def resume_searched(cfg: ExperimentConfig, run_dir: Path, progress: bool = True)
     the search itself is not rerun."""
     from transfuse.io import read_json
 
+    refuse_distributed(cfg)
     res = read_json(run_dir / SEARCH_DIR / "search.json")
     return run_searched(cfg, run_dir, res, search_inputs(cfg, run_dir, progress), progress)
 

@@ -67,11 +67,15 @@ def singles_order(cfg: Any, is_raw: Callable[[Any], bool]) -> list[tuple[Any, st
 
 def run_singles(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: bool,
                 timings: dict[str, float], wrap: dict[str, Callable[[Any], Any]] | None = None,
-                planner: Planner | None = None) -> tuple[list[CandidateResult], list[dict[str, str]]]:
+                planner: Planner | None = None, follower: bool = False
+                ) -> tuple[list[CandidateResult], list[dict[str, str]]]:
     """Every (backbone x strategy) candidate of ``cfg``: results and ``{name, reason}`` skipped.
     ``wrap[name]`` replaces candidate ``name``'s strategy by ``wrap[name](strategy)`` (a searched
     candidate: the search runs inside each fold). ``planner``: under a time limit, fine-tunes run
-    with the epochs that fit and a candidate stopped by the deadline is left out (listed)."""
+    with the epochs that fit and a candidate stopped by the deadline is left out (listed).
+    ``follower`` (a rank > 0 of a distributed run): only the unfinished fine-tuning candidates are
+    cross-fitted, in the same order as on rank 0, so that every rank reaches the same
+    ``Trainer.fit`` calls; nothing is saved or returned."""
     planner = planner or Planner(None)
     results: list[CandidateResult] = []
     skipped: list[dict[str, str]] = []
@@ -88,6 +92,8 @@ def run_singles(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
 
     for bcfg, strategy in singles_order(cfg, lambda b: is_raw_estimator(b.name)):
         name = short_name(bcfg.name) if strategy is None else f"{short_name(bcfg.name)}/{strategy}"
+        if follower and strategy not in TRAINING_STRATEGIES:
+            continue  # nothing distributed (a raw baseline, a probe): rank 0 alone fits it
         done = run.done(name)
         if done is not None:
             console.print(f"[dim]resume: {name} already done (cv {done.cv_mean:.4f})[/dim]")
@@ -97,7 +103,7 @@ def run_singles(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
         try:
             budget.check("before it started")
             res = _run_single(cfg, run, data, cache, progress, timings, wrap, planner, bcfg, strategy, name,
-                              *load(bcfg), feats, skipped)
+                              *load(bcfg), feats, skipped, follower)
         except TimeLimitReached as e:
             reason = f"stopped at the time limit ({e.where})" if e.where != "before it started" else \
                 "not started: the time limit was reached"
@@ -115,8 +121,9 @@ def run_singles(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
 def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: bool, timings: dict[str, float],
                 wrap: dict[str, Callable[[Any], Any]] | None, planner: Planner, bcfg: Any, strategy: str | None,
                 name: str, backbone: Any, opts: dict[str, Any], feats: dict[str, tuple[np.ndarray, np.ndarray]],
-                skipped: list[dict[str, str]]) -> CandidateResult | None:
-    """One candidate: cross-fitted, saved, its result (None: skipped, reason in ``skipped``)."""
+                skipped: list[dict[str, str]], follower: bool = False) -> CandidateResult | None:
+    """One candidate: cross-fitted, saved, its result (None: skipped, reason in ``skipped``;
+    ``follower``: cross-fitted only)."""
     y, classes = data.train.labels, list(data.train.classes)
     n_classes, metric, bs = len(classes), cfg.evaluate.metric, cfg.train.embed_batch_size
     raw = strategy is None
@@ -164,6 +171,8 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
     if wrap and name in wrap:
         strat = wrap[name](strat)
     cv = cross_fit(strat, y, data.folds, n_classes, metric, cfg.seed)
+    if follower:
+        return None
     spec = ModelSpec(kind="probe", candidate=name, modality=train.modality, classes=classes, strategy=strategy)
     folder = run.candidate_dir(name)
     if raw:

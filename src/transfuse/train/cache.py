@@ -41,8 +41,11 @@ def pick_device() -> torch.device:
 class FeatureCache:
     """Features on disk, addressed by backbone cache key and item content hash."""
 
-    def __init__(self, root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None, read_only: bool = False):
         self.root = Path(root) if root is not None else feature_cache_dir()
+        #: read what is cached, keep what is computed in memory (a follower rank of a distributed
+        #: run: rank 0 writes the cache)
+        self.read_only = read_only
         self.last = EmbedStats()
         #: Features computed while the disk could not take them (read-only or full): kept here
         #: for the rest of the run, so they are computed once.
@@ -97,7 +100,10 @@ class FeatureCache:
         return have
 
     def _write(self, folder: Path, backbone: Backbone, new_hashes: list[str], feats: np.ndarray) -> None:
-        """Add a shard; a read-only or full disk keeps the features in memory instead."""
+        """Add a shard; a read-only cache or a read-only or full disk keeps the features in memory instead."""
+        if self.read_only:
+            self._memory.setdefault(folder, {}).update(zip(new_hashes, feats.astype(np.float32)))
+            return
         try:
             folder.mkdir(parents=True, exist_ok=True)
             meta = folder / "meta.json"

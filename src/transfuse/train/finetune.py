@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -31,6 +32,7 @@ from torch import nn
 from transfuse.backbones.base import Backbone
 from transfuse.config import FinetuneConfig
 from transfuse.data.base import Dataset
+from transfuse.distributed import following, keep_followers, wait_for_rank0
 from transfuse.errors import UserError
 from transfuse.io import (
     atomic_save_npz,
@@ -242,6 +244,8 @@ class FinetuneResult:
     seconds: float
     initial: dict[str, float] = field(default_factory=dict)
     resumed_from_epoch: int = 0
+    #: processes that trained it together (DDP: devices x nodes)
+    world_size: int = 1
 
 
 def _module_class() -> type:
@@ -265,6 +269,12 @@ def _module_class() -> type:
             self._train = torch.zeros(2)  # loss sum, count
             self._val = torch.zeros(3)  # loss sum, correct, count
             self.validate = True
+            self.fit_key: dict[str, Any] = {}
+            self.n_val = 0  # validation rows (the whole set, over all ranks)
+            self._val_left = 0
+
+        def on_fit_start(self) -> None:
+            check_same_fit(self.fit_key, self.trainer.world_size)
 
         def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
             x, y = batch
@@ -289,10 +299,17 @@ def _module_class() -> type:
 
         def on_validation_epoch_start(self) -> None:
             self._val = torch.zeros(3, device=self.device)
+            # under DDP, Lightning's DistributedSampler pads the validation set to a multiple of the
+            # ranks by repeating its first rows, which land last on their ranks: count each row once
+            w, r = self.trainer.world_size, self.trainer.global_rank
+            self._val_left = self.n_val if w <= 1 else max(0, -(-(self.n_val - r) // w))
 
         def validation_step(self, batch: Any, batch_idx: int) -> None:
             x, y = batch
             logits = self.model(x).float()
+            keep = min(y.numel(), self._val_left)
+            self._val_left -= keep
+            logits, y = logits[:keep], y[:keep]
             self._val += torch.stack([F.cross_entropy(logits, y, reduction="sum"),
                                       (logits.argmax(-1) == y).sum().float(), y.new_tensor(y.numel()).float()])
 
@@ -391,12 +408,14 @@ def finetune(
     weight = resolve_class_weights(cfg.class_weight, train_ds.labels, n_classes)
     module = _module_class()(model, cfg, weight)
     module.validate = validate
+    module.n_val = len(val_ds) if validate else 0
+    last = out / CKPT_DIR / "last.ckpt"
+    module.fit_key = fit_key(out, cfg, n_classes, seed, backbone, train_ds, val_ds, last.is_file())
 
     pin = _uses_cuda(cfg.accelerator)
     loaders = [make_loader(ds, model.backbone, train=train, batch_size=cfg.batch_size, augment=augment,
                            num_workers=cfg.num_workers, pin_memory=pin, seed=seed)
                for ds, train in ((train_ds, True), (val_ds, False)) if ds is not None]
-    last = out / CKPT_DIR / "last.ckpt"
     deterministic_state = (torch.are_deterministic_algorithms_enabled(),
                            torch.is_deterministic_algorithms_warn_only_enabled())
     try:
@@ -407,6 +426,9 @@ def finetune(
             trainer.fit(module, *loaders, ckpt_path=last if last.is_file() else None, weights_only=True)
     finally:
         torch.use_deterministic_algorithms(deterministic_state[0], warn_only=deterministic_state[1])
+    keep_followers(trainer)  # the ranks Lightning's launcher started (rank 0 waits for them at the end)
+    global _fits_joined
+    _fits_joined += 1
 
     best_path = Path(ckpt_cb.best_model_path or out / CKPT_DIR / "best.ckpt")
     best = torch.load(best_path, map_location="cpu", weights_only=True)
@@ -420,10 +442,55 @@ def finetune(
     result = FinetuneResult(model=model, history=history, best_epoch=best_epoch,
                             best_score=float(history[best_epoch - 1][score_key]), val_proba=val_proba,
                             seconds=time.perf_counter() - start, initial=module.initial,
-                            resumed_from_epoch=module.resumed_from_epoch)
+                            resumed_from_epoch=module.resumed_from_epoch, world_size=trainer.world_size)
     if trainer.is_global_zero:
         _save_finished(out, result, cfg)
     return result
+
+
+_fits_joined = 0
+
+
+def fits_joined() -> int:
+    """How many ``Trainer.fit`` calls this process has run (fits loaded from a finished folder
+    are not counted): a follower rank reports it."""
+    return _fits_joined
+
+
+def _rows_digest(ds: Dataset | None) -> str | None:
+    if ds is None:
+        return None
+    h = hashlib.sha256()
+    for i, label in zip(getattr(ds, "ids", None) or range(len(ds)), np.asarray(ds.labels).tolist()):
+        h.update(f"{i}:{label};".encode())
+    return h.hexdigest()[:16]
+
+
+def fit_key(out: Path, cfg: FinetuneConfig, n_classes: int, seed: int, backbone: Backbone, train_ds: Dataset,
+            val_ds: Dataset | None, resuming: bool) -> dict[str, Any]:
+    """What identifies one fit across the ranks of a distributed run: its folder (the last two
+    parts: candidate and fold, the same on every machine), its settings, its rows, and whether it
+    resumes a checkpoint."""
+    return {"fit": "/".join(out.parts[-2:]), "settings": json.loads(json.dumps(
+        _signature(cfg, n_classes, seed, backbone))), "train rows": _rows_digest(train_ds),
+        "validation rows": _rows_digest(val_ds), "resumes a checkpoint": resuming}
+
+
+def check_same_fit(key: dict[str, Any], world_size: int) -> None:
+    """Under DDP, every rank must be at the same fit with the same rows: the ranks compare their
+    :func:`fit_key` (``all_gather_object``) before the first step; a difference is a one-line
+    error on every rank instead of a fit that silently trains on different data per rank."""
+    if world_size <= 1 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return
+    keys: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(keys, key)
+    for r, k in enumerate(keys):
+        if k != keys[0]:
+            diff = [f for f in keys[0] if k.get(f) != keys[0][f]]
+            raise UserError(
+                f"rank {r} is not at the same fine-tuning fit as rank 0 (differs in: {', '.join(diff)}; rank 0 at "
+                f"{keys[0]['fit']!r}, rank {r} at {k['fit']!r}); start every rank with the same command, config "
+                "and data, with the run folder on storage all of them see (docs/distributed.md)")
 
 
 @contextlib.contextmanager
@@ -516,6 +583,8 @@ def _check_signature(out: Path, cfg: FinetuneConfig, n_classes: int, seed: int, 
     """Refuse to resume or reuse a folder made with other settings; record them for a new fit."""
     sig = json.loads(json.dumps(_signature(cfg, n_classes, seed, backbone)))
     path = out / SIGNATURE
+    if following():  # rank 0 writes the settings just before its fit: the ranks meet there
+        wait_for_rank0(path, f"the fine-tune in {out}")
     if path.is_file():
         old = read_json(path)
         if old != sig:
@@ -539,6 +608,7 @@ def _save_finished(out: Path, result: FinetuneResult, cfg: FinetuneConfig) -> No
         "finished": True, "monitor": cfg.monitor, "best_epoch": result.best_epoch,
         "best_score": result.best_score, "history": result.history, "initial": result.initial,
         "seconds": result.seconds, "resumed_from_epoch": result.resumed_from_epoch,
+        "world_size": result.world_size,
     })
 
 
@@ -561,5 +631,6 @@ def _load_finished(out: Path, backbone: Backbone, n_classes: int, cfg: FinetuneC
     return FinetuneResult(model=model, history=info["history"], best_epoch=int(info["best_epoch"]),
                           best_score=float(info["best_score"]), val_proba=val_proba,
                           seconds=float(info["seconds"]), initial=info.get("initial", {}),
-                          resumed_from_epoch=int(info.get("resumed_from_epoch", 0)))
+                          resumed_from_epoch=int(info.get("resumed_from_epoch", 0)),
+                          world_size=int(info.get("world_size", 1)))
 
