@@ -183,3 +183,29 @@ def test_no_step_is_measured_when_not_even_the_fixed_costs_fit():
     assert p.too_late("bb/lp_ft", 3, reserve=0) is True
     assert p.decisions == [{"name": "bb/lp_ft", "action": "skip",
                             "reason": f"needs at least {SAFETY * 2.0 * 4:.0f} s (3 folds + refit), 5 s left"}]
+
+
+@pytest.mark.real
+def test_a_backbone_whose_embedding_is_stopped_runs_none_of_its_strategies(tmp_path: Path, monkeypatch):
+    """Embedding stopped by the time limit (its measured pace could not finish): the probe is
+    stopped, LP-FT of the same backbone is not started (no fit of it could finish either), and the
+    run still finishes with the pixel baseline."""
+    from transfuse.pipeline import run_experiment
+    from transfuse.train.cache import FeatureCache
+
+    def stopped(self, backbone, *a, **k):
+        raise TimeLimitReached(f"embed {backbone.spec} (about 500 s more needed, 40 s left)", 3600)
+
+    monkeypatch.setattr(FeatureCache, "embed", stopped)
+    data = write_digits_folder(tmp_path / "digits", per_class=10)
+    cfg = validate_config({
+        "name": "budget", "data": {"source": "folder", "path": str(data), "modality": "image"},
+        "split": {"folds": 2}, "preprocess": {"image_size": 32}, "backbones": ["bundled:efficientnet_lite0"],
+        "budget": {"time_limit": 3600}, "output": {"dir": str(tmp_path / "run")}})
+    rep = run_experiment(cfg, progress=False)
+    assert [c["name"] for c in rep["candidates"]] == ["pixels"] and rep["chosen"] == "pixels"
+    assert rep["skipped"] == [
+        {"name": "efficientnet_lite0/linear_probe", "reason": "stopped at the time limit (embed "
+         "bundled:efficientnet_lite0 (about 500 s more needed, 40 s left))"},
+        {"name": "efficientnet_lite0/lp_ft",
+         "reason": "not started: embedding with bundled:efficientnet_lite0 was stopped at the time limit"}]

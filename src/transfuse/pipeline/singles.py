@@ -81,6 +81,7 @@ def run_singles(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
     skipped: list[dict[str, str]] = []
     loaded: dict[str, tuple[Any, dict[str, Any]]] = {}
     feats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    unembedded: set[str] = set()  # backbones whose embedding the time limit stopped
 
     def load(bcfg: Any) -> tuple[Any, dict[str, Any]]:
         if bcfg.name not in loaded:
@@ -99,6 +100,12 @@ def run_singles(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
             console.print(f"[dim]resume: {name} already done (cv {done.cv_mean:.4f})[/dim]")
             results.append(done)
             continue
+        if bcfg.name in unembedded:  # one pass over the data did not fit: no fit of it will
+            reason = f"not started: embedding with {bcfg.name} was stopped at the time limit"
+            console.print(f"[yellow]skip[/yellow] {name}: {reason}")
+            skipped.append({"name": name, "reason": reason})
+            planner.note(name, "skip", reason)
+            continue
         t = time.perf_counter()
         try:
             budget.check("before it started")
@@ -111,6 +118,8 @@ def run_singles(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
             skipped.append({"name": name, "reason": reason})
             planner.note(name, "stopped", reason)
             run.discard_work(name)
+            if e.where.startswith("embed"):
+                unembedded.add(bcfg.name)
             continue
         if res is not None:
             results.append(res)
