@@ -209,3 +209,16 @@ def test_a_backbone_whose_embedding_is_stopped_runs_none_of_its_strategies(tmp_p
          "bundled:efficientnet_lite0 (about 500 s more needed, 40 s left))"},
         {"name": "efficientnet_lite0/lp_ft",
          "reason": "not started: embedding with bundled:efficientnet_lite0 was stopped at the time limit"}]
+
+
+def test_the_fusion_reserve_counts_the_probes_fits_without_their_embedding():
+    from transfuse.pipeline.singles import fusion_reserve
+
+    cfg = validate_config({"backbones": ["bundled:minilm_l6", "bundled:minilm_l3", "tfidf"],
+                           "data": {"modality": "text"}})
+    timings = {"embed:minilm_l6": 80.0, "candidate:minilm_l6/linear_probe": 84.0,
+               "embed:minilm_l3": 30.0, "candidate:minilm_l3/linear_probe": 32.0, "candidate:tfidf": 9.0}
+    assert fusion_reserve(cfg, timings) == pytest.approx(1.5 * (4.0 + 2.0) + 0.5 * 4)
+    assert fusion_reserve(cfg, {}) == 2.0
+    off = validate_config({"backbones": ["bundled:minilm_l6"], "fuse": {"enabled": False}})
+    assert fusion_reserve(off, timings) == 0.0

@@ -153,7 +153,7 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
     if strategy in TRAINING_STRATEGIES and planner.budget is not None:
         from transfuse.train.finetune import measure_step
 
-        reserve = fusion_reserve(cfg, run)
+        reserve = fusion_reserve(cfg, timings)
         epochs = None
         if planner.too_late(name, len(data.folds), reserve) is False:
             cost = measure_step(backbone, train, n_classes, ft, getattr(cfg.augment, train.modality, None), cfg.seed)
@@ -208,10 +208,14 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
     return res
 
 
-def fusion_reserve(cfg: Any, run: RunFolder) -> float:
-    """Seconds to keep for the fusions when planning a fine-tune: the probes' measured fit times
-    (a feature fusion fits a head over all of them, the ensembles are cheaper), at least 2 s."""
+def fusion_reserve(cfg: Any, timings: dict[str, float]) -> float:
+    """Seconds to keep for the fusions when planning a fine-tune: 1.5x the probes' measured fit
+    times without their embedding (a feature fusion fits one head over all of their cached
+    features; the ensembles are cheaper), plus 0.5 s per ensemble, at least 2 s."""
     if not cfg.fuse.enabled:
         return 0.0
-    probes = [r for r in (run.done(f"{short_name(b.name)}/linear_probe") for b in cfg.backbones) if r is not None]
-    return max(2.0, 1.5 * sum(r.fit_seconds or 0.0 for r in probes) + 0.5 * len(cfg.fuse.ensembles))
+    probes = 0.0
+    for b in cfg.backbones:
+        short = short_name(b.name)
+        probes += max(0.0, timings.get(f"candidate:{short}/linear_probe", 0.0) - timings.get(f"embed:{short}", 0.0))
+    return max(2.0, 1.5 * probes + 0.5 * len(cfg.fuse.ensembles))
