@@ -109,6 +109,17 @@ def planned_world_size(accelerator: str, devices: int | str, num_nodes: int) -> 
     return int(devices) * int(num_nodes)
 
 
+def refuse_under_ddp(ft: Any, key: str, why: str, fix: str) -> None:
+    """One-line refusal of ``key`` when the fine-tuning section ``ft`` runs on several processes:
+    ``"{key} with distributed fine-tuning (... = N processes): {why}; {fix}"``."""
+    from transfuse.errors import UserError
+
+    n = planned_world_size(ft.accelerator, ft.devices, ft.num_nodes)
+    if n > 1:
+        raise UserError(f"{key} with distributed fine-tuning (train.finetune.devices x num_nodes = {n} "
+                        f"processes): {why}; {fix}")
+
+
 def wait_for_rank0(path: Path, what: str, poll_s: float = 0.5) -> None:
     """Block until rank 0 has written ``path`` (on storage every rank sees). A follower waits here,
     not inside a collective: a collective gives up after the process group's timeout (30 min),

@@ -14,7 +14,7 @@ import numpy as np
 
 from transfuse.artifacts.store import RunFolder, check_data_options
 from transfuse.config import ExperimentConfig, config_to_yaml
-from transfuse.distributed import follower_label, planned_world_size, wait_for_followers
+from transfuse.distributed import follower_label, refuse_under_ddp, wait_for_followers
 from transfuse.errors import UserError
 from transfuse.io import atomic_write_json, read_json
 
@@ -31,12 +31,8 @@ def run_dir_for(cfg: ExperimentConfig) -> Path:
 def refuse_time_limit_under_ddp(cfg: ExperimentConfig) -> None:
     """The time-limit planner decides by each process's clock (epochs that fit, candidates
     stopped): under DDP the ranks could reach different fits, so the two do not go together."""
-    ft = cfg.train.finetune
-    n = planned_world_size(ft.accelerator, ft.devices, ft.num_nodes)
-    if n > 1:
-        raise UserError(f"budget.time_limit with distributed fine-tuning (train.finetune.devices x num_nodes = {n} "
-                        "processes): the planner decides by each process's clock, so the ranks could reach "
-                        "different fits; set train.finetune.devices: 1, or leave out the time limit")
+    refuse_under_ddp(cfg.train.finetune, "budget.time_limit", "the planner decides by each process's clock, so "
+                     "the ranks could reach different fits", "set train.finetune.devices: 1, or leave out the time limit")
 
 
 def run_experiment(cfg: ExperimentConfig, run_dir: str | Path | None = None, progress: bool = True,

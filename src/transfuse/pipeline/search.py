@@ -12,8 +12,7 @@ from typing import Any
 
 from transfuse.backbones.registry import short_name
 from transfuse.config import ExperimentConfig
-from transfuse.distributed import planned_world_size
-from transfuse.errors import UserError
+from transfuse.distributed import refuse_under_ddp
 from transfuse.pipeline import run_experiment
 from transfuse.search.nested import nested_search
 from transfuse.search.run import SEARCH_DIR, apply_best, run_search, search_inputs, search_report_block
@@ -22,12 +21,9 @@ from transfuse.search.run import SEARCH_DIR, apply_best, run_search, search_inpu
 def refuse_distributed(cfg: ExperimentConfig) -> None:
     """A searched run fine-tunes on one process: its trials and nested searches are not replayed
     by DDP ranks (a search scales out with workers instead, docs/distributed.md)."""
-    ft = cfg.train.finetune
-    n = planned_world_size(ft.accelerator, ft.devices, ft.num_nodes)
-    if n > 1:
-        raise UserError(f"search.enabled with distributed fine-tuning (train.finetune.devices x num_nodes = {n} "
-                        "processes): a searched run fine-tunes on one device; set train.finetune.devices: 1, or "
-                        "scale the search out with 'transfuse search --worker' processes (docs/distributed.md)")
+    refuse_under_ddp(cfg.train.finetune, "search.enabled", "a searched run fine-tunes on one device",
+                     "set train.finetune.devices: 1, or scale the search out with 'transfuse search --worker' "
+                     "processes (docs/distributed.md)")
 
 
 def fit_with_search(cfg: ExperimentConfig, run_dir: str | Path, n_trials: int, storage: str | None = None,
