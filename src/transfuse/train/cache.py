@@ -118,6 +118,11 @@ class FeatureCache:
             self._warn("write to it", e)
             self._memory.setdefault(folder, {}).update(zip(new_hashes, feats.astype(np.float32)))
 
+    def missing(self, backbone: Backbone, dataset: Dataset) -> int:
+        """How many distinct items of ``dataset`` the cache lacks for ``backbone``."""
+        table = self._read(self.folder(backbone))
+        return len({h for h in dataset.item_hashes() if h not in table})
+
     def embed(self, backbone: Backbone, dataset: Dataset, batch_size: int = 64,
               progress: bool = False) -> np.ndarray:
         """Features of every item of ``dataset``, shape ``(len(dataset), feature_dim)``."""
