@@ -31,6 +31,28 @@ def test_soften_and_kd_loss_match_hand_computation():
     assert kd_loss(z, torch.as_tensor(q), y, T, a).item() == pytest.approx(want, rel=1e-10)
 
 
+@pytest.mark.parametrize("T, alpha", [(1.0, 0.0), (2.0, 0.3), (4.0, 1.0)])
+def test_student_objective_is_kd_loss_with_its_autograd_gradient(T, alpha):
+    """The numpy objective the student minimises: value and gradient equal torch's kd_loss (plus
+    the L2 term) and its autograd gradient at random weights, with unlabelled rows."""
+    from transfuse.fuse.distill import kd_objective
+
+    rng = np.random.default_rng(1)
+    n, d, c, wd = 12, 5, 3, 0.3
+    Z, q = rng.normal(size=(n, d)), rng.dirichlet(np.ones(c), n)
+    y = rng.integers(0, c, n)
+    y[:4] = -1
+    soft = soften(q, T)
+    w = rng.normal(size=(d + 1) * c)
+    value, grad = kd_objective(Z, soft.numpy(), y, T, alpha, wd, c)(w)
+    W = torch.tensor(w[:d * c].reshape(c, d), requires_grad=True)
+    b = torch.tensor(w[d * c:], requires_grad=True)
+    want = kd_loss(torch.as_tensor(Z) @ W.T + b, soft, torch.as_tensor(y), T, alpha) + 0.5 * wd * (W**2).sum()
+    want.backward()
+    assert value == pytest.approx(want.item(), rel=1e-12)
+    assert np.abs(grad - np.concatenate([W.grad.numpy().ravel(), b.grad.numpy()])).max() < 1e-12
+
+
 @pytest.fixture(scope="module")
 def digits():
     d = load_digits()

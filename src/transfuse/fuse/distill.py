@@ -45,6 +45,43 @@ def kd_loss(logits: torch.Tensor, soft_t: torch.Tensor, y: torch.Tensor, tempera
     return loss.mean()
 
 
+def _unpack(w: np.ndarray, d: int, c: int) -> tuple[np.ndarray, np.ndarray]:
+    return w[:d * c].reshape(c, d), w[d * c:]
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def kd_objective(Z: np.ndarray, soft_t: np.ndarray, y: np.ndarray, temperature: float, alpha: float,
+                 weight_decay: float, n_classes: int):
+    """``w -> (loss, gradient)`` of :func:`kd_loss` of the linear map ``Z W^T + b`` (``w`` = W
+    flattened, then b) plus ``weight_decay / 2 * |W|^2``. The gradient of the soft term with
+    respect to the logits is ``(1 - alpha) * T * (softmax(z / T) - soft_t)``, of the hard term
+    ``alpha * (softmax(z) - onehot(y))`` on labelled rows; both over the number of rows."""
+    n, d = Z.shape
+    T, labelled = float(temperature), y >= 0
+    onehot = np.zeros((n, n_classes))
+    onehot[np.flatnonzero(labelled), y[labelled]] = 1.0
+
+    def f(w: np.ndarray) -> tuple[float, np.ndarray]:
+        W, b = _unpack(w, d, n_classes)
+        z = Z @ W.T + b
+        ls_t = _log_softmax(z / T)
+        loss = (1 - alpha) * T * T * -(soft_t * ls_t).sum(axis=1)
+        g = (1 - alpha) * T * (np.exp(ls_t) - soft_t)
+        if alpha > 0:
+            ls = _log_softmax(z)
+            loss = loss + alpha * np.where(labelled, -(onehot * ls).sum(axis=1), 0.0)
+            g = g + alpha * labelled[:, None] * (np.exp(ls) - onehot)
+        g /= n
+        value = float(loss.mean() + 0.5 * weight_decay * (W**2).sum())
+        return value, np.concatenate([(g.T @ Z + weight_decay * W).ravel(), g.sum(axis=0)])
+
+    return f
+
+
 def _check(X: np.ndarray, teacher: np.ndarray, y: np.ndarray, n_classes: int) -> None:
     if teacher.shape != (len(X), n_classes) or not np.isfinite(teacher).all():
         raise UserError(f"teacher probabilities must be finite with shape ({len(X)}, {n_classes}); "
@@ -65,7 +102,9 @@ class DistilledProbe:
         self.weight_decay, self.max_iter, self.seed = weight_decay, max_iter, seed
 
     def fit(self, X: np.ndarray, teacher: np.ndarray, y: np.ndarray | None = None) -> DistilledProbe:
-        from transfuse.train.heads import cpu_threads, fit_full_batch, standardizer
+        from scipy.optimize import minimize
+
+        from transfuse.train.heads import standardizer
 
         X = np.asarray(X, np.float64)
         teacher = np.asarray(teacher, np.float64)
@@ -75,19 +114,19 @@ class DistilledProbe:
         # 3 constant feature columns got scales of 3e-9 and the raw-feature head weights of 2e7,
         # which one fine-tuning step at lr 1e-5 turned into chance accuracy)
         self.mean_, self.scale_ = standardizer(X)
-        Z = torch.as_tensor((X - self.mean_) / self.scale_)
-        soft, yt = soften(teacher, self.temperature), torch.as_tensor(y)
-        with torch.random.fork_rng(devices=[]), cpu_threads(X.size):
-            torch.manual_seed(self.seed)
-            lin = torch.nn.Linear(X.shape[1], self.n_classes).double()
-            torch.nn.init.zeros_(lin.weight)
-            torch.nn.init.zeros_(lin.bias)
-
-            def loss_fn() -> torch.Tensor:
-                return (kd_loss(lin(Z), soft, yt, self.temperature, self.alpha)
-                        + 0.5 * self.weight_decay * (lin.weight**2).sum())
-
-            self.loss_ = fit_full_batch(lin, loss_fn, optimizer="lbfgs", max_iter=self.max_iter, lr=1.0)
+        Z = (X - self.mean_) / self.scale_
+        objective = kd_objective(Z, soften(teacher, self.temperature).numpy(), y, self.temperature, self.alpha,
+                                 self.weight_decay, self.n_classes)
+        # convex (softmax cross-entropies of a linear map, L2): L-BFGS from zero weights, in numpy
+        # with the analytic gradient (3x faster than torch's autograd L-BFGS on these small problems)
+        r = minimize(objective, np.zeros((X.shape[1] + 1) * self.n_classes), jac=True, method="L-BFGS-B",
+                     options={"maxiter": self.max_iter, "gtol": 1e-7, "ftol": 1e-10, "maxcor": 20})
+        W, b = _unpack(r.x, X.shape[1], self.n_classes)
+        lin = torch.nn.Linear(X.shape[1], self.n_classes).double()
+        with torch.no_grad():
+            lin.weight.copy_(torch.as_tensor(W))
+            lin.bias.copy_(torch.as_tensor(b))
+        self.loss_ = float(r.fun)
         self.linear_ = lin.eval()
         return self
 
