@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated feature cache, small real image folders, a throw-away PostgreSQL."""
+"""Shared fixtures: an isolated feature cache, small real image folders, a throw-away PostgreSQL,
+a ``transfuse serve`` subprocess."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +65,46 @@ def predict_test_split(run: Path) -> np.ndarray:
     files = [data.items[i] for i in splits["test_idx"]]
     p = cli("predict", str(run), *files, "--json")
     return np.array([[row["proba"][c] for c in data.classes] for row in map(json.loads, p.stdout.splitlines())])
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``transfuse serve RUN ARGS`` in a subprocess on a free loopback port, up once ``/health``
+    answers (its answer: ``health``); ``stop()`` ends it."""
+
+    def __init__(self, run: Path, *args: str):
+        import httpx
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "transfuse.cli", "serve", str(run), "--port",
+                                      str(self.port), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                self.health = httpx.get(self.url + "/health", timeout=2).json()
+                return
+            except httpx.TransportError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise AssertionError(f"server did not start:\n{self.proc.stdout.read()[-3000:]}") from None
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
 
 
 def run_config(cfg: dict) -> Path:

@@ -251,3 +251,66 @@ def test_the_fusion_reserve_counts_the_probes_fits_without_their_embedding():
     assert fusion_reserve(cfg, {}) == 2.0
     off = validate_config({"backbones": ["bundled:minilm_l6"], "fuse": {"enabled": False}})
     assert fusion_reserve(off, timings) == 0.0
+
+
+class _PacedCache:
+    """A feature cache whose embedding takes ``pace`` seconds per item on a fake clock."""
+
+    def __init__(self, clock: Clock, pace: float):
+        self.clock, self.pace, self.embedded = clock, pace, []
+
+    def missing(self, backbone, dataset) -> int:
+        return len(dataset)
+
+    def embed(self, backbone, dataset, batch_size=64, progress=False):
+        self.clock.t += self.pace * len(dataset)
+        self.embedded.append(len(dataset))
+
+
+class _Sized:
+    modality, spec = "image", "fake"
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def preprocess_config(self):
+        return {"input_size": [3, self.size, self.size]}
+
+
+@pytest.mark.parametrize("limit, want", [(1000, 224), (100, 192), (60, 160), (30, 96), (20, 96)])
+def test_the_image_size_shrinks_until_embedding_fits_half_the_time_left(monkeypatch, limit, want):
+    """1,000 items at 0.05 s each, 48 of them measured: about 47.6 s more at 224 px, the forward
+    cost taken as proportional to the pixels. 60 s limit, 5 s reserve, 2.4 s measuring: 52.6 s
+    left, half of it 26.3 s: 192 px would take 35.0 s, 160 px 24.3 s -> 160. At 20 s not even
+    96 px fits: the smallest size is kept and the embedding's own projection decides."""
+    import types
+
+    from transfuse.data.base import Dataset
+    from transfuse.pipeline.plan import EMBED_SHARE, FALLBACK_SIZES, plan_image_size
+
+    clock = Clock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    cache = _PacedCache(clock, 0.05)
+    items = [f"{i}.png" for i in range(1000)]
+    train = Dataset("image", items[:800], [0, 1] * 400, ["a", "b"], items[:800])
+    test = Dataset("image", items[800:], [0, 1] * 100, ["a", "b"], items[800:])
+    cfg = validate_config({"backbones": ["bundled:efficientnet_lite0", "pixels"],
+                           "data": {"modality": "image"}})
+    built = []
+    planner = Planner(Budget(limit, start=0.0, reserve=5, clock=clock))
+    new, loaded = plan_image_size(cfg, types.SimpleNamespace(train=train, test=test), planner, cache,
+                                  lambda b, c: built.append(b.name) or (_Sized(224), {}))
+    assert built == ["bundled:efficientnet_lite0"] and cache.embedded == [16, 32]  # warm-up, then the pace
+    left = limit - 5 - 0.05 * 48
+    seconds = 0.05 * (1000 - 48)  # the measured items are cached
+    d = planner.decisions[-1]
+    assert d["image_size"] == want and (new.preprocess.image_size or 224) == want
+    if want == 224:
+        assert loaded and d["reason"] == f"224 px: embedding takes about {seconds:.0f} s of {left:.0f} s left"
+        return
+    assert not loaded  # built at the size that was not kept
+    fitting = [s for s in FALLBACK_SIZES if seconds * (s / 224) ** 2 <= EMBED_SHARE * left]
+    assert want == (fitting[0] if fitting else FALLBACK_SIZES[-1])
+    assert d["reason"] == (f"224 -> {want} px: embedding at 224 px would take about {seconds:.0f} s of "
+                           f"{left:.0f} s left (at most 50% for it); at {want} px about "
+                           f"{seconds * (want / 224) ** 2:.0f} s")

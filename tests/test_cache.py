@@ -97,3 +97,29 @@ def test_fill_writes_a_file_per_block_and_a_killed_fill_loses_one_block(parts, t
     assert cache.fill(bb, a, batch_size=2, block_batches=2).n_computed == 0
     got = cache.embed(bb, a, batch_size=2)
     assert cache.last.n_computed == 0 and got.tobytes() == want.tobytes()
+
+
+
+def test_embedding_stopped_by_the_time_limit_keeps_the_items_it_finished(parts, tmp_path, monkeypatch):
+    """Stopped after its second batch (of 2 items), the embedding keeps the first 4 items' features;
+    embedding again computes only the other 2, and every feature equals an uninterrupted run's."""
+    from transfuse import budget
+
+    bb, a, _ = parts
+    whole = FeatureCache(tmp_path / "ref").embed(bb, a, batch_size=2)
+    checks = []
+
+    def stop_at_second(where, done, total, started):
+        checks.append(done)
+        if len(checks) == 2:
+            raise budget.TimeLimitReached(where, 60.0)
+
+    cache = FeatureCache(tmp_path / "c")
+    with monkeypatch.context() as m:
+        m.setattr(budget, "check_projection", stop_at_second)
+        with pytest.raises(budget.TimeLimitReached):
+            cache.embed(bb, a, batch_size=2)
+    assert cache.missing(bb, a) == 2 and cache.missing(bb, a.subset(np.arange(4))) == 0
+    again = cache.embed(bb, a, batch_size=2)
+    assert cache.last.n_computed == 2
+    assert np.abs(again - whole).max() < 1e-5

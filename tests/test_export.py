@@ -58,6 +58,24 @@ def test_onnx_parity_and_temperature(image_run):
         assert set(meta["test_accuracy"]) == {"fp32"} and not (run / "model" / "model.int8.onnx").exists()
 
 
+@pytest.mark.parametrize("logits", [True, False])
+def test_the_folded_temperature_clips_log_probabilities_as_the_torch_path_does(logits: bool) -> None:
+    """The graph's calibration is the torch path's (``apply_temperature`` on clipped
+    log-probabilities, as T was fitted): a confident model with a class far below 1e-15 and a
+    large T (a fusion's 5.9 here) gave 7e-3 apart when the graph divided the raw logits."""
+    import torch
+
+    from transfuse.evaluate.calibration import apply_temperature
+    from transfuse.export.onnx import _modules
+
+    z = torch.tensor([[40.0, 0.0, -8.0], [3.0, 2.5, -1.0], [0.0, 60.0, 1.0]])
+    p = torch.softmax(z, dim=-1)
+    graph = _modules()["Graph"](lambda batches: z if logits else p, [], 5.87, logits)
+    want = apply_temperature(p.numpy(), 5.87)
+    assert np.abs(graph().numpy() - want).max() < 1e-6
+    assert np.abs(torch.softmax(z / 5.87, dim=-1).numpy() - want).max() > 1e-3  # what the logits alone give
+
+
 def test_predict_engines_agree_and_onnx_is_the_default(image_run):
     from transfuse.export.predict import predict
 

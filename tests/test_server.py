@@ -7,11 +7,6 @@ one line naming the problem."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import cli, run_config, write_digits_folder
+from conftest import Server, cli, run_config, write_digits_folder
 
 pytestmark = pytest.mark.real
 TOL = 1e-5
@@ -43,39 +38,6 @@ def text_run(tmp_path_factory) -> Path:
                                              "options": {"supersenses": ["animal", "food"], "max_per_class": 10}},
                  "split": {"folds": 2, "test_size": 0.25}, "backbones": ["tfidf"],
                  "output": {"dir": str(root / "run")}})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, run: Path, *args: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "transfuse.cli", "serve", str(run), "--port",
-                                      str(self.port), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                self.health = httpx.get(self.url + "/health", timeout=2).json()
-                return
-            except httpx.TransportError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise AssertionError(f"server did not start:\n{self.proc.stdout.read()[-3000:]}") from None
-                time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 @pytest.fixture(scope="module")

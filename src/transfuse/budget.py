@@ -14,6 +14,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 
 class TimeLimitReached(Exception):
@@ -22,6 +23,8 @@ class TimeLimitReached(Exception):
     def __init__(self, where: str, limit: float):
         super().__init__(f"{where}: stopped at the time limit ({limit:g} s)")
         self.where, self.limit = where, limit
+        #: what a stopped loop finished before it stopped (the embedding: features of its first items)
+        self.partial: Any = ()
 
 
 def process_start() -> float:

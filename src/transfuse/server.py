@@ -1,7 +1,9 @@
 """``transfuse serve RUN``: the run's model over HTTP (FastAPI + uvicorn).
 
 ``GET /health`` says what is served. ``POST /predict`` takes image or audio files as multipart
-uploads (field ``files``) or texts as JSON ``{"inputs": [...]}`` and answers the records
+uploads (field ``files``), texts as JSON ``{"inputs": [...]}``, or a multimodal model's inputs as
+JSON ``{"inputs": [{"image": BASE64, "text": "..."}, ...]}`` (one object per input, keyed by
+modality or by the run's own columns, each file's bytes base64-encoded), and answers the records
 ``transfuse predict --json`` prints, in input order: ``[{"input", "label", "proba": {class: p}}]``.
 A text is always the text itself (the server never reads a file a client names). Concurrent
 requests are batched: the first waits up to ``max_wait_ms`` for others, and one thread runs the
@@ -12,6 +14,8 @@ model on all of them (up to ``max_batch`` inputs). A bad request gets a 4xx with
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import io
 import json
 import tempfile
@@ -98,8 +102,8 @@ class Batcher:
                 start += len(j.batch)
 
 
-def _decode_image(data: bytes, name: str) -> np.ndarray:
-    """Upload bytes -> RGB uint8 array, decoded as ``transfuse predict`` decodes a file."""
+def _decode_image(data: bytes, what: str) -> np.ndarray:
+    """File bytes -> RGB uint8 array, decoded as ``transfuse predict`` decodes a file."""
     from PIL import Image, UnidentifiedImageError
 
     from transfuse.data.images import load_image
@@ -107,23 +111,23 @@ def _decode_image(data: bytes, name: str) -> np.ndarray:
     try:
         return np.asarray(load_image(io.BytesIO(data)))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"upload {name!r} is not a decodable image ({type(e).__name__}); send PNG, JPEG, "
+        raise UserError(f"{what} is not a decodable image ({type(e).__name__}); send PNG, JPEG, "
                         "BMP, GIF, WebP or TIFF files") from None
 
 
-def _decode_audio(data: bytes, name: str) -> tuple[np.ndarray, int]:
+def _decode_audio(data: bytes, what: str, suffix: str = ".wav") -> tuple[np.ndarray, int]:
     from transfuse.data.audio_folder import decode
 
-    with tempfile.NamedTemporaryFile(suffix=Path(name).suffix or ".wav") as f:
+    with tempfile.NamedTemporaryFile(suffix=suffix) as f:
         f.write(data)
         f.flush()
         try:
             wave, sr = decode(f.name)
         except Exception as e:  # soundfile raises its own LibsndfileError and RuntimeError
-            raise UserError(f"upload {name!r} is not decodable audio ({type(e).__name__}); send WAV, FLAC or "
+            raise UserError(f"{what} is not decodable audio ({type(e).__name__}); send WAV, FLAC or "
                             "OGG files") from None
     if wave.size == 0 or not np.isfinite(wave).all():
-        raise UserError(f"upload {name!r} holds no finite audio samples; send a non-empty recording")
+        raise UserError(f"{what} holds no finite audio samples; send a non-empty recording")
     return wave, sr
 
 
@@ -136,13 +140,17 @@ def create_app(run_dir: str | Path, candidate: str | None = None, engine: str = 
     from fastapi.responses import JSONResponse
     from starlette.datastructures import UploadFile
 
+    from transfuse.api.multimodal import modality_inputs, shape
+    from transfuse.export.predict import model_folder, multimodal_columns
+
     limits = limits or Limits()
     run = Run(run_dir)
     spec = run._spec(candidate)
     classes, modality = list(spec.classes), spec.modality
-    if modality not in ("image", "text", "audio"):
-        raise UserError(f"{str(run_dir)!r} holds a {modality} model; 'transfuse serve' serves image, text and "
-                        "audio models (use the Python API for the others)")
+    if modality not in ("image", "text", "audio", "multimodal"):
+        raise UserError(f"{str(run_dir)!r} holds a {modality} model; 'transfuse serve' serves image, text, "
+                        "audio and multimodal models")
+    columns = multimodal_columns(model_folder(run.path, candidate)) if modality == "multimodal" else {}
     run._model(candidate, engine)  # load (and fail) at start, not on the first request
 
     def proba(batch: Batch) -> np.ndarray:
@@ -165,19 +173,19 @@ def create_app(run_dir: str | Path, candidate: str | None = None, engine: str = 
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "run": str(run.path), "model": candidate or run.chosen, "modality": modality,
-                "classes": classes, "engine": run._model(candidate, engine)[2], "batches": batcher.batches,
-                "requests": batcher.requests}
+                **({"columns": columns} if columns else {}), "classes": classes,
+                "engine": run._model(candidate, engine)[2], "batches": batcher.batches, "requests": batcher.requests}
 
     @app.post("/predict")
     async def predict(request: Request) -> Any:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         try:
             if ctype == "application/json":
-                batch = await _json_batch(request)
+                batch = await (_json_multimodal(request) if columns else _json_batch(request))
             elif ctype == "multipart/form-data":
                 batch = await _upload_batch(request)
             else:
-                how = ('JSON {"inputs": [...]}' if modality == "text"
+                how = ('JSON {"inputs": [...]}' if modality == "text" else multimodal_how if columns
                        else f"multipart/form-data with the {modality} files in the field 'files'")
                 return error(415, f"content type {ctype or 'none'!r} is not accepted; POST {how}")
         except UserError as e:
@@ -211,9 +219,58 @@ def create_app(run_dir: str | Path, candidate: str | None = None, engine: str = 
             raise UserError(f"input {empty} is an empty text; send texts with words in them")
         return Batch("text", texts, texts)
 
+    per_input = f"one {shape(columns)} per input, each file's bytes base64-encoded"
+    multimodal_how = f'JSON {{"inputs": [...]}}, {per_input}'
+
+    async def _json_multimodal(request: Request) -> Batch:
+        cap = limits.max_upload_bytes * limits.max_inputs
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > cap:
+                raise _status(413, f"the JSON body is over the limit of {cap} bytes ({limits.max_inputs} inputs of "
+                                   f"{limits.max_upload_bytes} bytes); send fewer inputs per request")
+        try:
+            obj = json.loads(bytes(body))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise _status(400, f"the body is not valid JSON ({type(e).__name__}); send {multimodal_how}")
+        inputs = obj.get("inputs") if isinstance(obj, dict) else None
+        if not isinstance(inputs, list) or not inputs:
+            raise UserError(f'the body must be {{"inputs": [...]}} with at least one input: {per_input}')
+        _check_count(len(inputs))
+        items = []
+        for i, x in enumerate(inputs):
+            where = f"input {i}"
+            item = modality_inputs(x, columns, where)
+            if len(item.get("text", "")) > limits.max_text_chars:
+                raise _status(413, f"{where}: the text has {len(item['text'])} characters, over the limit of "
+                                   f"{limits.max_text_chars}; shorten it")
+            for m in [m for m in item if m != "text"]:
+                item[m] = await asyncio.to_thread(_decode_file, m, item[m], f"{where}: the {m} file")
+            items.append(item)
+        return Batch("multimodal", items, [f"input:{i}" for i in range(len(items))])
+
+    def _decode_file(m: str, value: Any, what: str) -> Any:
+        """A base64 string of a file's bytes -> the decoded image or audio (size-limited)."""
+        if not isinstance(value, str):
+            raise UserError(f"{what} is of type {type(value).__name__}; send the file's bytes base64-encoded")
+        if len(value) // 4 * 3 > limits.max_upload_bytes + 2:
+            raise _status(413, f"{what} is over the limit of {limits.max_upload_bytes} bytes (--max-upload-mb); "
+                               "send a smaller file")
+        try:
+            data = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise UserError(f"{what} is not base64; send the file's bytes base64-encoded") from None
+        if len(data) > limits.max_upload_bytes:
+            raise _status(413, f"{what} is over the limit of {limits.max_upload_bytes} bytes (--max-upload-mb); "
+                               "send a smaller file")
+        return _decode_image(data, what) if m == "image" else _decode_audio(data, what)
+
     async def _upload_batch(request: Request) -> Batch:
         if modality == "text":
             raise UserError('this model takes texts: POST JSON {"inputs": ["text", ...]}, not file uploads')
+        if columns:
+            raise UserError(f"this multimodal model takes POST {multimodal_how}, not file uploads")
         length = int(request.headers.get("content-length") or 0)
         if length > limits.max_upload_bytes * limits.max_inputs:
             raise _status(413, f"the request is {length} bytes, over {limits.max_inputs} uploads of "
@@ -241,8 +298,11 @@ def create_app(run_dir: str | Path, candidate: str | None = None, engine: str = 
                                    "(--max-upload-mb); send a smaller file")
             if not data:
                 raise UserError(f"upload {name!r} is empty (0 bytes); send the file's contents")
-            decode = _decode_image if modality == "image" else _decode_audio
-            items.append(await asyncio.to_thread(decode, data, name))
+            if modality == "image":
+                items.append(await asyncio.to_thread(_decode_image, data, f"upload {name!r}"))
+            else:
+                items.append(await asyncio.to_thread(_decode_audio, data, f"upload {name!r}",
+                                                     Path(name).suffix or ".wav"))
             names.append(name)
         return Batch(modality, items, names)
 

@@ -34,7 +34,8 @@ TABLE_SUFFIXES = {".csv", ".tsv", ".tab", ".jsonl", ".ndjson"}
 @dataclass
 class Batch:
     """Inputs of one modality: ``items`` (uint8 RGB arrays, texts, ``(wave, sr)`` pairs or file
-    paths), the loader that decodes one, and ``names`` (what a prediction record calls each input)."""
+    paths; for a multimodal model ``{modality: one of those}``), and ``names`` (what a prediction
+    record calls each input)."""
 
     modality: str
     items: list[Any]
@@ -47,6 +48,11 @@ class Batch:
         """An unlabelled :class:`~transfuse.data.base.Dataset` of the items."""
         from transfuse.data.base import Dataset
 
+        if self.modality == "multimodal":  # items {modality: input}: each backbone reads its own
+            from transfuse.export.predict import multimodal_dataset
+
+            return multimodal_dataset(list(self.items), list(self.names),
+                                      {"image": load_image_item, "audio": load_audio_item})
         loader = {"image": load_image_item, "audio": load_audio_item}.get(self.modality)
         kw = {"loader": loader} if loader else {}
         return Dataset(self.modality, list(self.items), np.zeros(len(self.items), int), ["?"],
@@ -76,6 +82,16 @@ def load_audio_item(item: Any) -> tuple[np.ndarray, int]:
     except Exception as e:  # soundfile's LibsndfileError, RuntimeError, ...
         raise UserError(f"input {str(item)!r} is not decodable audio ({type(e).__name__}); give WAV, FLAC or "
                         "OGG files") from None
+
+
+def wave_item(x: tuple[Any, Any], what: str) -> tuple[np.ndarray, int]:
+    """A ``(waveform, sample_rate)`` pair as the models read it: float32 mono (channels averaged)."""
+    w, sr = np.asarray(x[0], np.float32), x[1]
+    if w.ndim == 2:
+        w = w.mean(axis=1, dtype=np.float32)
+    if w.ndim != 1 or not np.isfinite(w).all() or int(sr) <= 0:
+        raise UserError(f"{what}: give (1-D finite waveform, sample_rate > 0); got shape {w.shape}, sample rate {sr}")
+    return w, int(sr)
 
 
 def _is_pil(x: Any) -> bool:
@@ -221,15 +237,7 @@ def as_batch(X: Any, modality: str | None = None, *, column: str | None = None,
     if kind == "array":
         return _images([_image_array(np.asarray(a), f"image {i}") for i, a in enumerate(X)], modality)
     if kind == "audio":
-        waves = []
-        for i, (w, sr) in enumerate(X):
-            w = np.asarray(w, np.float32)
-            if w.ndim == 2:
-                w = w.mean(axis=1, dtype=np.float32)
-            if w.ndim != 1 or not np.isfinite(w).all() or int(sr) <= 0:
-                raise UserError(f"audio input {i}: give (1-D finite waveform, sample_rate > 0); got shape "
-                                f"{w.shape}, sample rate {sr}")
-            waves.append((w, int(sr)))
+        waves = [wave_item(x, f"audio input {i}") for i, x in enumerate(X)]
         return _check(Batch("audio", waves, [f"audio:{i}" for i in range(len(waves))]), modality)
     raise UserError(f"cannot read inputs of type {type(X[0]).__name__}; give texts, file paths, numpy or PIL "
                     "images, (waveform, sample_rate) pairs or a pandas DataFrame")

@@ -106,7 +106,10 @@ class Run:
                       column: str | None = None) -> np.ndarray:
         """Class probabilities ``(n, len(run.classes))`` (calibrated, as ``transfuse predict``);
         ``candidate``: another candidate of the run (e.g. ``"fusion/stacking"``); ``engine``:
-        ``torch``, ``onnx`` (after :meth:`export`) or ``auto``."""
+        ``torch``, ``onnx`` (after :meth:`export`) or ``auto``. ``X``: what
+        :func:`~transfuse.api.inputs.as_batch` reads; for a multimodal model one ``{modality or
+        run column: input}`` mapping per input, or a DataFrame of the run's columns
+        (:mod:`transfuse.api.multimodal`)."""
         return self._proba(self._batch(X, candidate, column), candidate, engine, batch_size)
 
     def predict(self, X: Any, *, candidate: str | None = None, engine: str = "auto", batch_size: int = 32,
@@ -116,7 +119,20 @@ class Run:
         return np.asarray(self._spec(candidate).classes, dtype=object)[p.argmax(axis=1)]
 
     def _batch(self, X: Any, candidate: str | None, column: str | None) -> Batch:
-        return X if isinstance(X, Batch) else as_batch(X, self._spec(candidate).modality, column=column)
+        if isinstance(X, Batch):
+            return X
+        modality = self._spec(candidate).modality
+        if modality != "multimodal":
+            return as_batch(X, modality, column=column)
+        from transfuse.api.multimodal import multimodal_batch
+        from transfuse.export.predict import audio_check, model_folder, multimodal_columns
+
+        folder = model_folder(self.path, candidate)
+        columns = multimodal_columns(folder)
+        if column is not None:
+            raise UserError(f"column={column!r} applies to a model of one modality; this multimodal model reads "
+                            f"the columns {', '.join(c for cs in columns.values() for c in cs)}: drop column=")
+        return multimodal_batch(X, columns, audio_check(folder) if "audio" in columns else None)
 
     def _proba(self, batch: Batch, candidate: str | None, engine: str, batch_size: int) -> np.ndarray:
         from transfuse.artifacts.serve import predict_proba

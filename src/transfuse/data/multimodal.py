@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,14 @@ from transfuse.data.registry import DATA_SOURCES
 from transfuse.errors import UserError
 
 MULTIMODAL = "multimodal"
+#: Between the texts of several text columns of one row (fit, ``predict --csv`` and the Python API).
+TEXT_SEPARATOR = " | "
+
+
+def join_texts(parts: Iterable[str]) -> str:
+    """One row's text from its text columns, as at fit time: the non-empty parts (stripped),
+    joined with :data:`TEXT_SEPARATOR`."""
+    return TEXT_SEPARATOR.join(s for s in (p.strip() for p in parts) if s)
 
 
 @dataclass
@@ -175,7 +183,7 @@ def multimodal_manifest(
             parts = [str(row.get(c) or "").strip() for c in text_columns]
             if not any(parts):
                 reason = f"text columns {text_columns} are all empty"
-            item["text"] = " | ".join(s for s in parts if s)
+            item["text"] = join_texts(parts)
         if reason:
             quarantined.append(Quarantined(where, reason))
             continue

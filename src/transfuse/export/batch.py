@@ -152,6 +152,7 @@ def _table(path: Path, column: str | None, modality: str, out: Inputs) -> None:
 def _multimodal_table(path: Path, columns: dict[str, list[str]], out: Inputs) -> None:
     """A multimodal model's table: per row ``{modality: value}`` from the model's columns (file
     paths relative to the table's folder; several text columns joined with ``" | "``)."""
+    from transfuse.data.multimodal import join_texts
     from transfuse.data.text import _table_rows
 
     fmt = TABLE_FORMATS.get(path.suffix.lower())
@@ -173,7 +174,7 @@ def _multimodal_table(path: Path, columns: dict[str, list[str]], out: Inputs) ->
         for m, cs in columns.items():
             values = [str(row.get(c) or "").strip() for c in cs]
             if m == "text":
-                item[m] = " | ".join(v for v in values if v)
+                item[m] = join_texts(values)
             elif values[0]:
                 f = Path(values[0])
                 item[m] = str(f if f.is_absolute() else path.parent / f)

@@ -17,6 +17,7 @@ fails and leaves no model behind.
 from __future__ import annotations
 
 import copy
+import math
 import re
 import time
 import warnings
@@ -121,11 +122,12 @@ def _modules() -> dict[str, type]:
                 batches.append(p.batch(xs[i:i + len(p.keys)]))
                 i += len(p.keys)
             out = self.core(batches).float()
-            if self.logits:
-                return torch.softmax(out / self.t, dim=-1)
             if self.t == 1.0:
-                return out
-            return torch.softmax(torch.log(out.clamp(EPS, 1.0)) / self.t, dim=-1)
+                return torch.softmax(out, dim=-1) if self.logits else out
+            # T rescales clipped log-probabilities, as the torch path (calibration.apply_temperature)
+            # and the fit of T do: on logits alone a class below EPS would differ (7e-3 at T = 5.9)
+            logp = torch.log_softmax(out, dim=-1) if self.logits else torch.log(out.clamp(EPS, 1.0))
+            return torch.softmax(logp.clamp(min=math.log(EPS)) / self.t, dim=-1)
 
     class Single(torch.nn.Module):
         def __init__(self, model: torch.nn.Module):

@@ -48,7 +48,7 @@ def check_modality(paths: list[str], modality: str) -> None:
                             f"give {wanted}")
 
 
-def _audio_check(folder: Path) -> Any:
+def audio_check(folder: Path) -> Any:
     """The run's audio checks (its ``data.options`` thresholds, else the sources' defaults)."""
     from transfuse.data.audio_folder import AudioCheck
 
@@ -101,16 +101,13 @@ def multimodal_columns(folder: Path) -> dict[str, list[str]]:
 def _multimodal_inputs(items: list[Any], folder: Path | None) -> tuple[Any, dict[int, str]]:
     """``{modality: file path or text}`` per input -> a ``MultimodalDataset``; an input missing a
     modality of the model, or with a bad file or an empty text, gets a reason."""
-    from transfuse.data.base import _identity
-    from transfuse.data.multimodal import MULTIMODAL, MultimodalDataset
-
     wanted = sorted(multimodal_columns(folder)) if folder is not None else None
     for it in items:
         if not isinstance(it, dict):
             raise UserError(f"a multimodal model takes one {{modality: input}} mapping per input "
                             f"({', '.join(wanted or ['image', 'text'])}), got {type(it).__name__} {str(it)[:60]!r}; "
                             "from the command line give a table with --csv")
-    audio = _audio_check(folder) if folder is not None else None
+    audio = audio_check(folder) if folder is not None else None
     errors: dict[int, str] = {}
     for i, it in enumerate(items):
         missing = [m for m in wanted or sorted(it) if m not in it or it[m] is None or not str(it[m]).strip()]
@@ -123,17 +120,26 @@ def _multimodal_inputs(items: list[Any], folder: Path | None) -> tuple[Any, dict
             errors[i] = why
     good = [{m: str(v) for m, v in it.items() if wanted is None or m in wanted}
             for i, it in enumerate(items) if i not in errors]
-    loaders: dict[str, Any] = {"text": _identity}
-    if any("image" in it for it in good):
+    return multimodal_dataset(good, [str(i) for i in range(len(good))]), errors
+
+
+def multimodal_dataset(items: list[dict[str, Any]], ids: list[str],
+                       loaders: dict[str, Any] | None = None) -> Any:
+    """Checked ``{modality: input}`` items -> an unlabelled ``MultimodalDataset``. ``loaders``
+    decode a modality's inputs (default: image and audio files as ``fit`` reads them)."""
+    from transfuse.data.base import _identity
+    from transfuse.data.multimodal import MULTIMODAL, MultimodalDataset
+
+    used: dict[str, Any] = {"text": _identity}
+    if any("image" in it for it in items):
         from transfuse.data.images import load_image
 
-        loaders["image"] = load_image
-    if any("audio" in it for it in good):
+        used["image"] = (loaders or {}).get("image") or load_image
+    if any("audio" in it for it in items):
         from transfuse.data.audio import AudioLoader
 
-        loaders["audio"] = AudioLoader()
-    ids = [str(i) for i in range(len(good))]
-    return MultimodalDataset(MULTIMODAL, good, np.zeros(len(good), int), ["?"], ids, loaders=loaders), errors
+        used["audio"] = (loaders or {}).get("audio") or AudioLoader()
+    return MultimodalDataset(MULTIMODAL, items, np.zeros(len(items), int), ["?"], list(ids), loaders=used)
 
 
 def load_inputs(paths_or_texts: list[Any], modality: str, folder: Path | None = None
@@ -152,7 +158,7 @@ def load_inputs(paths_or_texts: list[Any], modality: str, folder: Path | None = 
         items = [str(s) for s in paths_or_texts]
         return Dataset("text", items, np.zeros(len(items), int), ["?"], [str(i) for i in range(len(items))]), {}
     check_modality(list(paths_or_texts), modality)
-    audio = _audio_check(folder) if modality == "audio" and folder is not None else None
+    audio = audio_check(folder) if modality == "audio" and folder is not None else None
     errors = {i: why for i, s in enumerate(paths_or_texts) if (why := input_problem(s, modality, audio))}
     good = [s for i, s in enumerate(paths_or_texts) if i not in errors]
     if modality == "image":

@@ -58,7 +58,8 @@ def _run(cfg: ExperimentConfig, run_dir: str | Path | None, progress: bool, wrap
          overwrite: bool, planner: Any) -> dict[str, Any]:
     from transfuse.pipeline.fusions import run_fusions
     from transfuse.pipeline.report import build_report, finish
-    from transfuse.pipeline.singles import run_singles
+    from transfuse.pipeline.plan import plan_image_size
+    from transfuse.pipeline.singles import build, run_singles
     from transfuse.train.cache import FeatureCache
 
     check_data_options(cfg)
@@ -76,7 +77,11 @@ def _run(cfg: ExperimentConfig, run_dir: str | Path | None, progress: bool, wrap
     if len(np.unique(data.train.labels)) < 2:
         raise UserError(f"data {cfg.data.path!r}: fewer than 2 classes with valid inputs; need at least 2")
     cache = FeatureCache()
-    results, skipped = run_singles(cfg, run, data, cache, progress, timings, wrap, planner)
+    t = time.perf_counter()
+    cfg, loaded = plan_image_size(cfg, data, planner, cache, build)  # under a time limit: a size that fits
+    if planner.budget is not None and cfg.data.modality == "image":
+        timings["plan:image_size"] = time.perf_counter() - t
+    results, skipped = run_singles(cfg, run, data, cache, progress, timings, wrap, planner, loaded=loaded)
     if not results and planner.budget is not None:
         raise UserError(f"budget.time_limit {planner.budget.limit:g} s: no candidate finished in time ("
                         + "; ".join(f"{s['name']}: {s['reason']}" for s in skipped)

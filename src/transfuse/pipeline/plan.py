@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from transfuse.budget import Budget
+from transfuse.budget import Budget, TimeLimitReached
 
 #: Estimates are multiplied by this before they are compared with the time left: a fit's
 #: fixed costs (trainer set-up, checkpoints) and a shared machine's noise.
@@ -113,3 +113,64 @@ class Planner:
             return None
         return {"time_limit": self.budget.limit, "preset": self.preset, "reserve_s": round(self.budget.reserve, 1),
                 "work_seconds": round(self.budget.elapsed(), 1), "decisions": self.decisions}
+
+
+#: Image sizes the planner falls back to, largest first, when embedding at the configured size
+#: would not leave time for the fits.
+FALLBACK_SIZES = (192, 160, 128, 96)
+#: The share of the time left that embedding (every image backbone, train and test items) may take:
+#: the rest is for the probes' folds, the raw baselines and the fusions.
+EMBED_SHARE = 0.5
+#: Items embedded to measure the pace (after a first batch that warms the backbone up); they are
+#: cached, so nothing is lost when the size stays.
+PACE_ITEMS, PACE_BATCH = 32, 16
+
+
+def plan_image_size(cfg: Any, data: Any, planner: Planner, cache: Any, create: Any) -> tuple[Any, dict[str, Any]]:
+    """Under a time limit, the run's image size: the configured one, or the largest of
+    :data:`FALLBACK_SIZES` at which embedding every image backbone that follows
+    ``preprocess.image_size`` fits :data:`EMBED_SHARE` of the time left (forward cost taken as
+    proportional to the pixel count, from the pace measured at the configured size). Returns the
+    config (``preprocess.image_size`` changed when it shrinks) and ``{backbone name: (backbone,
+    options)}`` already built at the size kept (``create(bcfg, cfg)`` builds one)."""
+    import time
+
+    from transfuse.backbones.registry import is_raw_estimator
+    from transfuse.data.multimodal import dataset_for
+
+    if planner.budget is None or cfg.data.modality != "image":
+        return cfg, {}
+    follows = [b for b in cfg.backbones if not is_raw_estimator(b.name) and "image_size" not in (b.options or {})]
+    built: dict[str, Any] = {}
+    seconds, size = 0.0, None
+    for bcfg in follows:
+        bb, _ = built[bcfg.name] = create(bcfg, cfg)
+        size = size or int(bb.preprocess_config()["input_size"][-1])
+        items = [dataset_for(d, bb.modality) for d in (data.train, data.test)]
+        todo = sum(cache.missing(bb, d) for d in items)
+        train = items[0]
+        if size <= FALLBACK_SIZES[-1] or todo <= PACE_ITEMS + PACE_BATCH or len(train) < PACE_ITEMS + PACE_BATCH:
+            continue
+        try:
+            cache.embed(bb, train.subset(range(PACE_BATCH)), PACE_BATCH)  # warm-up
+            t = time.perf_counter()
+            cache.embed(bb, train.subset(range(PACE_BATCH, PACE_BATCH + PACE_ITEMS)), PACE_BATCH)
+        except TimeLimitReached:  # not even the measurement fits: the candidates say so
+            return cfg, built
+        seconds += (time.perf_counter() - t) / PACE_ITEMS * (todo - PACE_ITEMS - PACE_BATCH)
+    if not seconds or size is None:
+        return cfg, built
+    share = EMBED_SHARE * planner.left()
+    fits = [s for s in FALLBACK_SIZES if s < size and seconds * (s / size) ** 2 <= share]
+    if seconds <= share or size <= FALLBACK_SIZES[-1]:
+        planner.note("preprocess.image_size", "keep", f"{size} px: embedding takes about {seconds:.0f} s of "
+                     f"{max(planner.left(), 0):.0f} s left", estimate_s=round(seconds, 1), image_size=size)
+        return cfg, built
+    new = fits[0] if fits else FALLBACK_SIZES[-1]
+    planner.note("preprocess.image_size", "shrink",
+                 f"{size} -> {new} px: embedding at {size} px would take about {seconds:.0f} s of "
+                 f"{max(planner.left(), 0):.0f} s left (at most {EMBED_SHARE:.0%} for it); at {new} px about "
+                 f"{seconds * (new / size) ** 2:.0f} s", estimate_s=round(seconds * (new / size) ** 2, 1),
+                 image_size=new)
+    cfg = cfg.model_copy(update={"preprocess": cfg.preprocess.model_copy(update={"image_size": new})})
+    return cfg, {}

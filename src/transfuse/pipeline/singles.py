@@ -55,6 +55,12 @@ def inference_ms(backbone: Any, test: Any, n: int = 16) -> float | None:
     return 1000.0 * (time.perf_counter() - t) / len(sub)
 
 
+def build(bcfg: Any, cfg: Any) -> tuple[Any, dict[str, Any]]:
+    """Backbone ``bcfg`` built with its options resolved for ``cfg`` (the run's image size)."""
+    opts = resolve_options(bcfg.options, cfg.data.modality, cfg.preprocess.image_size)
+    return create_backbone(bcfg.name, **opts), opts
+
+
 def singles_order(cfg: Any, is_raw: Callable[[Any], bool]) -> list[tuple[Any, str | None]]:
     """``(backbone config, strategy)`` jobs in the order they run: every backbone's cheap
     candidates (raw baselines, linear probes) first, then the training strategies in the order
@@ -72,7 +78,7 @@ def singles_order(cfg: Any, is_raw: Callable[[Any], bool]) -> list[tuple[Any, st
 
 def run_singles(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: bool,
                 timings: dict[str, float], wrap: dict[str, Callable[[Any], Any]] | None = None,
-                planner: Planner | None = None, follower: bool = False
+                planner: Planner | None = None, follower: bool = False, loaded: dict[str, Any] | None = None
                 ) -> tuple[list[CandidateResult], list[dict[str, str]]]:
     """Every (backbone x strategy) candidate of ``cfg``: results and ``{name, reason}`` skipped.
     ``wrap[name]`` replaces candidate ``name``'s strategy by ``wrap[name](strategy)`` (a searched
@@ -80,19 +86,19 @@ def run_singles(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
     with the epochs that fit and a candidate stopped by the deadline is left out (listed).
     ``follower`` (a rank > 0 of a distributed run): only the unfinished fine-tuning candidates are
     cross-fitted, in the same order as on rank 0, so that every rank reaches the same
-    ``Trainer.fit`` calls; nothing is saved or returned."""
+    ``Trainer.fit`` calls; nothing is saved or returned. ``loaded``: backbones already built
+    (``{name: (backbone, options)}``, from :func:`~transfuse.pipeline.plan.plan_image_size`)."""
     planner = planner or Planner(None)
     results: list[CandidateResult] = []
     skipped: list[dict[str, str]] = []
-    loaded: dict[str, tuple[Any, dict[str, Any]]] = {}
+    loaded = dict(loaded or {})
     feats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     unembedded: set[str] = set()  # backbones whose embedding the time limit stopped
 
     def load(bcfg: Any) -> tuple[Any, dict[str, Any]]:
         if bcfg.name not in loaded:
             t = time.perf_counter()
-            opts = resolve_options(bcfg.options, cfg.data.modality, cfg.preprocess.image_size)
-            loaded[bcfg.name] = (create_backbone(bcfg.name, **opts), opts)
+            loaded[bcfg.name] = build(bcfg, cfg)
             timings[f"load:{short_name(bcfg.name)}"] = time.perf_counter() - t
         return loaded[bcfg.name]
 

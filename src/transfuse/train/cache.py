@@ -118,6 +118,11 @@ class FeatureCache:
             self._warn("write to it", e)
             self._memory.setdefault(folder, {}).update(zip(new_hashes, feats.astype(np.float32)))
 
+    def missing(self, backbone: Backbone, dataset: Dataset) -> int:
+        """How many distinct items of ``dataset`` the cache lacks for ``backbone``."""
+        table = self._read(self.folder(backbone))
+        return len({h for h in dataset.item_hashes() if h not in table})
+
     def embed(self, backbone: Backbone, dataset: Dataset, batch_size: int = 64,
               progress: bool = False) -> np.ndarray:
         """Features of every item of ``dataset``, shape ``(len(dataset), feature_dim)``."""
@@ -134,8 +139,13 @@ class FeatureCache:
         todo = list(first_of.values())
         if todo:
             fault_point("embed")
-            feats = compute_features(backbone, dataset.subset(todo), batch_size, progress,
-                                     desc=f"embed {backbone.spec or type(backbone).__name__}")
+            try:
+                feats = compute_features(backbone, dataset.subset(todo), batch_size, progress,
+                                         desc=f"embed {backbone.spec or type(backbone).__name__}")
+            except budget.TimeLimitReached as e:  # keep what was computed: a rerun starts from there
+                if len(e.partial):
+                    self._write(folder, backbone, [hashes[i] for i in todo[:len(e.partial)]], e.partial)
+                raise
             new_hashes = [hashes[i] for i in todo]
             self._write(folder, backbone, new_hashes, feats)
             table.update(zip(new_hashes, feats))
@@ -208,6 +218,11 @@ def compute_features(backbone: Backbone, dataset: Dataset, batch_size: int = 64,
         n += len(chunks[-1])
         if len(chunks) == 1:  # the pace is measured from the second batch on (the first warms up)
             first, since = n, time.time()
-        # under a time limit: stop as soon as the measured pace says it cannot finish in time
-        budget.check_projection(desc, n - first, len(dataset) - first, since)
+        # under a time limit: stop as soon as the measured pace says it cannot finish in time; the
+        # features of the first items (in order) go with the exception, for the cache to keep
+        try:
+            budget.check_projection(desc, n - first, len(dataset) - first, since)
+        except budget.TimeLimitReached as e:
+            e.partial = np.concatenate(chunks)
+            raise
     return np.concatenate(chunks) if chunks else np.zeros((0, backbone.feature_dim), np.float32)
