@@ -76,9 +76,6 @@ def test_with_fold_bags_the_planner_drops_the_refit_before_the_candidate():
                            f"(1 epoch with the refit would need about {SAFETY * 83:.0f} s); the fold bag ships instead")
     assert plan(60) is None
     assert p.decisions[-1]["reason"] == f"needs about {SAFETY * 70:.0f} s for 1 epoch (5 folds), 60 s left"
-    assert p.too_late("bb/lp_ft", 5, reserve=190 - 13, refit_optional=True) is False  # 5 fits x 2 s x 1.25
-    assert p.too_late("bb/lp_ft", 5, reserve=190 - 13) is True
-    assert p.decisions[-1]["reason"] == f"needs at least {SAFETY * 2 * 6:.0f} s (5 folds + refit), 13 s left"
 
 
 def test_budget_deadline_reserve_and_projection():

@@ -61,17 +61,16 @@ class Planner:
     def note(self, name: str, action: str, reason: str, **extra: Any) -> None:
         self.decisions.append({"name": name, "action": action, "reason": reason, **extra})
 
-    def too_late(self, name: str, folds: int, reserve: float = 0.0, refit_optional: bool = False) -> bool:
+    def too_late(self, name: str, folds: int, reserve: float = 0.0) -> bool:
         """True (and a skip recorded) when the time left minus ``reserve`` cannot hold even the
-        fixed costs of the ``folds`` + 1 fits (``refit_optional``: of the folds' fits), so
-        measuring a step would only waste time."""
-        fits = folds + (0 if refit_optional else 1)
-        need = SAFETY * FIT_OVERHEAD * fits
+        fixed costs of the ``folds`` + 1 fits, so measuring a step would only waste time. The
+        refit counts even where a fold bag could ship without it: measuring a step takes seconds
+        of its own on a loaded machine, and with this little time left no fold would fit either."""
+        need = SAFETY * FIT_OVERHEAD * (folds + 1)
         avail = self.left() - reserve
         if avail >= need:
             return False
-        what = f"{folds} folds" if refit_optional else f"{folds} folds + refit"
-        self.note(name, "skip", f"needs at least {need:.0f} s ({what}), {max(avail, 0):.0f} s left")
+        self.note(name, "skip", f"needs at least {need:.0f} s ({folds} folds + refit), {max(avail, 0):.0f} s left")
         return True
 
     def plan_finetune(self, name: str, cost: Any, n: int, n_test: int, folds: int, inner_val: float,

@@ -176,7 +176,7 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
 
         reserve = fusion_reserve(cfg, timings)
         plan = None
-        if planner.too_late(name, len(data.folds), reserve, refit_optional=bag) is False:
+        if planner.too_late(name, len(data.folds), reserve) is False:
             cost = measure_step(backbone, train, n_classes, ft, getattr(cfg.augment, train.modality, None), cfg.seed)
             plan = planner.plan_finetune(name, cost, len(train), len(test), len(data.folds), ft.inner_val,
                                          ft.epochs, reserve=reserve, bag=bag)
