@@ -1,8 +1,9 @@
 """Fold bags (``adapt.bag``): a fine-tuned candidate's k fold models as one more candidate, no
 refit. Its probabilities are the mean of the fold models' (each loaded on its own here), its CV is
-the refitted candidate's own out-of-fold predictions, it is served, exported and self-contained,
-and under a time limit it ships where the refit does not fit or is stopped. Real runs: digits PNGs
-through EfficientNet-Lite0 at 32 px, 2 folds, 1 epoch."""
+the refitted candidate's own out-of-fold predictions, it is served without ``work/`` and its export
+graph matches serving, and under a time limit it ships where the refit does not fit (a run) or is
+stopped (the cross-fit loop). Real runs: digits PNGs through EfficientNet-Lite0 at 32 px, 2 folds,
+1 epoch."""
 
 from __future__ import annotations
 
