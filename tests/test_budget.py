@@ -39,17 +39,43 @@ def test_planner_keeps_the_most_epochs_that_fit_and_says_why():
     # estimate(e) = 50 e + 28 (see above), times the safety factor
     assert SAFETY * (50 * 2 + 28) < 190 < SAFETY * (50 * 3 + 28)
     p = Planner(Budget(200, start=0.0, reserve=10, clock=Clock()))
-    assert p.plan_finetune("bb/lp_ft", cost, 100, 20, 5, 0.2, max_epochs=10) == 2
+    assert p.plan_finetune("bb/lp_ft", cost, 100, 20, 5, 0.2, max_epochs=10) == (2, True)
     d = p.decisions[-1]
-    assert (d["action"], d["epochs"], d["estimate_s"]) == ("run", 2, round(SAFETY * 128, 1))
+    assert (d["action"], d["epochs"], d["estimate_s"], d["refit"]) == ("run", 2, round(SAFETY * 128, 1), True)
     assert d["reason"] == f"2 epoch(s): about {SAFETY * 128:.0f} s of 190 s left (10 would need about " \
                           f"{SAFETY * 528:.0f} s)"
-    assert p.plan_finetune("bb/lp_ft", cost, 100, 20, 5, 0.2, max_epochs=10, reserve=40) == 1
-    assert p.plan_finetune("bb/lp_ft", cost, 100, 20, 5, 0.2, max_epochs=1) == 1
+    assert p.plan_finetune("bb/lp_ft", cost, 100, 20, 5, 0.2, max_epochs=10, reserve=40) == (1, True)
+    assert p.plan_finetune("bb/lp_ft", cost, 100, 20, 5, 0.2, max_epochs=1) == (1, True)
     assert p.decisions[-1]["reason"].endswith("(as configured)")
     assert p.plan_finetune("bb/finetune", cost, 100, 20, 5, 0.2, max_epochs=10, reserve=100) is None
     assert p.decisions[-1]["reason"] == f"needs about {SAFETY * 78:.0f} s for 1 epoch (5 folds + refit), 90 s left"
-    assert Planner(None).plan_finetune("x", cost, 100, 20, 5, 0.2, max_epochs=7) == 7  # no limit: as configured
+    assert Planner(None).plan_finetune("x", cost, 100, 20, 5, 0.2, max_epochs=7) == (7, True)  # no limit
+
+
+def test_with_fold_bags_the_planner_drops_the_refit_before_the_candidate():
+    """``adapt.bag``: the folds also predict the test part; the refit is kept whenever 1 epoch fits
+    with it (even where more epochs would fit without it); when none does, the most epochs that fit
+    without it run and the bag ships instead; a skip then counts the folds only."""
+    cost = StepCost(train_step=1.0, infer_batch=0.5, batch_size=10)
+    # by hand (as above), 1 epoch: per fold 7 steps + inner validation 2 x 3 x 0.5 = 3 + outer fold 1
+    # + overhead 2 + the test part 2 x 0.5 = 1 -> 14, 5 folds = 70; refit 10 + 1 + 2 = 13 -> 83
+    assert finetune_seconds(1.0, 0.5, 10, 100, 20, 5, 0.2, 1, refit=False, bag=True) == pytest.approx(70.0)
+    assert finetune_seconds(1.0, 0.5, 10, 100, 20, 5, 0.2, 1, bag=True) == pytest.approx(83.0)
+    # 2 epochs: per fold 14 + 4 + 1 + 2 + 1 = 22 -> 110 without the refit
+    assert finetune_seconds(1.0, 0.5, 10, 100, 20, 5, 0.2, 2, refit=False, bag=True) == pytest.approx(110.0)
+    p = Planner(Budget(200, start=0.0, reserve=10, clock=Clock()))
+
+    def plan(avail: float):
+        return p.plan_finetune("bb/lp_ft", cost, 100, 20, 5, 0.2, max_epochs=10, reserve=190 - avail, bag=True)
+
+    assert plan(SAFETY * 110 + 1) == (1, True)  # 2 epochs would fit without the refit: the refit is kept
+    assert plan(SAFETY * 75) == (1, False)  # between the folds' 70 s and 83 s with the refit
+    d = p.decisions[-1]
+    assert (d["action"], d["epochs"], d["refit"], d["estimate_s"]) == ("run", 1, False, round(SAFETY * 70, 1))
+    assert d["reason"] == (f"1 epoch(s) without the refit: about {SAFETY * 70:.0f} s of {SAFETY * 75:.0f} s left "
+                           f"(1 epoch with the refit would need about {SAFETY * 83:.0f} s); the fold bag ships instead")
+    assert plan(60) is None
+    assert p.decisions[-1]["reason"] == f"needs about {SAFETY * 70:.0f} s for 1 epoch (5 folds), 60 s left"
 
 
 def test_budget_deadline_reserve_and_projection():

@@ -9,8 +9,8 @@ each sort (spec kind, strategy, method: e.g. probe/distill, finetune/lp_ft, ense
 through the ``transfuse`` command itself, in a fresh process (a command is mostly start-up: all of
 them would take minutes). Two small real runs: digits PNGs through EfficientNet-Lite0/Lite1 at 32 px
 (probes, fine-tuning, LP-FT, a stacking ensemble of them, the feature fusion, a distilled student,
-the joint fusion, each backbone's uniform and greedy soups of its two fine-tunes; the CV winner is a
-fusion), and WordNet glosses through TF-IDF and MiniLM-L3
+the joint fusion, each backbone's uniform and greedy soups of its two fine-tunes, each fine-tune's
+fold bag; the CV winner is a fusion), and WordNet glosses through TF-IDF and MiniLM-L3
 (TF-IDF alone and inside every ensemble: mean, weighted, greedy, stacking).
 """
 

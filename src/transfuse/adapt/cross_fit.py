@@ -5,6 +5,11 @@ chooses (epochs, a checkpoint, hyperparameters, a distillation setting) is chose
 rows (an inner split or inner folds); the fold's validation rows are predicted once, by a model
 that never saw them. The shipped model is then fitted on all training rows with the choice the
 folds made (:meth:`Strategy.final_choice`), and predicts the test part once.
+
+With ``bag`` the fold models also predict the test part (their mean is the fold bag's test
+probabilities) before the refit, and the refit becomes optional: left out (``refit=False``, the
+time-limit plan) or stopped by the time limit, it is reported in :attr:`CrossFit.refit_skipped`
+instead of dropping the candidate, whose folds are all scored.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from transfuse import budget
+from transfuse.budget import TimeLimitReached
 from transfuse.faults import fault_point
 
 Folds = Sequence[tuple[np.ndarray, np.ndarray]]
@@ -67,30 +73,44 @@ def oof_loop(fit_predict: Callable[[int, np.ndarray, np.ndarray], np.ndarray], f
 
 @dataclass
 class CrossFit:
+    """What :func:`cross_fit` made. ``final``/``test``: the refit and its test probabilities (None
+    when ``refit_skipped`` says why not); ``folds``/``fold_test``: with ``bag``, the fold fits and
+    the mean of their test probabilities; ``fold_seconds``: the time until those were ready."""
+
     oof: np.ndarray
     scores: list[float]
-    test: np.ndarray
-    final: Fit
+    test: np.ndarray | None
+    final: Fit | None
     fold_chosen: list[dict[str, Any]]
     history: list[dict[str, Any]]
+    folds: list[Fit] = field(default_factory=list)
+    fold_test: np.ndarray | None = None
+    fold_seconds: float = 0.0
+    refit_skipped: str | None = None
 
     @property
     def selected(self) -> dict[str, Any] | None:
-        if not any(self.fold_chosen) and not self.final.chosen:
+        final = self.final.chosen if self.final is not None else {}
+        if not any(self.fold_chosen) and not final:
             return None
-        return {"folds": self.fold_chosen, "final": self.final.chosen}
+        return {"folds": self.fold_chosen, "final": final}
 
 
 def cross_fit(strategy: Strategy, y: np.ndarray, folds: Folds, n_classes: int, metric: str,
-              seed: int) -> CrossFit:
-    """Score ``strategy`` on ``folds`` (outer folds, scored once each), then fit what ships."""
+              seed: int, *, bag: bool = False, refit: bool = True) -> CrossFit:
+    """Score ``strategy`` on ``folds`` (outer folds, scored once each), then fit what ships.
+    ``bag``: keep the fold fits and their mean test probabilities, and let the refit be left out
+    (``refit=False``) or stopped by the time limit (see the module's docstring)."""
     fits: list[Fit] = []
     started = time.time()
+    # under a time limit the folds are paced against what must follow them: the refit, unless
+    # the fold bag can ship without it
+    total = len(folds) + (0 if bag else 1)
 
     def fit_predict(k: int, tr: np.ndarray, va: np.ndarray) -> np.ndarray:
         fault_point("fold")
-        # under a time limit: stop when k folds' pace says the rest (and the refit) cannot finish
-        budget.check_projection(f"fold {k + 1} of {len(folds)}", k, len(folds) + 1, started)
+        # under a time limit: stop when k folds' pace says the rest cannot finish
+        budget.check_projection(f"fold {k + 1} of {len(folds)}", k, total, started)
         f = strategy.fit(tr, seed + k, f"fold{k}")
         fits.append(f)
         return strategy.predict(f, va)
@@ -98,12 +118,26 @@ def cross_fit(strategy: Strategy, y: np.ndarray, folds: Folds, n_classes: int, m
     oof = oof_loop(fit_predict, folds, len(y), n_classes)
     scores = [score(y[va], oof[va], metric) for _, va in folds]
     chosen = [f.chosen for f in fits]
-    budget.check_projection("refit", len(folds), len(folds) + 1, started)
-    final = strategy.fit(np.arange(len(y)), seed, "final", strategy.final_choice(chosen))
     history = [{"fold": k, **h} for k, f in enumerate(fits) for h in f.history]
-    return CrossFit(oof=np.nan_to_num(oof).astype(np.float32), scores=scores,
-                    test=np.asarray(strategy.predict(final, None), np.float32), final=final,
-                    fold_chosen=chosen, history=history)
+    out = CrossFit(oof=np.nan_to_num(oof).astype(np.float32), scores=scores, test=None, final=None,
+                   fold_chosen=chosen, history=history)
+    if bag:
+        out.folds = fits
+        out.fold_test = np.mean([strategy.predict(f, None) for f in fits], axis=0).astype(np.float32)
+        out.fold_seconds = time.time() - started
+        if not refit:
+            out.refit_skipped = "left out by the time-limit plan"
+            return out
+    try:
+        budget.check_projection("refit", len(folds), len(folds) + 1, started)
+        out.final = strategy.fit(np.arange(len(y)), seed, "final", strategy.final_choice(chosen))
+    except TimeLimitReached as e:
+        if not bag:
+            raise
+        out.refit_skipped = f"stopped at the time limit ({e.where})"
+        return out
+    out.test = np.asarray(strategy.predict(out.final, None), np.float32)
+    return out
 
 
 def inner_folds(y: np.ndarray, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -53,6 +53,17 @@ def save_network(folder: Path, spec: ModelSpec, module: Any) -> None:
     save_spec(folder, spec.model_copy(update={"files": {"model": MODEL_FILE}}))
 
 
+def save_bag(folder: Path, spec: ModelSpec, networks: list[Any]) -> None:
+    """A fold bag (:class:`~transfuse.train.bag.FoldBag`): each fold network's state dict in its
+    own file, so the folder serves without the run's ``work/``."""
+    files = {}
+    for k, net in enumerate(networks):
+        files[f"fold{k}"] = f"fold{k}.safetensors"
+        write_tensors(folder / files[f"fold{k}"], net.state_dict())
+    save_spec(folder, spec.model_copy(update={"kind": "bag", "method": "mean", "files": files,
+                                              "params": {"folds": len(networks)}}))
+
+
 def save_raw(folder: Path, spec: ModelSpec, estimator: Any) -> None:
     """A raw-input estimator that can state itself as JSON + arrays (``to_state``)."""
     if not hasattr(estimator, "to_state"):

@@ -77,6 +77,23 @@ def _single(folder: Path, spec: ModelSpec) -> Any:
     return model.eval()
 
 
+def _bag(folder: Path, spec: ModelSpec) -> Any:
+    import copy
+
+    from transfuse.train.bag import FoldBag
+    from transfuse.train.finetune import Classifier
+
+    backbone = _backbone(spec.backbone, folder, check=False)  # built once: the folds' weights replace its own
+    nets = []
+    for k in range(int(spec.params.get("folds", len(spec.files)))):
+        net = Classifier(copy.deepcopy(backbone), len(spec.classes))
+        net.load_state_dict(_tensors(folder, spec, f"fold{k}"), strict=True)
+        nets.append(net)
+    model = FoldBag(nets)
+    model.modality, model.backbone_options = spec.modality, spec.backbone.options
+    return model.eval()
+
+
 class RawModel:
     """A raw-input estimator (e.g. TF-IDF) over decoded items."""
 
@@ -194,7 +211,7 @@ def _joint(folder: Path, spec: ModelSpec) -> JointModel:
     return JointModel(net.eval(), spec.modality)
 
 
-LOADERS = {"probe": _single, "finetune": _single, "raw": _raw, "ensemble": _ensemble,
+LOADERS = {"probe": _single, "finetune": _single, "bag": _bag, "raw": _raw, "ensemble": _ensemble,
            "features": _features, "joint": _joint}
 
 

@@ -16,7 +16,7 @@ from transfuse.io import atomic_write_text
 
 SPEC_FILE = "model.json"
 FORMAT_VERSION = 2
-Kind = Literal["probe", "finetune", "raw", "ensemble", "features", "joint"]
+Kind = Literal["probe", "finetune", "bag", "raw", "ensemble", "features", "joint"]
 
 
 class _Frozen(BaseModel):
@@ -36,9 +36,11 @@ class BackboneRef(_Frozen):
 
 class ModelSpec(_Frozen):
     """A servable model. ``kind``: ``probe`` (head on a frozen backbone), ``finetune`` (whole
-    network), ``raw`` (a raw-input estimator such as TF-IDF), ``ensemble`` (members' probabilities
-    combined; ``members`` are candidate names of the same run), ``features`` (a head over several
-    backbones' features), ``joint`` (several backbones fine-tuned under one head)."""
+    network), ``bag`` (a fine-tuned candidate's fold networks, probabilities averaged; ``files``
+    ``fold0``, ``fold1``, ... in this folder, ``members`` the candidate), ``raw`` (a raw-input
+    estimator such as TF-IDF), ``ensemble`` (members' probabilities combined; ``members`` are
+    candidate names of the same run), ``features`` (a head over several backbones' features),
+    ``joint`` (several backbones fine-tuned under one head)."""
 
     format_version: int = FORMAT_VERSION
     kind: Kind

@@ -26,6 +26,10 @@ class AdaptConfig(Section):
     #: Image runs: add the no-transfer baseline ``pixels`` (logistic regression on raw pixels) as a
     #: candidate when no backbone lists it, so the report says when transfer loses to it.
     baseline: bool = True
+    #: Each fine-tuning candidate NAME also offers ``bag/NAME``: its k fold models, probabilities
+    #: averaged (no training; k test-set passes and k copies of the weights on disk). Its CV is
+    #: NAME's own; under a time limit it ships when NAME's refit does not fit.
+    bag: bool = True
 
 
 class HeadFit(Section):

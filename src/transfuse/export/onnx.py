@@ -1,8 +1,9 @@
 """Export a run's chosen model to ONNX, with the temperature folded in and a parity check.
 
 Every kind of served model is one graph: single models (probe, fine-tuned, LP-FT, distilled
-students), feature fusions (the backbones, the standardisers and the fusion net) and
-prediction-level ensembles (members, then their mean, weights or stacking meta-learner).
+students), fold bags (one input, the fold networks' probabilities averaged), feature fusions (the
+backbones, the standardisers and the fusion net) and prediction-level ensembles (members, then
+their mean, weights or stacking meta-learner).
 
 The graph takes the *collated* tensors each backbone's ``make_transform`` + ``collate`` produce
 (images: ``input`` (B, 3, H, W); audio: ``input`` (B, ...) features; text: ``input_ids`` and

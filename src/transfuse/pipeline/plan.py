@@ -5,9 +5,12 @@ for every backbone, their embedding stopped early if its measured pace cannot fi
 fine-tuning candidate is then planned from one real training step and one inference batch
 (:func:`~transfuse.train.finetune.measure_step`) times the steps its folds and refit take: it runs
 with the most epochs (up to ``train.finetune.epochs``) that fit the time left, after a reserve for
-the fusions, or is skipped with the estimate as the reason. Whatever still runs past the deadline
-is stopped (:class:`~transfuse.budget.TimeLimitReached`) and left out; the report is written with
-what finished. Every decision is kept for ``report.json["plan"]``.
+the fusions, or is skipped with the estimate as the reason. With fold bags (``adapt.bag``) the
+refit is optional: when not even one epoch fits with it, the most epochs that fit without it run
+and the fold bag ships in its place. Whatever still runs past the deadline is stopped
+(:class:`~transfuse.budget.TimeLimitReached`) and left out (a refit stopped with its folds done:
+the bag ships); the report is written with what finished. Every decision is kept for
+``report.json["plan"]``.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ FIT_OVERHEAD = 2.0
 
 
 def finetune_seconds(step: float, infer: float, batch_size: int, n: int, n_test: int, folds: int,
-                     inner_val: float, epochs: int) -> float:
+                     inner_val: float, epochs: int, *, refit: bool = True, bag: bool = False) -> float:
     """Estimated seconds of one fine-tuning candidate under :func:`~transfuse.adapt.cross_fit.cross_fit`:
     per outer fold, ``epochs`` epochs on the inner training part, a validation pass over the inner
     validation part per epoch (plus the sanity pass and the final one), the outer fold predicted
-    once; then the refit on all ``n`` rows for ``epochs`` epochs and the test part predicted."""
+    once (``bag``: and the test part); then (``refit``) the refit on all ``n`` rows for ``epochs``
+    epochs and the test part predicted."""
     def batches(rows: float) -> int:
         return math.ceil(rows / batch_size) if rows > 0 else 0
 
@@ -38,9 +42,9 @@ def finetune_seconds(step: float, infer: float, batch_size: int, n: int, n_test:
     n_inner_val = n_fold_train * inner_val
     per_fold = (batches(n_fold_train - n_inner_val) * epochs * step
                 + (batches(n_inner_val) * (epochs + 2) if inner_val > 0 else 0) * infer
-                + batches(n / folds) * infer + FIT_OVERHEAD)
-    refit = batches(n) * epochs * step + batches(n_test) * infer + FIT_OVERHEAD
-    return folds * per_fold + refit
+                + batches(n / folds) * infer + FIT_OVERHEAD + (batches(n_test) * infer if bag else 0))
+    final = batches(n) * epochs * step + batches(n_test) * infer + FIT_OVERHEAD
+    return folds * per_fold + (final if refit else 0)
 
 
 @dataclass
@@ -59,7 +63,9 @@ class Planner:
 
     def too_late(self, name: str, folds: int, reserve: float = 0.0) -> bool:
         """True (and a skip recorded) when the time left minus ``reserve`` cannot hold even the
-        fixed costs of the ``folds`` + 1 fits, so measuring a step would only waste time."""
+        fixed costs of the ``folds`` + 1 fits, so measuring a step would only waste time. The
+        refit counts even where a fold bag could ship without it: measuring a step takes seconds
+        of its own on a loaded machine, and with this little time left no fold would fit either."""
         need = SAFETY * FIT_OVERHEAD * (folds + 1)
         avail = self.left() - reserve
         if avail >= need:
@@ -68,28 +74,38 @@ class Planner:
         return True
 
     def plan_finetune(self, name: str, cost: Any, n: int, n_test: int, folds: int, inner_val: float,
-                      max_epochs: int, reserve: float = 0.0) -> int | None:
-        """The most epochs (``1..max_epochs``) whose estimate fits the time left minus ``reserve``
-        (None: not even one does). Recorded as a decision either way."""
+                      max_epochs: int, reserve: float = 0.0, bag: bool = False) -> tuple[int, bool] | None:
+        """``(epochs, refit)``: the most epochs (``1..max_epochs``) whose estimate with the refit
+        fits the time left minus ``reserve``, and True; with ``bag``, when not even one epoch
+        does, the most that fit without the refit, and False (the fold bag ships instead). None:
+        nothing fits. Recorded as a decision either way."""
         if self.budget is None:
-            return max_epochs
+            return max_epochs, True
         avail = self.left() - reserve
 
-        def est(e: int) -> float:
+        def est(e: int, refit: bool = True) -> float:
             return SAFETY * finetune_seconds(cost.train_step, cost.infer_batch, cost.batch_size, n, n_test,
-                                             folds, inner_val, e)
+                                             folds, inner_val, e, refit=refit, bag=bag)
         unit = {"train_step_s": round(cost.train_step, 4), "infer_batch_s": round(cost.infer_batch, 4),
                 "batch_size": cost.batch_size}
         fits = [e for e in range(1, max_epochs + 1) if est(e) <= avail]
-        if not fits:
-            self.note(name, "skip", f"needs about {est(1):.0f} s for 1 epoch ({folds} folds + refit), "
-                      f"{max(avail, 0):.0f} s left", estimate_s=round(est(1), 1), **unit)
-            return None
-        e = fits[-1]
-        why = "as configured" if e == max_epochs else f"{max_epochs} would need about {est(max_epochs):.0f} s"
-        self.note(name, "run", f"{e} epoch(s): about {est(e):.0f} s of {max(avail, 0):.0f} s left ({why})",
-                  estimate_s=round(est(e), 1), epochs=e, **unit)
-        return e
+        if fits:
+            e = fits[-1]
+            why = "as configured" if e == max_epochs else f"{max_epochs} would need about {est(max_epochs):.0f} s"
+            self.note(name, "run", f"{e} epoch(s): about {est(e):.0f} s of {max(avail, 0):.0f} s left ({why})",
+                      estimate_s=round(est(e), 1), epochs=e, refit=True, **unit)
+            return e, True
+        folds_only = [e for e in range(1, max_epochs + 1) if bag and est(e, False) <= avail]
+        if folds_only:
+            e = folds_only[-1]
+            self.note(name, "run", f"{e} epoch(s) without the refit: about {est(e, False):.0f} s of "
+                      f"{max(avail, 0):.0f} s left (1 epoch with the refit would need about {est(1):.0f} s); "
+                      "the fold bag ships instead", estimate_s=round(est(e, False), 1), epochs=e, refit=False, **unit)
+            return e, False
+        self.note(name, "skip", f"needs about {est(1, not bag):.0f} s for 1 epoch ({folds} folds"
+                  f"{'' if bag else ' + refit'}), {max(avail, 0):.0f} s left", estimate_s=round(est(1, not bag), 1),
+                  **unit)
+        return None
 
     def summary(self) -> dict[str, Any] | None:
         if self.budget is None:

@@ -7,6 +7,7 @@ import datetime as _dt
 from typing import Any
 
 from transfuse import __version__
+from transfuse.adapt.bag import is_bag
 from transfuse.adapt.result import CandidateResult
 from transfuse.artifacts.store import Prepared, RunFolder
 from transfuse.faults import fault_point
@@ -15,7 +16,8 @@ from transfuse.io import atomic_write_json
 
 def build_report(cfg: Any, run: RunFolder, data: Prepared, results: list[CandidateResult],
                  timings: dict[str, float]) -> dict[str, Any]:
-    """Every candidate's CV (and test, read once) metrics; the chosen one is the best by CV."""
+    """Every candidate's CV (and test, read once) metrics; the chosen one is the best by CV (a
+    fold bag loses ties)."""
     from transfuse.evaluate.metrics import classification_metrics
 
     classes, ytest = data.train.classes, data.test.labels
@@ -24,7 +26,8 @@ def build_report(cfg: Any, run: RunFolder, data: Prepared, results: list[Candida
         c = r.summary()
         c["test"] = classification_metrics(ytest, r.test, classes) if len(ytest) else None
         cands.append(c)
-    chosen = max(results, key=lambda r: r.cv_mean)
+    # a fold bag loses CV ties (its refit always ties it: one network against k at inference)
+    chosen = max(results, key=lambda r: (r.cv_mean, not is_bag(r)))
     report = {
         "name": cfg.name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from transfuse import budget
-from transfuse.adapt.cross_fit import cross_fit
+from transfuse.adapt.bag import bag_name, bag_result
+from transfuse.adapt.cross_fit import CrossFit, cross_fit
 from transfuse.adapt.finetune import FinetuneStrategy
 from transfuse.adapt.partial import PartialStrategy
 from transfuse.adapt.probe import ProbeStrategy
@@ -35,7 +36,8 @@ def n_params(module: Any) -> int | None:
 
 
 def inference_ms(backbone: Any, test: Any, n: int = 16) -> float | None:
-    """Milliseconds per example for decode + preprocess + forward at batch ``n`` (CPU or GPU)."""
+    """Milliseconds per example for decode + preprocess + forward at batch ``n`` (CPU or GPU);
+    None past the time limit (a fold bag shipping after a stopped refit)."""
     if len(test) == 0 or getattr(backbone, "is_raw_estimator", False):
         return None
     import torch
@@ -43,10 +45,13 @@ def inference_ms(backbone: Any, test: Any, n: int = 16) -> float | None:
     from transfuse.train.cache import compute_features
 
     sub = test.subset(range(min(n, len(test))))
-    with torch.no_grad():
-        compute_features(backbone, sub.subset(range(min(2, len(sub)))), batch_size=n)  # warm up
-        t = time.perf_counter()
-        compute_features(backbone, sub, batch_size=n)
+    try:
+        with torch.no_grad():
+            compute_features(backbone, sub.subset(range(min(2, len(sub)))), batch_size=n)  # warm up
+            t = time.perf_counter()
+            compute_features(backbone, sub, batch_size=n)
+    except TimeLimitReached:
+        return None
     return 1000.0 * (time.perf_counter() - t) / len(sub)
 
 
@@ -101,10 +106,13 @@ def run_singles(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
         name = short_name(bcfg.name) if strategy is None else f"{short_name(bcfg.name)}/{strategy}"
         if follower and strategy not in TRAINING_STRATEGIES:
             continue  # nothing distributed (a raw baseline, a probe): rank 0 alone fits it
-        done = run.done(name)
-        if done is not None:
-            console.print(f"[dim]resume: {name} already done (cv {done.cv_mean:.4f})[/dim]")
-            results.append(done)
+        done = [r for r in (run.done(name), run.done(bag_name(name))) if r is not None]
+        if done and (done[0].name == name or (done[0].selected or {}).get("refit_skipped")):
+            for r in done:  # the candidate, its bag; or the bag that shipped without the refit
+                console.print(f"[dim]resume: {r.name} already done (cv {r.cv_mean:.4f})[/dim]")
+                results.append(r)
+            if done[0].name != name:
+                skipped.append({"name": name, "reason": _bag_reason(name, done[0].selected["refit_skipped"])})
             continue
         if bcfg.name in unembedded:  # one pass over the data did not fit: no fit of it will
             reason = f"not started: embedding with {bcfg.name} was stopped at the time limit"
@@ -127,18 +135,23 @@ def run_singles(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
             if e.where.startswith("embed"):
                 unembedded.add(bcfg.name)
             continue
-        if res is not None:
-            results.append(res)
+        if res:
+            results += res
             timings[f"candidate:{name}"] = time.perf_counter() - t
     return results, skipped
+
+
+def _bag_reason(name: str, why: str) -> str:
+    return f"time limit: refit {why}; {bag_name(name)} ships instead"
 
 
 def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: bool, timings: dict[str, float],
                 wrap: dict[str, Callable[[Any], Any]] | None, planner: Planner, bcfg: Any, strategy: str | None,
                 name: str, backbone: Any, opts: dict[str, Any], feats: dict[str, tuple[np.ndarray, np.ndarray]],
-                skipped: list[dict[str, str]], follower: bool = False) -> CandidateResult | None:
-    """One candidate: cross-fitted, saved, its result (None: skipped, reason in ``skipped``;
-    ``follower``: cross-fitted only)."""
+                skipped: list[dict[str, str]], follower: bool = False) -> list[CandidateResult]:
+    """One candidate: cross-fitted, saved, its results (the candidate, then its fold bag with
+    ``adapt.bag``; only the bag where the time limit left the refit out; none: skipped, reason in
+    ``skipped``; ``follower``: cross-fitted only)."""
     y, classes = data.train.labels, list(data.train.classes)
     n_classes, metric, bs = len(classes), cfg.evaluate.metric, cfg.train.embed_batch_size
     raw = strategy is None
@@ -147,7 +160,7 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
         reason = f"{bcfg.name} cannot be fine-tuned (frozen backbone); only linear_probe applies"
         console.print(f"[yellow]skip[/yellow] {name}: {reason}")
         skipped.append({"name": name, "reason": reason})
-        return None
+        return []
     t = time.perf_counter()
     console.print(f"[bold]candidate[/bold] {name}")
     if strategy in ("linear_probe", "lp_ft", "partial_ft") and bcfg.name not in feats:
@@ -156,20 +169,23 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
         timings[f"embed:{short_name(bcfg.name)}"] = time.perf_counter() - te
     f = feats.get(bcfg.name)
     ft = cfg.train.finetune
+    bag = cfg.adapt.bag and strategy in TRAINING_STRATEGIES and not follower
+    refit = True
     if strategy in TRAINING_STRATEGIES and planner.budget is not None:
         from transfuse.train.finetune import measure_step
 
         reserve = fusion_reserve(cfg, timings)
-        epochs = None
+        plan = None
         if planner.too_late(name, len(data.folds), reserve) is False:
             cost = measure_step(backbone, train, n_classes, ft, getattr(cfg.augment, train.modality, None), cfg.seed)
-            epochs = planner.plan_finetune(name, cost, len(train), len(test), len(data.folds), ft.inner_val,
-                                           ft.epochs, reserve=reserve)
-        if epochs is None:
+            plan = planner.plan_finetune(name, cost, len(train), len(test), len(data.folds), ft.inner_val,
+                                         ft.epochs, reserve=reserve, bag=bag)
+        if plan is None:
             reason = next(d["reason"] for d in reversed(planner.decisions) if d["name"] == name)
             console.print(f"[yellow]skip[/yellow] {name}: {reason}")
             skipped.append({"name": name, "reason": f"time limit: {reason}"})
-            return None
+            return []
+        epochs, refit = plan
         ft = ft.model_copy(update={"epochs": epochs})
     if raw:
         strat: Any = RawStrategy(backbone, [train.load(i) for i in range(len(train))],
@@ -185,32 +201,61 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
                                  batch_size=bs, progress=progress)
     if wrap and name in wrap:
         strat = wrap[name](strat)
-    cv = cross_fit(strat, y, data.folds, n_classes, metric, cfg.seed)
+    cv = cross_fit(strat, y, data.folds, n_classes, metric, cfg.seed, bag=bag, refit=refit)
     if follower:
-        return None
+        return []
     spec = ModelSpec(kind="probe", candidate=name, modality=train.modality, classes=classes, strategy=strategy)
+    if not raw:
+        spec = spec.model_copy(update={"backbones": [save.backbone_ref(bcfg.name, opts, backbone)]})
+    ms = inference_ms(backbone, test)
+    out = [_save_bag(run, spec, cv, strat, backbone.spec, ms)] if bag else []
+    if cv.final is None:  # the time limit left the refit out: the bag ships instead
+        reason = _bag_reason(name, cv.refit_skipped or "")
+        console.print(f"[yellow]skip[/yellow] {name}: {reason.removeprefix('time limit: ')}")
+        skipped.append({"name": name, "reason": reason})
+        planner.note(name, "bag", reason.removeprefix("time limit: "))
+        run.discard_work(name)  # the bag's folder holds its fold networks
+        return out
     folder = run.candidate_dir(name)
     if raw:
         save.save_raw(folder, spec.model_copy(update={"estimator": {"name": bcfg.name, "options": opts}}),
                       cv.final.model)
         params = None
+    elif strategy == "linear_probe":
+        save.save_probe(folder, spec, cv.final.model)
+        params = (n_params(backbone) or 0) + f[0].shape[1] * n_classes + n_classes
     else:
-        spec = spec.model_copy(update={"backbones": [save.backbone_ref(bcfg.name, opts, backbone)]})
-        if strategy == "linear_probe":
-            save.save_probe(folder, spec, cv.final.model)
-            params = (n_params(backbone) or 0) + f[0].shape[1] * n_classes + n_classes
-        else:
-            network = strat.shippable(cv.final.model) if isinstance(strat, PartialStrategy) else cv.final.model
-            save.save_network(folder, spec.model_copy(update={"kind": "finetune"}), network)
-            params = n_params(network)
+        network = _shippable(strat, cv.final.model)
+        save.save_network(folder, spec.model_copy(update={"kind": "finetune"}), network)
+        params = n_params(network)
     res = CandidateResult(
         name=name, kind="baseline" if raw else "single", oof=cv.oof, test=cv.test,
         cv_scores=cv.scores, backbone=None if raw else backbone.spec, strategy=strategy,
         method=name if raw else None, history=cv.history, fit_seconds=time.perf_counter() - t,
-        params=params, inference_ms_per_example=inference_ms(backbone, test), selected=cv.selected)
-    res.save(folder)
+        params=params, inference_ms_per_example=ms, selected=cv.selected)
+    res.save(folder)  # after the bag's: this result marks both done (resume)
     run.release_work(name)
     console.print(f"  cv {metric} {res.cv_mean:.4f} ± {res.cv_std:.4f}")
+    return [res, *out]
+
+
+def _shippable(strat: Any, model: Any) -> Any:
+    """The whole network a fit ships (a partial fine-tune's top goes back into its backbone)."""
+    return strat.shippable(model) if isinstance(strat, PartialStrategy) else model
+
+
+def _save_bag(run: RunFolder, spec: ModelSpec, cv: CrossFit, strat: Any, backbone: str,
+              ms: float | None) -> CandidateResult:
+    """The fold bag of ``spec.candidate`` (:mod:`transfuse.adapt.bag`), saved with its own copy of
+    the fold networks."""
+    name = spec.candidate
+    networks = [_shippable(strat, f.model) for f in cv.folds]
+    res = bag_result(name, cv, backbone, n_params(networks[0]), ms)
+    folder = run.candidate_dir(res.name)
+    save.save_bag(folder, spec.model_copy(update={"candidate": res.name, "strategy": "bag", "members": [name]}),
+                  networks)
+    res.save(folder)
+    console.print(f"  {res.name}: the {len(networks)} fold models averaged (cv as {name})")
     return res
 
 
