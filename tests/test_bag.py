@@ -41,7 +41,7 @@ def _config(root: Path, **over) -> dict:
     data = write_digits_folder(root / "digits", classes=(0, 1, 7), per_class=10)
     cfg = {"name": "bag", "seed": 0, "data": {"source": "folder", "path": str(data), "modality": "image"},
            "split": {"folds": 2, "test_size": 0.25}, "preprocess": {"image_size": 32},
-           "backbones": ["bundled:efficientnet_lite0"], "adapt": {"strategies": ["lp_ft"], "baseline": False},
+           "backbones": ["bundled:efficientnet_lite0"], "adapt": {"strategies": ["lp_ft"], "baseline": False, "bag": True},
            "train": {"finetune": {"epochs": 1, "batch_size": 8, "num_workers": 0}},
            "output": {"dir": str(root / "run")}}
     return {**cfg, **over}
@@ -253,7 +253,15 @@ def test_adapt_bag_is_validated():
     from transfuse.config import validate_config
     from transfuse.errors import UserError
 
-    assert validate_config({"backbones": ["bundled:minilm_l3"], "data": {"modality": "text"}}).adapt.bag is True
+    from transfuse.pipeline.singles import bags_on
+
+    plain = validate_config({"backbones": ["bundled:minilm_l3"], "data": {"modality": "text"}})
+    assert plain.adapt.bag is None and bags_on(plain) is False  # without a limit the refit always wins the tie
+    limited = validate_config({"backbones": ["bundled:minilm_l3"], "data": {"modality": "text"},
+                               "budget": {"time_limit": 600}})
+    assert bags_on(limited) is True
+    assert bags_on(validate_config({"backbones": ["bundled:minilm_l3"], "data": {"modality": "text"},
+                                    "budget": {"time_limit": 600}, "adapt": {"bag": False}})) is False
     with pytest.raises(UserError) as e:
         validate_config({"backbones": ["bundled:minilm_l3"], "data": {"modality": "text"}, "adapt": {"bag": "maybe"}})
     assert len(str(e.value).splitlines()) == 1 and "adapt.bag" in str(e.value), str(e.value)

@@ -121,9 +121,8 @@ def test_partial_ft_candidate_ships_and_serves(digits_folder: Path, tmp_path: Pa
         "output": {"dir": str(out)},
     })
     report = json.loads((out / "report.json").read_text())
-    assert report["chosen"] == "efficientnet_lite0/partial_ft"  # its fold bag ties it and loses the tie
-    cand, bag = report["candidates"]
-    assert bag["name"] == "bag/efficientnet_lite0/partial_ft" and bag["cv_scores"] == cand["cv_scores"]
+    assert report["chosen"] == "efficientnet_lite0/partial_ft"
+    (cand,) = report["candidates"]  # no fold bag without a time limit (adapt.bag: null)
     assert cand["selected"]["final"]["epochs"] in (1, 2)  # the folds' inner splits chose it
     import transfuse
     import yaml

@@ -49,7 +49,7 @@ def image_run(tmp_path_factory) -> Path:
         "data": {"source": "folder", "path": str(data), "modality": "image"},
         "split": {"folds": 2, "test_size": 0.25}, "preprocess": {"image_size": 32},
         "backbones": ["bundled:efficientnet_lite0", "bundled:efficientnet_lite1"],
-        "adapt": {"strategies": list(STRATEGIES), "baseline": False},
+        "adapt": {"strategies": list(STRATEGIES), "baseline": False, "bag": True},
         "train": {"finetune": {"epochs": 1, "max_train_batches": 2, "batch_size": 8, "lr": 1e-3,
                                "num_workers": 0}},
         "fuse": {"ensembles": ["stacking"], "distill": {"enabled": True},  # the text run has all four

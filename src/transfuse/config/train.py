@@ -28,8 +28,9 @@ class AdaptConfig(Section):
     baseline: bool = True
     #: Each fine-tuning candidate NAME also offers ``bag/NAME``: its k fold models, probabilities
     #: averaged (no training; k test-set passes and k copies of the weights on disk). Its CV is
-    #: NAME's own; under a time limit it ships when NAME's refit does not fit.
-    bag: bool = True
+    #: NAME's own; under a time limit it ships when NAME's refit does not fit. ``null`` (default):
+    #: on under ``budget.time_limit`` only (without a limit the refit always runs and wins the tie).
+    bag: bool | None = None
 
 
 class HeadFit(Section):

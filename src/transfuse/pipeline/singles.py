@@ -55,6 +55,11 @@ def inference_ms(backbone: Any, test: Any, n: int = 16) -> float | None:
     return 1000.0 * (time.perf_counter() - t) / len(sub)
 
 
+def bags_on(cfg: Any) -> bool:
+    """``adapt.bag`` resolved: as set, or (``null``) on under a time limit only."""
+    return cfg.adapt.bag if cfg.adapt.bag is not None else cfg.budget.time_limit is not None
+
+
 def build(bcfg: Any, cfg: Any) -> tuple[Any, dict[str, Any]]:
     """Backbone ``bcfg`` built with its options resolved for ``cfg`` (the run's image size)."""
     opts = resolve_options(bcfg.options, cfg.data.modality, cfg.preprocess.image_size)
@@ -169,7 +174,7 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
         timings[f"embed:{short_name(bcfg.name)}"] = time.perf_counter() - te
     f = feats.get(bcfg.name)
     ft = cfg.train.finetune
-    bag = cfg.adapt.bag and strategy in TRAINING_STRATEGIES and not follower
+    bag = bags_on(cfg) and strategy in TRAINING_STRATEGIES and not follower
     refit = True
     if strategy in TRAINING_STRATEGIES and planner.budget is not None:
         from transfuse.train.finetune import measure_step
