@@ -3,7 +3,7 @@
 One pretrained backbone per modality is fine-tuned separately on 3 tasks (text: MiniLM-L3 on
 WordNet nouns, WordNet verbs, SpamAssassin; images: EfficientNet-Lite0 at a small resolution on
 emoji categories, a Fashion-MNIST subset, sklearn digits). The fine-tuned backbones are merged with
-every method that takes 3 models (heads kept per task), coefficients chosen on a validation split,
+each method of METHODS (heads kept per task), coefficients chosen on a validation split,
 and each task is scored on its test split with the merged backbone and its own head: accuracy,
 average, and normalised accuracy (merged / individually fine-tuned). Reference rows: the
 individually fine-tuned models, and the pretrained backbone with each task's fine-tuned head.
@@ -47,6 +47,7 @@ from transfuse.train.finetune import Classifier, finetune
 
 LAMBDAS = [0.4, 0.7, 1.0]  # task vectors summed (normalize false)
 MEANS = [1.0, 2.0, 3.0]  # TIES' disjoint mean (normalize true) of vectors trimmed to 20%
+SVD_ALPHAS = [0.5, 1.0, 1.5, 2.0]  # TSV-M, Iso-C, Iso-CTS, WUDI: base + alpha * merged
 #: method -> (per-model parameters, fixed global parameters, grid searched on validation)
 METHODS: dict[str, tuple[dict, dict, dict]] = {
     "linear": ({}, {}, {}),
@@ -59,7 +60,22 @@ METHODS: dict[str, tuple[dict, dict, dict]] = {
     "model_stock": ({}, {}, {}),
     "fisher": ({}, {}, {}),
     "regmean": ({}, {}, {"alpha": [0.5, 0.9]}),
+    # SVD family (FusionBench's semantics: output base + alpha * merged; only 2-D tensors go through
+    # SVDs, every other tensor gets the mean task vector). The rest at the papers' / FusionBench's
+    # defaults: TSV-M per-model weight 1; Iso-CTS common_space_fraction 0.8; WUDI 300 Adam steps of
+    # lr 1e-5 (FusionBench's function; its config says 400). FusionBench's alpha is 1 (WUDI's paper
+    # has no coefficient); the grid holds 1 and reaches 2 because on a network without 2-D weights
+    # (EfficientNet's convolutions) these methods add alpha * the mean task vector, and alpha 2 on
+    # the mean is task arithmetic's lambda 0.67.
+    "tsv_merge": ({}, {}, {"alpha": SVD_ALPHAS}),
+    "iso_c": ({}, {}, {"alpha": SVD_ALPHAS}),
+    "iso_cts": ({}, {"common_space_fraction": 0.8}, {"alpha": SVD_ALPHAS}),
+    "wudi": ({}, {"iter_num": 300, "lr": 1e-5}, {"alpha": SVD_ALPHAS}),
 }
+
+
+#: modality -> share of the backbone's parameters in 2-D tensors (the only ones the SVD family's SVDs see)
+MATRIX_SHARE: dict[str, float] = {}
 
 
 def split3(ds: Dataset, n_train: int, n_val: int, n_test: int, seed: int = 0) -> tuple[Dataset, ...]:
@@ -128,6 +144,8 @@ def run_modality(modality: str, args: argparse.Namespace) -> list[dict]:
     backbone = create_backbone(spec, **opts)
     base_path = work / "base.safetensors"
     save_tensors({f"backbone.{k}": v for k, v in backbone.state_dict().items()}, base_path)
+    floats = [v for v in backbone.state_dict().values() if v.is_floating_point()]
+    MATRIX_SHARE[modality] = round(sum(v.numel() for v in floats if v.dim() == 2) / sum(v.numel() for v in floats), 3)
     evalers: dict[str, Classifier] = {}
     files: dict[str, dict[str, str]] = {}
     individual: dict[str, float] = {}
@@ -239,7 +257,10 @@ def main() -> None:
         "protocol": (f"train/val/test per task {'/'.join(map(str, sizes(args)))} (stratified), "
                      f"{1 if args.quick else args.epochs or '3 (text) / 8 (images)'} epochs, Fisher on {args.fisher_samples} and Gram on "
                      f"{args.gram_samples} training examples, coefficients chosen on val (grid), "
-                     "accuracy on test; slerp (2 models) and greedy_soup (one task) do not apply")})
+                     "accuracy on test; slerp (2 models) and greedy_soup (one task) do not apply"),
+        "parameters": {m: {**({"per-model": pm} if pm else {}), **fixed, **({"val grid": grid} if grid else {})}
+                       for m, (pm, fixed, grid) in METHODS.items()},
+        "backbone share in 2-D tensors (SVD family; the rest gets the mean task vector)": MATRIX_SHARE})
     print(md)
 
 

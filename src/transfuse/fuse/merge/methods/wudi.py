@@ -33,7 +33,7 @@ def _gradient(deltas: Tensor, scale: Tensor) -> tuple[Tensor, Tensor | None]:
         return deltas, None
     weighted = deltas * scale.view(-1, 1, 1)
     gram = torch.einsum("toi,toj->ij", weighted, deltas)
-    cross = sum((d @ d.T) @ w for d, w in zip(deltas, weighted))
+    cross = sum(d @ (d.T @ w) for d, w in zip(deltas, weighted))  # d (d^T w): never out x out
     return gram, cross  # type: ignore[return-value]
 
 
@@ -71,7 +71,7 @@ def wudi_task_vector(deltas: list[Tensor], iter_num: int = 300, lr: float = 1e-5
             for d, s in zip(first, scale):
                 grad += (2 * s) * (((merged - d) @ d.T) @ d)
         else:
-            grad = 2 * (merged @ first - second)
+            grad = torch.addmm(second, merged, first, beta=-2, alpha=2)  # 2 (t M - C), one pass
         adam_step(merged, grad, exp_avg, exp_avg_sq, step, lr)
     return merged
 
