@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transfuse.train.loaders import make_loader
+from transfuse.train.loaders import predict_batches
 
 #: Probabilities are clipped here before a log (as serving's calibration and the ONNX graph do).
 EPS = 1e-15
@@ -54,13 +54,4 @@ class FoldBag(nn.Module):
     def predict_proba(self, dataset: Any, batch_size: int = 64, num_workers: int | str = 0) -> np.ndarray:
         """Mean class probabilities ``(len(dataset), n_classes)`` in dataset order (eval mode);
         each batch is decoded once for all networks."""
-        device = next(self.parameters()).device
-        was_training = self.training
-        self.eval()
-        loader = make_loader(dataset, self.backbone, train=False, batch_size=batch_size,
-                             num_workers=num_workers, pin_memory=device.type == "cuda")
-        try:
-            out = [self.mean_proba(self.backbone.batch_to(x, device)).cpu() for x, _ in loader]
-        finally:
-            self.train(was_training)
-        return torch.cat(out).numpy() if out else np.zeros((0, self.n_classes), np.float32)
+        return predict_batches(self, dataset, self.mean_proba, self.n_classes, batch_size, num_workers)

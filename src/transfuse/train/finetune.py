@@ -40,7 +40,7 @@ from transfuse.io import (
     atomic_write_json,
     read_json,
 )
-from transfuse.train.loaders import make_loader
+from transfuse.train.loaders import make_loader, predict_batches
 from transfuse.train.losses import ClassificationLoss, resolve_class_weights
 
 if TYPE_CHECKING:
@@ -145,16 +145,8 @@ class Classifier(nn.Module):
     @torch.inference_mode()
     def predict_proba(self, dataset: Dataset, batch_size: int = 64, num_workers: int | str = 0) -> np.ndarray:
         """Class probabilities ``(len(dataset), n_classes)`` in dataset order (eval mode)."""
-        device = next(self.parameters()).device
-        was_training = self.training
-        self.eval()
-        loader = make_loader(dataset, self.backbone, train=False, batch_size=batch_size,
-                             num_workers=num_workers, pin_memory=device.type == "cuda")
-        try:
-            out = [F.softmax(self(self.backbone.batch_to(x, device)).float(), dim=-1).cpu() for x, _ in loader]
-        finally:
-            self.train(was_training)
-        return torch.cat(out).numpy() if out else np.zeros((0, self.n_classes), np.float32)
+        return predict_batches(self, dataset, lambda b: F.softmax(self(b).float(), dim=-1), self.n_classes,
+                               batch_size, num_workers)
 
 
 @dataclass

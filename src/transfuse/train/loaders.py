@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
@@ -81,3 +82,21 @@ def make_loader(
         persistent_workers=workers > 0,
         drop_last=drop_last,
     )
+
+
+def predict_batches(model: Any, dataset: Any, fn: Any, n_classes: int, batch_size: int = 64,
+                    num_workers: int | str = 0) -> np.ndarray:
+    """``fn(batch)`` (class probabilities) over ``dataset`` in order, ``model`` in eval mode for the
+    pass (its mode restored after), each batch decoded once by ``model.backbone``'s eval transform;
+    ``(len(dataset), n_classes)``."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loader = make_loader(dataset, model.backbone, train=False, batch_size=batch_size,
+                         num_workers=num_workers, pin_memory=device.type == "cuda")
+    try:
+        with torch.inference_mode():
+            out = [fn(model.backbone.batch_to(x, device)).cpu() for x, _ in loader]
+    finally:
+        model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros((0, n_classes), np.float32)
