@@ -12,9 +12,10 @@ setup:
 demo: setup
 	.venv/bin/transfuse demo
 
-# two workers, one test file each at a time (module fixtures built once); the slowest files first
+# three workers on two cores (one fills the gaps the others leave waiting on subprocesses and disk),
+# one test file each at a time (module fixtures built once); the slowest files first
 test: setup
-	.venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15
+	.venv/bin/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile --durations=15
 
 test-fast: setup
 	.venv/bin/python -m pytest -q -m "not real"

@@ -281,6 +281,31 @@ def finished(work: Path, key: dict[str, Any], row: dict[str, Any]) -> dict[str, 
     return row
 
 
+def paired(task: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    """Exact McNemar test of AutoGluon's main fit against transfuse's chosen model on the same test
+    rows: transfuse's ``model/test_proba.npy`` follows ``splits.json["test_idx"]`` (rows of
+    test.csv), AutoGluon's predictions follow test.csv. None when either side did not finish."""
+    import numpy as np
+    from scipy.stats import binomtest
+
+    root = Path(args.out) / task
+    ag_file, run = root / "autogluon-main" / "result.json", root / "transfuse" / "run"
+    if not (ag_file.is_file() and (run / "model" / "test_proba.npy").is_file()):
+        return None
+    with open(root / "data" / "test.csv", newline="", encoding="utf-8") as f:
+        truth = [r["label"] for r in csv.DictReader(f)]
+    ag = np.array(json.loads(ag_file.read_text())["predictions"]) == np.array(truth)
+    idx = json.loads((run / "splits.json").read_text())["test_idx"]
+    classes = json.loads((run / "model" / "model.json").read_text())["classes"]
+    pred = np.array(classes)[np.load(run / "model" / "test_proba.npy").argmax(1)]
+    tf = np.zeros(len(truth), bool)
+    tf[idx] = pred == np.array(truth)[idx]
+    only_ag, only_tf = int((ag & ~tf).sum()), int((~ag & tf).sum())
+    p = binomtest(only_tf, only_ag + only_tf, 0.5).pvalue if only_ag + only_tf else 1.0
+    return {"n": len(truth), "AutoGluon right": int(ag.sum()), "transfuse right": int(tf.sum()),
+            "only AutoGluon": only_ag, "only transfuse": only_tf, "exact McNemar p": round(float(p), 4)}
+
+
 def run_autogluon(task: str, meta: dict[str, Any], checkpoint: str, time_limit: int, tag: str,
                   args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.out) / task / f"autogluon-{tag}"
@@ -469,6 +494,8 @@ def main() -> None:
             eq["setting"] += " (= transfuse's fit seconds)"
             rows.append(eq)
             print(f"  AutoGluon at transfuse's time: {eq.get('test_accuracy')}", flush=True)
+        if ag_model and (pair := paired(task, args)) is not None:
+            extra[f"{task}: AutoGluon (main fit) vs transfuse, paired on the test rows"] = pair
         ag_versions = next((r["versions"] for r in rows if r.get("versions")), None)
         if ag_versions:
             extra["AutoGluon stack"] = ag_versions

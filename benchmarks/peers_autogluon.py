@@ -35,7 +35,9 @@ def main() -> None:
     test = pd.read_csv(spec["test_csv"], keep_default_na=False)
     cols = [spec["column"], "label"]
     train, test = train[cols], test[cols]
-    predictor = MultiModalPredictor(label="label", problem_type="multiclass", eval_metric="accuracy",
+    # AutoGluon refuses "multiclass" for a label with two values (SpamAssassin): "binary" there
+    problem_type = "binary" if train["label"].nunique() == 2 else "multiclass"
+    predictor = MultiModalPredictor(label="label", problem_type=problem_type, eval_metric="accuracy",
                                     path=spec["path"], verbosity=2)
     hyper = {f"model.{spec['model']}.checkpoint_name": spec["checkpoint"], "env.num_gpus": 0,
              **spec.get("hyperparameters", {})}
