@@ -12,10 +12,9 @@ setup:
 demo: setup
 	.venv/bin/transfuse demo
 
-# three workers on two cores (one fills the gaps the others leave waiting on subprocesses and disk),
-# one test file each at a time (module fixtures built once); the slowest files first
+# two workers, one test file each at a time (module fixtures built once); the slowest files first
 test: setup
-	.venv/bin/python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile --durations=15
+	.venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15
 
 test-fast: setup
 	.venv/bin/python -m pytest -q -m "not real"
