@@ -286,7 +286,7 @@ def paired(task: str, args: argparse.Namespace) -> dict[str, Any] | None:
     rows: transfuse's ``model/test_proba.npy`` follows ``splits.json["test_idx"]`` (rows of
     test.csv), AutoGluon's predictions follow test.csv. None when either side did not finish."""
     import numpy as np
-    from scipy.stats import binomtest
+    from paired import mcnemar
 
     root = Path(args.out) / task
     ag_file, run = root / "autogluon-main" / "result.json", root / "transfuse" / "run"
@@ -300,10 +300,10 @@ def paired(task: str, args: argparse.Namespace) -> dict[str, Any] | None:
     pred = np.array(classes)[np.load(run / "model" / "test_proba.npy").argmax(1)]
     tf = np.zeros(len(truth), bool)
     tf[idx] = pred == np.array(truth)[idx]
-    only_ag, only_tf = int((ag & ~tf).sum()), int((~ag & tf).sum())
-    p = binomtest(only_tf, only_ag + only_tf, 0.5).pvalue if only_ag + only_tf else 1.0
-    return {"n": len(truth), "AutoGluon right": int(ag.sum()), "transfuse right": int(tf.sum()),
-            "only AutoGluon": only_ag, "only transfuse": only_tf, "exact McNemar p": round(float(p), 4)}
+    m = mcnemar(ag, tf)
+    return {"n": m["n"], "AutoGluon right": m["right A"], "transfuse right": m["right B"],
+            "only AutoGluon": m["only A"], "only transfuse": m["only B"],
+            "exact McNemar p": round(m["exact McNemar p"], 4)}
 
 
 def run_autogluon(task: str, meta: dict[str, Any], checkpoint: str, time_limit: int, tag: str,
