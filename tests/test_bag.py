@@ -265,3 +265,128 @@ def test_adapt_bag_is_validated():
     with pytest.raises(UserError) as e:
         validate_config({"backbones": ["bundled:minilm_l3"], "data": {"modality": "text"}, "adapt": {"bag": "maybe"}})
     assert len(str(e.value).splitlines()) == 1 and "adapt.bag" in str(e.value), str(e.value)
+
+
+def test_cross_fit_runs_only_the_first_folds_when_asked():
+    """``n_folds`` (a time limit's plan): only the first folds are fitted and scored, the same
+    numbers as those folds of a full cross-fit; the other folds' rows are zeros; the bag is the
+    mean of the fitted folds' test probabilities. A refit with some folds is refused."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import StratifiedKFold
+
+    from transfuse.adapt.bag import bag_result, folds_run
+    from transfuse.adapt.cross_fit import cross_fit
+    from transfuse.adapt.probe import ProbeStrategy
+    from transfuse.config import HeadConfig
+
+    d = load_digits()
+    X, y, X_test = d.data[:240], d.target[:240], d.data[240:300]
+    folds = list(StratifiedKFold(3, shuffle=True, random_state=0).split(X, y))
+    fitted = []
+
+    class Counting(ProbeStrategy):
+        def fit(self, rows, seed, tag, chosen=None):
+            fitted.append(tag)
+            return super().fit(rows, seed, tag, chosen)
+
+    probe = Counting(HeadConfig(), X, X_test, y, 10)
+    full = cross_fit(probe, y, folds, 10, "accuracy", 0, bag=True, refit=False)
+    fitted.clear()
+    one = cross_fit(probe, y, folds, 10, "accuracy", 0, bag=True, refit=False, n_folds=1)
+    assert fitted == ["fold0"] and (one.folds_run, one.folds_total) == (1, 3)
+    assert one.scores == full.scores[:1] and len(one.folds) == 1
+    np.testing.assert_array_equal(one.oof[folds[0][1]], full.oof[folds[0][1]])
+    assert not one.oof[np.concatenate([folds[1][1], folds[2][1]])].any()
+    np.testing.assert_allclose(one.fold_test, probe.predict(one.folds[0], None), atol=1e-6)
+    assert one.refit_skipped == "left out by the time-limit plan (ran 1 of 3 folds)"
+    r = bag_result("b/lp_ft", one, "b", 10, 1.0)
+    assert folds_run(r) == (1, 3) and folds_run(bag_result("b/lp_ft", full, "b", 10, 1.0)) is None
+    assert full.folds_run is None and cross_fit(probe, y, folds, 10, "accuracy", 0, bag=True, refit=False,
+                                                 n_folds=3).folds_run is None
+    with pytest.raises(ValueError, match="n_folds < len"):
+        cross_fit(probe, y, folds, 10, "accuracy", 0, bag=True, n_folds=1)
+
+
+def test_a_bag_of_some_folds_is_chosen_only_over_the_leader_on_the_same_rows():
+    """The leader is the best by CV mean over all folds; a bag that ran m folds wins only if it
+    beats the leader's score on those m folds (not the leader's mean over all of them); it is no
+    fusion member."""
+    from transfuse.adapt.result import CandidateResult
+    from transfuse.config import FuseConfig
+    from transfuse.fuse.candidates import select_members
+    from transfuse.pipeline.report import choose
+
+    p = np.full((4, 2), 0.5, np.float32)
+
+    def cand(name, scores, kind="single", **kw):
+        return CandidateResult(name=name, kind=kind, oof=p, test=p, cv_scores=scores, **kw)
+
+    leader = cand("b/linear_probe", [0.9, 0.5, 0.5, 0.5, 0.5])  # mean 0.58
+    other = cand("c/linear_probe", [0.6, 0.55, 0.55, 0.55, 0.55])  # mean 0.56
+    bag = dict(kind="fusion", strategy="bag", members=["b/lp_ft"],
+               selected={"folds": [{}], "folds_run": [1, 5], "refit_skipped": "left out"})
+    weak = cand("bag/b/lp_ft", [0.8], **bag)  # above the leader's mean, below its fold 0
+    chosen, trail = choose([leader, other, weak])
+    assert chosen is leader
+    assert trail == [{"challenger": "bag/b/lp_ft", "leader": "b/linear_probe", "folds": 1, "challenger_score": 0.8,
+                      "leader_score": 0.9, "chosen": "b/linear_probe"}]
+    strong = cand("bag/b/lp_ft", [0.95], **bag)
+    assert choose([leader, other, strong])[0] is strong
+    assert choose([leader, other])[1] == [] and choose([weak])[0] is weak
+    members, excluded = select_members(FuseConfig(), [leader, other, strong])
+    assert [m.name for m in members] == ["b/linear_probe", "c/linear_probe"]
+    assert excluded["bag/b/lp_ft"] == ("scored on 1 of 5 folds only (time limit): no out-of-fold predictions "
+                                       "on the other folds' rows")
+
+
+def test_a_time_limit_runs_only_the_folds_that_fit(tmp_path: Path, monkeypatch):
+    """LP-FT under a time limit whose plan (from a measured step made to cost 10 s) has room for 1
+    of the 2 folds only: that fold runs, its bag is scored on its rows and challenges the probe on
+    them (report["choice"]), the chosen model is calibrated on its scored rows, and the served
+    bag predicts what was saved."""
+    import transfuse
+    import transfuse.train.finetune as ft
+    from transfuse.budget import active_budget
+    from transfuse.config import validate_config
+    from transfuse.pipeline import run_experiment
+    from transfuse.pipeline.plan import SAFETY, finetune_seconds
+
+    def measure_step(backbone, train, *a, **k):
+        est = [SAFETY * finetune_seconds(10.0, 5.0, 8, len(train), 8, 2, 0.2, 1, refit=False, bag=True, run_folds=m)
+               for m in (1, 2)]
+        b = active_budget()
+        b.start += sum(est) / 2 - b.left()  # between the estimates of 1 fold and of 2
+        return ft.StepCost(train_step=10.0, infer_batch=5.0, batch_size=8)
+
+    monkeypatch.setattr(ft, "measure_step", measure_step)
+    cfg = validate_config(_config(tmp_path, adapt={"strategies": ["linear_probe", "lp_ft"], "baseline": False},
+                                  budget={"time_limit": 3600}, fuse={"enabled": False}))
+    rep = run_experiment(cfg, progress=False)
+    probe = "efficientnet_lite0/linear_probe"
+    assert [c["name"] for c in rep["candidates"]] == [probe, BAG]
+    cands = {c["name"]: c for c in rep["candidates"]}
+    assert cands[BAG]["selected"]["folds_run"] == [1, 2] and len(cands[BAG]["cv_scores"]) == 1
+    assert rep["skipped"] == [{"name": LP_FT, "reason": "time limit: refit left out by the time-limit plan (ran 1 "
+                               f"of 2 folds); {BAG} ships instead"}]
+    d = next(d for d in rep["plan"]["decisions"] if d["name"] == LP_FT and d["action"] == "run")
+    assert (d["epochs"], d["refit"], d["folds"]) == (1, False, 1)
+    mine, theirs = cands[BAG]["cv_scores"][0], cands[probe]["cv_scores"][0]
+    assert rep["choice"] == [{"challenger": BAG, "leader": probe, "folds": 1, "challenger_score": mine,
+                              "leader_score": theirs, "chosen": BAG if mine > theirs else probe}]
+    assert rep["chosen"] == rep["choice"][0]["chosen"]
+    run = tmp_path / "run"
+    fold0 = len(json.loads((run / "splits.json").read_text())["folds"][0]["val"])
+    card = (run / "model" / "README.md").read_text()
+    if rep["chosen"] == BAG:
+        assert rep["calibration"]["fitted_on"].endswith(f"(the {fold0} rows of the 1 folds it ran)")
+        assert (f"Under the time limit it ran on 1 of the 2 folds only; on those folds' rows its cross-validated "
+                f"accuracy ({mine:.4f}) beat that of {probe} ({theirs:.4f})") in card
+    else:
+        assert "It has the best cross-validated accuracy" in card
+    test = _test_part(run)
+    files = [str(p) for p in test.items]
+    served = transfuse.load(run)
+    order = [served.classes.index(c) for c in test.classes]
+    np.testing.assert_allclose(served.predict_proba(files, candidate=BAG, engine="torch")[:, order],
+                               _saved(run, BAG)["test"], atol=1e-5)
+    assert "1 of 2 folds" in (run / "report.html").read_text()

@@ -39,23 +39,23 @@ def test_planner_keeps_the_most_epochs_that_fit_and_says_why():
     # estimate(e) = 50 e + 28 (see above), times the safety factor
     assert SAFETY * (50 * 2 + 28) < 190 < SAFETY * (50 * 3 + 28)
     p = Planner(Budget(200, start=0.0, reserve=10, clock=Clock()))
-    assert p.plan_finetune("bb/lp_ft", cost, 100, 20, 5, 0.2, max_epochs=10) == (2, True)
+    assert p.plan_finetune("bb/lp_ft", cost, 100, 20, 5, 0.2, max_epochs=10) == (2, True, 5)
     d = p.decisions[-1]
     assert (d["action"], d["epochs"], d["estimate_s"], d["refit"]) == ("run", 2, round(SAFETY * 128, 1), True)
     assert d["reason"] == f"2 epoch(s): about {SAFETY * 128:.0f} s of 190 s left (10 would need about " \
                           f"{SAFETY * 528:.0f} s)"
-    assert p.plan_finetune("bb/lp_ft", cost, 100, 20, 5, 0.2, max_epochs=10, reserve=40) == (1, True)
-    assert p.plan_finetune("bb/lp_ft", cost, 100, 20, 5, 0.2, max_epochs=1) == (1, True)
+    assert p.plan_finetune("bb/lp_ft", cost, 100, 20, 5, 0.2, max_epochs=10, reserve=40) == (1, True, 5)
+    assert p.plan_finetune("bb/lp_ft", cost, 100, 20, 5, 0.2, max_epochs=1) == (1, True, 5)
     assert p.decisions[-1]["reason"].endswith("(as configured)")
     assert p.plan_finetune("bb/finetune", cost, 100, 20, 5, 0.2, max_epochs=10, reserve=100) is None
     assert p.decisions[-1]["reason"] == f"needs about {SAFETY * 78:.0f} s for 1 epoch (5 folds + refit), 90 s left"
-    assert Planner(None).plan_finetune("x", cost, 100, 20, 5, 0.2, max_epochs=7) == (7, True)  # no limit
+    assert Planner(None).plan_finetune("x", cost, 100, 20, 5, 0.2, max_epochs=7) == (7, True, 5)  # no limit
 
 
 def test_with_fold_bags_the_planner_drops_the_refit_before_the_candidate():
-    """``adapt.bag``: the folds also predict the test part; the refit is kept whenever 1 epoch fits
-    with it (even where more epochs would fit without it); when none does, the most epochs that fit
-    without it run and the bag ships instead; a skip then counts the folds only."""
+    """``adapt.bag``: the folds also predict the test part; the refit is kept whenever 2 epochs fit
+    with it, or 1 where no plan fits 2; otherwise the most epochs that fit without it run and the
+    bag ships instead; then the first folds only; a skip then counts one fold."""
     cost = StepCost(train_step=1.0, infer_batch=0.5, batch_size=10)
     # by hand (as above), 1 epoch: per fold 7 steps + inner validation 2 x 3 x 0.5 = 3 + outer fold 1
     # + overhead 2 + the test part 2 x 0.5 = 1 -> 14, 5 folds = 70; refit 10 + 1 + 2 = 13 -> 83
@@ -68,14 +68,41 @@ def test_with_fold_bags_the_planner_drops_the_refit_before_the_candidate():
     def plan(avail: float):
         return p.plan_finetune("bb/lp_ft", cost, 100, 20, 5, 0.2, max_epochs=10, reserve=190 - avail, bag=True)
 
-    assert plan(SAFETY * 110 + 1) == (1, True)  # 2 epochs would fit without the refit: the refit is kept
-    assert plan(SAFETY * 75) == (1, False)  # between the folds' 70 s and 83 s with the refit
+    # 1 epoch with the refit (83 s) fits, 2 epochs without it (110 s) too: the 2 epochs run
+    assert plan(SAFETY * 110 + 1) == (2, False, 5)
+    assert p.decisions[-1]["reason"] == (
+        f"2 epoch(s) without the refit: about {SAFETY * 110:.0f} s of {SAFETY * 110 + 1:.0f} s left (with the "
+        "refit only 1 epoch(s) fit; fewer than 2 are planned only where no plan fits more); the fold bag ships instead")
+    assert plan(SAFETY * 75) == (2, False, 3)  # 1 epoch only on all 5 folds (70 s); 2 epochs on 3 (66 s)
+    d = p.decisions[-1]
+    assert (d["action"], d["epochs"], d["refit"], d["folds"], d["estimate_s"]) == \
+        ("run", 2, False, 3, round(SAFETY * 66, 1))
+    assert d["reason"] == (f"2 epoch(s) on 3 of 5 folds without the refit: about {SAFETY * 66:.0f} s of "
+                           f"{SAFETY * 75:.0f} s left (on all 5 folds only 1 epoch(s) fit; fewer than 2 are planned "
+                           "only where no plan fits more); scored on those folds' rows only, against the other "
+                           "candidates on the same rows; the fold bag ships instead")
+    with_max_1 = p.plan_finetune("bb/lp_ft", cost, 100, 20, 5, 0.2, max_epochs=1, reserve=190 - SAFETY * 75, bag=True)
+    assert with_max_1 == (1, False, 5)  # between the folds' 70 s and 83 s with the refit
     d = p.decisions[-1]
     assert (d["action"], d["epochs"], d["refit"], d["estimate_s"]) == ("run", 1, False, round(SAFETY * 70, 1))
     assert d["reason"] == (f"1 epoch(s) without the refit: about {SAFETY * 70:.0f} s of {SAFETY * 75:.0f} s left "
                            f"(1 epoch with the refit would need about {SAFETY * 83:.0f} s); the fold bag ships instead")
-    assert plan(60) is None
-    assert p.decisions[-1]["reason"] == f"needs about {SAFETY * 70:.0f} s for 1 epoch (5 folds), 60 s left"
+    # one fold of e epochs is 7e steps + inner validation (e + 2) x 0.5 + outer fold 1 + overhead 2 +
+    # test part 1 = 8e + 6 s: 2 folds of 2 epochs 44 s, 1 fold of 4 epochs 38 s
+    assert finetune_seconds(1.0, 0.5, 10, 100, 20, 5, 0.2, 4, refit=False, bag=True, run_folds=1) == \
+        pytest.approx(38.0)
+    assert plan(SAFETY * 45) == (2, False, 2)  # the most folds at which 2 epochs fit
+    assert plan(SAFETY * 40) == (4, False, 1)  # 2 folds of 2 epochs do not fit: 1 fold, the most epochs
+    assert p.decisions[-1]["reason"] == (
+        f"4 epoch(s) on 1 of 5 folds without the refit: about {SAFETY * 38:.0f} s of {SAFETY * 40:.0f} s left (1 epoch "
+        f"on all 5 folds would need about {SAFETY * 70:.0f} s); scored on those folds' rows only, against the other "
+        "candidates on the same rows; the fold bag ships instead")
+    assert plan(SAFETY * 20) == (1, False, 1)  # no plan fits 2 epochs (1 fold: 22 s): 1 epoch on 1 fold
+    assert plan(SAFETY * 13) is None
+    assert p.decisions[-1]["reason"] == f"needs about {SAFETY * 14:.0f} s for 1 epoch (1 of 5 folds), " \
+                                        f"{SAFETY * 13:.0f} s left"
+    assert p.plan_finetune("bb/lp_ft", cost, 100, 20, 5, 0.2, max_epochs=10, reserve=190 - 60) is None  # no bag
+    assert p.decisions[-1]["reason"] == f"needs about {SAFETY * 78:.0f} s for 1 epoch (5 folds + refit), 60 s left"
 
 
 def test_budget_deadline_reserve_and_projection():
@@ -209,6 +236,10 @@ def test_no_step_is_measured_when_not_even_the_fixed_costs_fit():
     assert p.too_late("bb/lp_ft", 3, reserve=0) is True
     assert p.decisions == [{"name": "bb/lp_ft", "action": "skip",
                             "reason": f"needs at least {SAFETY * 2.0 * 4:.0f} s (3 folds + refit), 5 s left"}]
+    # with fold bags one fold is the least that can run: one fit's fixed costs (2.5 s) fit in 5 s
+    assert p.too_late("bb/lp_ft", 3, reserve=0, bag=True) is False
+    assert p.too_late("bb/lp_ft", 3, reserve=3, bag=True) is True
+    assert p.decisions[-1]["reason"] == f"needs at least {SAFETY * 2.0:.0f} s (1 of 3 folds), 2 s left"
 
 
 @pytest.mark.real

@@ -60,7 +60,9 @@ def _echo_summary(report: dict[str, Any]) -> None:
     for c in sorted(report["candidates"], key=lambda c: -c["cv_mean"]):
         t = c.get("test") or {}
         mark = " *" if c["name"] == report["chosen"] else ""
-        table.add_row(c["name"] + mark, c["kind"], f"{c['cv_mean']:.4f} ± {c['cv_std']:.4f}",
+        part = (c.get("selected") or {}).get("folds_run")
+        on = f" ({part[0]} of {part[1]} folds)" if part else ""
+        table.add_row(c["name"] + mark, c["kind"], f"{c['cv_mean']:.4f} ± {c['cv_std']:.4f}{on}",
                       f"{t.get('accuracy', float('nan')):.4f}", f"{t.get('macro_f1', float('nan')):.4f}")
     # not a terminal (a log, a pipe): as wide as the table needs, never cut to 80 columns with "…"
     if console.is_terminal:

@@ -40,6 +40,8 @@ def bag_result(name: str, cv: Any, backbone: str | None, params: int | None,
     selected: dict[str, Any] = {"folds": cv.fold_chosen}
     if cv.refit_skipped:
         selected["refit_skipped"] = cv.refit_skipped
+    if cv.folds_run is not None:
+        selected["folds_run"] = [cv.folds_run, cv.folds_total]
     return CandidateResult(
         name=bag_name(name), kind="fusion", oof=cv.oof, test=cv.fold_test, cv_scores=list(cv.scores),
         backbone=backbone, strategy=BAG, method="mean", members=[name], history=cv.history,
@@ -47,8 +49,17 @@ def bag_result(name: str, cv: Any, backbone: str | None, params: int | None,
         inference_ms_per_example=k * inference_ms if inference_ms is not None else None, selected=selected)
 
 
+def folds_run(result: Any) -> tuple[int, int] | None:
+    """``(m, k)`` for a candidate that ran only the first ``m`` of the ``k`` outer folds (a time
+    limit's plan): scored on those folds' rows only, its other out-of-fold rows are zeros. None:
+    every fold ran."""
+    v = (getattr(result, "selected", None) or {}).get("folds_run")
+    return (int(v[0]), int(v[1])) if v else None
+
+
 def stand_ins(results: list[CandidateResult]) -> list[CandidateResult]:
     """The bags whose refitted candidate is not among ``results`` (its refit did not run): they
-    stand in for it wherever the run uses its candidates' predictions (fusion members)."""
+    stand in for it wherever the run uses its candidates' predictions (fusion members); not a bag
+    of only some folds (it has no out-of-fold rows on the others)."""
     names = {r.name for r in results}
-    return [r for r in results if is_bag(r) and not set(r.members or []) <= names]
+    return [r for r in results if is_bag(r) and not set(r.members or []) <= names and folds_run(r) is None]

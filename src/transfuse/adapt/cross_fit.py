@@ -9,7 +9,9 @@ folds made (:meth:`Strategy.final_choice`), and predicts the test part once.
 With ``bag`` the fold models also predict the test part (their mean is the fold bag's test
 probabilities) before the refit, and the refit becomes optional: left out (``refit=False``, the
 time-limit plan) or stopped by the time limit, it is reported in :attr:`CrossFit.refit_skipped`
-instead of dropping the candidate, whose folds are all scored.
+instead of dropping the candidate, whose folds are all scored. Under a time limit the plan may
+also run only the first ``n_folds`` outer folds (the bag ships; the rows of the folds not run
+are left out of the scores, their out-of-fold probabilities zero: :attr:`CrossFit.folds_run`).
 """
 
 from __future__ import annotations
@@ -87,6 +89,8 @@ class CrossFit:
     fold_test: np.ndarray | None = None
     fold_seconds: float = 0.0
     refit_skipped: str | None = None
+    folds_run: int | None = None  # the first folds_run of the folds_total outer folds ran (None: all)
+    folds_total: int = 0
 
     @property
     def selected(self) -> dict[str, Any] | None:
@@ -96,13 +100,20 @@ class CrossFit:
         return {"folds": self.fold_chosen, "final": final}
 
 
+
 def cross_fit(strategy: Strategy, y: np.ndarray, folds: Folds, n_classes: int, metric: str,
-              seed: int, *, bag: bool = False, refit: bool = True) -> CrossFit:
+              seed: int, *, bag: bool = False, refit: bool = True, n_folds: int | None = None) -> CrossFit:
     """Score ``strategy`` on ``folds`` (outer folds, scored once each), then fit what ships.
     ``bag``: keep the fold fits and their mean test probabilities, and let the refit be left out
-    (``refit=False``) or stopped by the time limit (see the module's docstring)."""
+    (``refit=False``) or stopped by the time limit (see the module's docstring); ``n_folds``
+    (with ``bag``, no refit): run and score the first ``n_folds`` folds only."""
     fits: list[Fit] = []
     started = time.time()
+    k_all = len(folds)
+    if n_folds is not None and n_folds < k_all:
+        if not bag or refit:
+            raise ValueError("cross_fit: n_folds < len(folds) needs bag=True and refit=False")
+        folds = list(folds)[:n_folds]
     # under a time limit the folds are paced against what must follow them: the refit, unless
     # the fold bag can ship without it
     total = len(folds) + (0 if bag else 1)
@@ -110,7 +121,7 @@ def cross_fit(strategy: Strategy, y: np.ndarray, folds: Folds, n_classes: int, m
     def fit_predict(k: int, tr: np.ndarray, va: np.ndarray) -> np.ndarray:
         fault_point("fold")
         # under a time limit: stop when k folds' pace says the rest cannot finish
-        budget.check_projection(f"fold {k + 1} of {len(folds)}", k, total, started)
+        budget.check_projection(f"fold {k + 1} of {k_all}", k, total, started)
         f = strategy.fit(tr, seed + k, f"fold{k}")
         fits.append(f)
         return strategy.predict(f, va)
@@ -120,13 +131,15 @@ def cross_fit(strategy: Strategy, y: np.ndarray, folds: Folds, n_classes: int, m
     chosen = [f.chosen for f in fits]
     history = [{"fold": k, **h} for k, f in enumerate(fits) for h in f.history]
     out = CrossFit(oof=np.nan_to_num(oof).astype(np.float32), scores=scores, test=None, final=None,
-                   fold_chosen=chosen, history=history)
+                   fold_chosen=chosen, history=history, folds_run=len(folds) if len(folds) < k_all else None,
+                   folds_total=k_all)
     if bag:
         out.folds = fits
         out.fold_test = np.mean([strategy.predict(f, None) for f in fits], axis=0).astype(np.float32)
         out.fold_seconds = time.time() - started
         if not refit:
-            out.refit_skipped = "left out by the time-limit plan"
+            out.refit_skipped = "left out by the time-limit plan" + (
+                f" (ran {out.folds_run} of {k_all} folds)" if out.folds_run is not None else "")
             return out
     try:
         budget.check_projection("refit", len(folds), len(folds) + 1, started)

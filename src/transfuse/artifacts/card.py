@@ -133,6 +133,13 @@ def render_card(report: dict[str, Any], spec: ModelSpec, licences: list[dict[str
            f"({_num(chosen.get('cv_mean'))} ± {_num(chosen.get('cv_std'))} over {(report.get('cv') or {}).get('folds', '?')} "
            f"folds" + (f"; runner-up {runner['name']} at {_num(runner['cv_mean'])}" if runner else "") + "). The test "
            "split played no part in the choice: it was read once, after.")
+    won = next((c for c in report.get("choice") or []
+                if c.get("chosen") == c.get("challenger") == chosen.get("name")), None)
+    if won:  # a fold bag of only some folds, chosen against the leader on those folds' rows
+        why = (f"Under the time limit it ran on {won['folds']} of the {(report.get('cv') or {}).get('folds', '?')} "
+               f"folds only; on those folds' rows its cross-validated {metric} ({_num(won['challenger_score'])}) beat "
+               f"that of {won['leader']} ({_num(won['leader_score'])}), the best candidate scored on every fold. The "
+               "test split played no part in the choice: it was read once, after.")
     classes = task.get("classes") or []
     counts = task.get("class_counts") or {}
     lines = [

@@ -166,8 +166,10 @@ def _candidates(cands: list[dict], chosen_name: Any) -> str:
     for c in cands:
         t = c.get("test") or {}
         tag = "<span class='tag'>chosen</span>" if c.get("name") == chosen_name else ""
+        part = (c.get("selected") or {}).get("folds_run")
+        on = f"<br><span class='sub'>{part[0]} of {part[1]} folds</span>" if part else ""
         rows.append([f"<td>{_e(c.get('name'))}{tag}</td>", f"<td>{_e(c.get('kind') or '—')}</td>",
-                     f"<td class='num'>{_pct(c.get('cv_mean'))} ± {_num((c.get('cv_std') or 0) * 100, 1)}</td>"]
+                     f"<td class='num'>{_pct(c.get('cv_mean'))} ± {_num((c.get('cv_std') or 0) * 100, 1)}{on}</td>"]
                     + [f"<td class='num'>{v}</td>" for v in (
                         _pct(t.get("accuracy")), _pct(t.get("macro_f1")), _num(t.get("log_loss")),
                         _secs(c.get("fit_seconds")), _count(c.get("params")),
@@ -189,7 +191,7 @@ def _plan(r: dict) -> str:
     """The time limit's plan (what ran, with how many epochs, what was skipped or stopped, why)
     and every skipped candidate; empty when neither applies."""
     plan, skipped = r.get("plan") or {}, r.get("skipped") or []
-    if not plan and not skipped:
+    if not plan and not skipped and not r.get("choice"):
         return ""
     out = []
     if plan:
@@ -201,6 +203,10 @@ def _plan(r: dict) -> str:
                 for d in plan.get("decisions") or []]
         if rows:
             out.append(_table(["candidate", "decision", "why"], rows))
+    for c in r.get("choice") or []:  # a bag of only some folds against the leader, on the same rows
+        out.append(f"<p>{_e(c.get('challenger'))} (scored on {_e(c.get('folds'))} fold(s) only) against "
+                   f"{_e(c.get('leader'))} on the same rows: {_pct(c.get('challenger_score'))} vs "
+                   f"{_pct(c.get('leader_score'))}; chosen: {_e(c.get('chosen'))}.</p>")
     if skipped:
         rows = [[f"<td>{_e(x.get('name'))}</td>", f"<td>{_e(x.get('reason'))}</td>"] for x in skipped]
         out.append(f"<h2>Skipped candidates ({len(skipped)})</h2>" + _table(["candidate", "reason"], rows))

@@ -29,13 +29,18 @@ def _sum(values: list[Any]) -> float | None:
 
 def select_members(fc: FuseConfig, results: list[CandidateResult]) -> tuple[list[CandidateResult], dict[str, str]]:
     """The single candidates (and raw baselines) to fuse, best CV first, and ``{name: reason}``
-    for those left out (broken probabilities, or beyond ``fuse.max_members``). A fold bag stands
+    for those left out (broken probabilities, beyond ``fuse.max_members``, or a bag of only some
+    folds). A fold bag stands
     in for its candidate where the time limit left that candidate's refit out (otherwise the two
     would be one member twice: the same out-of-fold rows)."""
-    from transfuse.adapt.bag import stand_ins
+    from transfuse.adapt.bag import folds_run, stand_ins
     from transfuse.fuse.cv import screen_members
 
     excluded: dict[str, str] = {}
+    for r in results:
+        if (part := folds_run(r)) is not None:
+            excluded[r.name] = (f"scored on {part[0]} of {part[1]} folds only (time limit): no out-of-fold "
+                                "predictions on the other folds' rows")
     pool = [r for r in results if r.kind in ("single", "baseline")] + stand_ins(results)
     kept, bad = screen_members({r.name: r.oof for r in pool})
     kept_test, _ = screen_members({r.name: r.test for r in pool if r.name in kept and len(r.test)})

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from transfuse.adapt.bag import folds_run
 from transfuse.adapt.cross_fit import inner_folds, score
 from transfuse.adapt.probe import make_head
 from transfuse.adapt.raw import full_proba
@@ -42,7 +43,9 @@ def pick_teacher(fusions: list[CandidateResult], setting: str) -> CandidateResul
     """``features``: the feature fusion; ``chosen``: the best fusion by CV (not the joint one, nor a
     soup)."""
     # not the joint fusion nor a soup: a teacher is refitted on cached features
-    fusions = [r for r in fusions if r.kind == "fusion" and r.method != "joint" and r.strategy != "soup"]
+    # nor a bag of only some folds: its out-of-fold rows on the others are zeros
+    fusions = [r for r in fusions if r.kind == "fusion" and r.method != "joint" and r.strategy != "soup"
+               and folds_run(r) is None]
     if setting == "features":
         return next((r for r in fusions if r.method == "features"), None)
     return max(fusions, key=lambda r: r.cv_mean, default=None)

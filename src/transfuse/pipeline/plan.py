@@ -6,8 +6,11 @@ fine-tuning candidate is then planned from one real training step and one infere
 (:func:`~transfuse.train.finetune.measure_step`) times the steps its folds and refit take: it runs
 with the most epochs (up to ``train.finetune.epochs``) that fit the time left, after a reserve for
 the fusions, or is skipped with the estimate as the reason. With fold bags (``adapt.bag``) the
-refit is optional: when not even one epoch fits with it, the most epochs that fit without it run
-and the fold bag ships in its place. Whatever still runs past the deadline is stopped
+refit is optional: when fewer than :data:`MIN_EPOCHS` epochs fit with it, the most epochs that fit
+without it run and the fold bag ships in its place; when that is still too few, the first m of the
+k folds run (the most folds that fit that many epochs): the candidate is scored on those folds' rows
+only, and the run's choice compares it with the others on the same rows
+(:func:`~transfuse.pipeline.report.choose`). Whatever still runs past the deadline is stopped
 (:class:`~transfuse.budget.TimeLimitReached`) and left out (a refit stopped with its folds done:
 the bag ships); the report is written with what finished. Every decision is kept for
 ``report.json["plan"]``.
@@ -26,15 +29,19 @@ from transfuse.budget import Budget, TimeLimitReached
 SAFETY = 1.25
 #: Seconds per fit for what is not a step: trainer set-up, checkpoint writes, the LP-FT probe.
 FIT_OVERHEAD = 2.0
+#: Fewer epochs are planned only where no plan (refit, fold bag, fewer folds) fits this many: one
+#: epoch of LP-FT lowered CV below the probe's on Fashion-MNIST (docs/decisions.md, "Time limit").
+MIN_EPOCHS = 2
 
 
 def finetune_seconds(step: float, infer: float, batch_size: int, n: int, n_test: int, folds: int,
-                     inner_val: float, epochs: int, *, refit: bool = True, bag: bool = False) -> float:
+                     inner_val: float, epochs: int, *, refit: bool = True, bag: bool = False,
+                     run_folds: int | None = None) -> float:
     """Estimated seconds of one fine-tuning candidate under :func:`~transfuse.adapt.cross_fit.cross_fit`:
-    per outer fold, ``epochs`` epochs on the inner training part, a validation pass over the inner
-    validation part per epoch (plus the sanity pass and the final one), the outer fold predicted
-    once (``bag``: and the test part); then (``refit``) the refit on all ``n`` rows for ``epochs``
-    epochs and the test part predicted."""
+    per outer fold (of ``folds``; ``run_folds`` of them run, default all), ``epochs`` epochs on the
+    inner training part, a validation pass over the inner validation part per epoch (plus the
+    sanity pass and the final one), the outer fold predicted once (``bag``: and the test part);
+    then (``refit``) the refit on all ``n`` rows for ``epochs`` epochs and the test part predicted."""
     def batches(rows: float) -> int:
         return math.ceil(rows / batch_size) if rows > 0 else 0
 
@@ -44,7 +51,7 @@ def finetune_seconds(step: float, infer: float, batch_size: int, n: int, n_test:
                 + (batches(n_inner_val) * (epochs + 2) if inner_val > 0 else 0) * infer
                 + batches(n / folds) * infer + FIT_OVERHEAD + (batches(n_test) * infer if bag else 0))
     final = batches(n) * epochs * step + batches(n_test) * infer + FIT_OVERHEAD
-    return folds * per_fold + (final if refit else 0)
+    return (folds if run_folds is None else run_folds) * per_fold + (final if refit else 0)
 
 
 @dataclass
@@ -61,51 +68,67 @@ class Planner:
     def note(self, name: str, action: str, reason: str, **extra: Any) -> None:
         self.decisions.append({"name": name, "action": action, "reason": reason, **extra})
 
-    def too_late(self, name: str, folds: int, reserve: float = 0.0) -> bool:
+    def too_late(self, name: str, folds: int, reserve: float = 0.0, bag: bool = False) -> bool:
         """True (and a skip recorded) when the time left minus ``reserve`` cannot hold even the
-        fixed costs of the ``folds`` + 1 fits, so measuring a step would only waste time. The
-        refit counts even where a fold bag could ship without it: measuring a step takes seconds
-        of its own on a loaded machine, and with this little time left no fold would fit either."""
-        need = SAFETY * FIT_OVERHEAD * (folds + 1)
+        fixed costs of the fewest fits the plan could run: the ``folds`` + 1 (the refit), or with
+        ``bag`` one fold (its bag ships), so measuring a step would only waste time."""
+        fits, what = (1, f"1 of {folds} folds") if bag else (folds + 1, f"{folds} folds + refit")
+        need = SAFETY * FIT_OVERHEAD * fits
         avail = self.left() - reserve
         if avail >= need:
             return False
-        self.note(name, "skip", f"needs at least {need:.0f} s ({folds} folds + refit), {max(avail, 0):.0f} s left")
+        self.note(name, "skip", f"needs at least {need:.0f} s ({what}), {max(avail, 0):.0f} s left")
         return True
 
     def plan_finetune(self, name: str, cost: Any, n: int, n_test: int, folds: int, inner_val: float,
-                      max_epochs: int, reserve: float = 0.0, bag: bool = False) -> tuple[int, bool] | None:
-        """``(epochs, refit)``: the most epochs (``1..max_epochs``) whose estimate with the refit
-        fits the time left minus ``reserve``, and True; with ``bag``, when not even one epoch
-        does, the most that fit without the refit, and False (the fold bag ships instead). None:
-        nothing fits. Recorded as a decision either way."""
+                      max_epochs: int, reserve: float = 0.0, bag: bool = False) -> tuple[int, bool, int] | None:
+        """``(epochs, refit, run_folds)`` of the first of these that fits the time left minus
+        ``reserve`` with at least :data:`MIN_EPOCHS` epochs (or ``max_epochs`` if fewer), most
+        epochs first: every fold and the refit; with ``bag``, every fold without the refit (the
+        fold bag ships), then the first ``m < folds`` folds without it (the most folds at which that
+        many epochs fit, then the most epochs; scored on those folds' rows only). When none does, the
+        first that fits 1 epoch. None: nothing fits. Recorded as a decision either way."""
         if self.budget is None:
-            return max_epochs, True
+            return max_epochs, True, folds
         avail = self.left() - reserve
 
-        def est(e: int, refit: bool = True) -> float:
+        def est(e: int, refit: bool = True, m: int | None = None) -> float:
             return SAFETY * finetune_seconds(cost.train_step, cost.infer_batch, cost.batch_size, n, n_test,
-                                             folds, inner_val, e, refit=refit, bag=bag)
+                                             folds, inner_val, e, refit=refit, bag=bag, run_folds=m)
+        epochs, enough = range(1, max_epochs + 1), min(MIN_EPOCHS, max_epochs)
+        tiers = [max(((e, True, folds) for e in epochs if est(e) <= avail), default=None)]
+        if bag:  # fewer folds: the most at which `enough` epochs fit, then the most epochs there
+            tiers.append(max(((e, False, folds) for e in epochs if est(e, False) <= avail), default=None))
+            tiers.append(max(((e, False, m) for e in epochs for m in range(1, folds) if est(e, False, m) <= avail),
+                             key=lambda t: (t[0] >= enough, t[2], t[0]), default=None))
+        pick = next((t for t in tiers if t and t[0] >= enough), None) or next((t for t in tiers if t), None)
         unit = {"train_step_s": round(cost.train_step, 4), "infer_batch_s": round(cost.infer_batch, 4),
                 "batch_size": cost.batch_size}
-        fits = [e for e in range(1, max_epochs + 1) if est(e) <= avail]
-        if fits:
-            e = fits[-1]
+        left = f"{max(avail, 0):.0f} s left"
+        if pick is None:
+            one = est(1, False, 1) if bag else est(1)
+            self.note(name, "skip", f"needs about {one:.0f} s for 1 epoch ({'1 of ' if bag else ''}{folds} folds"
+                      f"{'' if bag else ' + refit'}), {left}", estimate_s=round(one, 1), **unit)
+            return None
+        e, refit, m = pick
+        tier = tiers.index(pick)
+        seconds = est(e, refit, None if m == folds else m)
+        if tier == 0:
             why = "as configured" if e == max_epochs else f"{max_epochs} would need about {est(max_epochs):.0f} s"
-            self.note(name, "run", f"{e} epoch(s): about {est(e):.0f} s of {max(avail, 0):.0f} s left ({why})",
-                      estimate_s=round(est(e), 1), epochs=e, refit=True, **unit)
-            return e, True
-        folds_only = [e for e in range(1, max_epochs + 1) if bag and est(e, False) <= avail]
-        if folds_only:
-            e = folds_only[-1]
-            self.note(name, "run", f"{e} epoch(s) without the refit: about {est(e, False):.0f} s of "
-                      f"{max(avail, 0):.0f} s left (1 epoch with the refit would need about {est(1):.0f} s); "
-                      "the fold bag ships instead", estimate_s=round(est(e, False), 1), epochs=e, refit=False, **unit)
-            return e, False
-        self.note(name, "skip", f"needs about {est(1, not bag):.0f} s for 1 epoch ({folds} folds"
-                  f"{'' if bag else ' + refit'}), {max(avail, 0):.0f} s left", estimate_s=round(est(1, not bag), 1),
-                  **unit)
-        return None
+            reason = f"{e} epoch(s): about {seconds:.0f} s of {left} ({why})"
+        else:
+            above = tiers[tier - 1]
+            short = (f"{'with the refit' if tier == 1 else f'on all {folds} folds'} only {above[0]} epoch(s) fit; "
+                     f"fewer than {enough} are planned only where no plan fits more") if above else \
+                (f"1 epoch with the refit would need about {est(1):.0f} s" if tier == 1 else
+                 f"1 epoch on all {folds} folds would need about {est(1, False):.0f} s")
+            where = "" if m == folds else (f" on {m} of {folds} folds")
+            rows = "" if m == folds else ("; scored on those folds' rows only, against the other candidates on "
+                                          "the same rows")
+            reason = (f"{e} epoch(s){where} without the refit: about {seconds:.0f} s of {left} ({short}){rows}; "
+                      "the fold bag ships instead")
+        self.note(name, "run", reason, estimate_s=round(seconds, 1), epochs=e, refit=refit, folds=m, **unit)
+        return pick
 
     def summary(self) -> dict[str, Any] | None:
         if self.budget is None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any
 
+import numpy as np
+
 from transfuse import __version__
-from transfuse.adapt.bag import is_bag
+from transfuse.adapt.bag import folds_run, is_bag
 from transfuse.adapt.result import CandidateResult
 from transfuse.artifacts.store import Prepared, RunFolder
 from transfuse.faults import fault_point
@@ -16,8 +18,7 @@ from transfuse.io import atomic_write_json
 
 def build_report(cfg: Any, run: RunFolder, data: Prepared, results: list[CandidateResult],
                  timings: dict[str, float]) -> dict[str, Any]:
-    """Every candidate's CV (and test, read once) metrics; the chosen one is the best by CV (a
-    fold bag loses ties)."""
+    """Every candidate's CV (and test, read once) metrics; the chosen one by :func:`choose`."""
     from transfuse.evaluate.metrics import classification_metrics
 
     classes, ytest = data.train.classes, data.test.labels
@@ -26,8 +27,7 @@ def build_report(cfg: Any, run: RunFolder, data: Prepared, results: list[Candida
         c = r.summary()
         c["test"] = classification_metrics(ytest, r.test, classes) if len(ytest) else None
         cands.append(c)
-    # a fold bag loses CV ties (its refit always ties it: one network against k at inference)
-    chosen = max(results, key=lambda r: (r.cv_mean, not is_bag(r)))
+    chosen, choice = choose(results)
     report = {
         "name": cfg.name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -46,10 +46,34 @@ def build_report(cfg: Any, run: RunFolder, data: Prepared, results: list[Candida
         "timings": timings,
         "run_dir": str(run.path),
     }
+    if choice:
+        report["choice"] = choice
     verdict = baseline_verdict(cands, cfg.evaluate.metric)
     if verdict:
         report["baseline"] = verdict
     return report
+
+
+def choose(results: list[CandidateResult]) -> tuple[CandidateResult, list[dict[str, Any]]]:
+    """The candidate that ships, and the paired comparisons that decided it.
+
+    The best by CV mean among the candidates scored on every fold (a fold bag loses ties: its
+    refit always ties it, one network against k at inference). A bag that ran only the first m
+    folds (:func:`~transfuse.adapt.bag.folds_run`) then challenges it on those m folds' rows: it
+    is chosen only if its score there beats the leader's on the same rows (best CV first). Every
+    number compared comes from rows that no choice of its candidate was made on."""
+    full = [r for r in results if folds_run(r) is None]
+    some = sorted((r for r in results if folds_run(r) is not None), key=lambda r: -r.cv_mean)
+    best = max(full, key=lambda r: (r.cv_mean, not is_bag(r))) if full else some.pop(0)
+    trail: list[dict[str, Any]] = []
+    for r in some:
+        m = min(len(r.cv_scores), len(best.cv_scores))
+        mine, theirs = float(np.mean(r.cv_scores[:m])), float(np.mean(best.cv_scores[:m]))
+        trail.append({"challenger": r.name, "leader": best.name, "folds": m, "challenger_score": mine,
+                      "leader_score": theirs, "chosen": r.name if mine > theirs else best.name})
+        if mine > theirs:
+            best = r
+    return best, trail
 
 
 def baseline_verdict(cands: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
@@ -102,8 +126,13 @@ def calibrate(cfg: Any, data: Prepared, chosen: CandidateResult, report: dict[st
         return None
     from transfuse.evaluate.calibration import calibrate_candidate
 
-    t, report["calibration"] = calibrate_candidate(data.train.labels, chosen.oof, data.test.labels, chosen.test,
-                                                   data.train.classes, cfg.calibration.n_bins)
+    rows = np.arange(len(data.train.labels))
+    if (part := folds_run(chosen)) is not None:  # its scored rows only: the others' are zeros
+        rows = np.sort(np.concatenate([va for _, va in data.folds[: part[0]]]))
+    t, report["calibration"] = calibrate_candidate(data.train.labels[rows], chosen.oof[rows], data.test.labels,
+                                                   chosen.test, data.train.classes, cfg.calibration.n_bins)
+    if part is not None:
+        report["calibration"]["fitted_on"] += f" (the {len(rows)} rows of the {part[0]} folds it ran)"
     return t
 
 

@@ -175,13 +175,13 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
     f = feats.get(bcfg.name)
     ft = cfg.train.finetune
     bag = bags_on(cfg) and strategy in TRAINING_STRATEGIES and not follower
-    refit = True
+    refit, n_folds = True, None
     if strategy in TRAINING_STRATEGIES and planner.budget is not None:
         from transfuse.train.finetune import measure_step
 
         reserve = fusion_reserve(cfg, timings)
         plan = None
-        if planner.too_late(name, len(data.folds), reserve) is False:
+        if planner.too_late(name, len(data.folds), reserve, bag=bag) is False:
             cost = measure_step(backbone, train, n_classes, ft, getattr(cfg.augment, train.modality, None), cfg.seed)
             plan = planner.plan_finetune(name, cost, len(train), len(test), len(data.folds), ft.inner_val,
                                          ft.epochs, reserve=reserve, bag=bag)
@@ -190,7 +190,7 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
             console.print(f"[yellow]skip[/yellow] {name}: {reason}")
             skipped.append({"name": name, "reason": f"time limit: {reason}"})
             return []
-        epochs, refit = plan
+        epochs, refit, n_folds = plan
         ft = ft.model_copy(update={"epochs": epochs})
     if raw:
         strat: Any = RawStrategy(backbone, [train.load(i) for i in range(len(train))],
@@ -206,7 +206,7 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
                                  batch_size=bs, progress=progress)
     if wrap and name in wrap:
         strat = wrap[name](strat)
-    cv = cross_fit(strat, y, data.folds, n_classes, metric, cfg.seed, bag=bag, refit=refit)
+    cv = cross_fit(strat, y, data.folds, n_classes, metric, cfg.seed, bag=bag, refit=refit, n_folds=n_folds)
     if follower:
         return []
     spec = ModelSpec(kind="probe", candidate=name, modality=train.modality, classes=classes, strategy=strategy)
@@ -260,7 +260,8 @@ def _save_bag(run: RunFolder, spec: ModelSpec, cv: CrossFit, strat: Any, backbon
     save.save_bag(folder, spec.model_copy(update={"candidate": res.name, "strategy": "bag", "members": [name]}),
                   networks)
     res.save(folder)
-    console.print(f"  {res.name}: the {len(networks)} fold models averaged (cv as {name})")
+    on = f"cv as {name}" if cv.folds_run is None else f"cv {res.cv_mean:.4f} on {cv.folds_run} of {cv.folds_total} folds"
+    console.print(f"  {res.name}: the {len(networks)} fold model(s) averaged ({on})")
     return res
 
 
