@@ -390,3 +390,45 @@ def test_a_time_limit_runs_only_the_folds_that_fit(tmp_path: Path, monkeypatch):
     np.testing.assert_allclose(served.predict_proba(files, candidate=BAG, engine="torch")[:, order],
                                _saved(run, BAG)["test"], atol=1e-5)
     assert "1 of 2 folds" in (run / "report.html").read_text()
+
+
+def test_a_planned_bag_stopped_by_the_deadline_keeps_the_folds_that_finished():
+    """A bag planned without its refit that the deadline stops in fold 2 of 3 ships fold 1 alone,
+    scored on its rows (the same numbers as that fold of a full cross-fit); with the refit planned
+    the candidate is dropped as before (the error propagates)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import StratifiedKFold
+
+    from transfuse.adapt.cross_fit import cross_fit
+    from transfuse.adapt.probe import ProbeStrategy
+    from transfuse.budget import Budget, TimeLimitReached, budgeted
+    from transfuse.config import HeadConfig
+
+    d = load_digits()
+    X, y, X_test = d.data[:240], d.target[:240], d.data[240:300]
+    folds = list(StratifiedKFold(3, shuffle=True, random_state=0).split(X, y))
+    full = cross_fit(ProbeStrategy(HeadConfig(), X, X_test, y, 10), y, folds, 10, "accuracy", 0, bag=True,
+                     refit=False)
+
+    def run(refit: bool):
+        budget = Budget(3600)
+
+        class DeadlineAfterFoldOne(ProbeStrategy):
+            def predict(self, fit, rows):
+                if rows is not None and len(rows) == len(folds[0][1]) and (rows == folds[0][1]).all():
+                    budget.start -= budget.left() + 1.0  # fold 1 done: the time is up
+                return super().predict(fit, rows)
+
+        with budgeted(budget):
+            return cross_fit(DeadlineAfterFoldOne(HeadConfig(), X, X_test, y, 10), y, folds, 10, "accuracy", 0,
+                             bag=True, refit=refit)
+
+    kept = run(refit=False)
+    assert (kept.folds_run, kept.folds_total, len(kept.folds), kept.final) == (1, 3, 1, None)
+    assert kept.scores == full.scores[:1]
+    assert kept.refit_skipped.startswith("stopped at the time limit (fold 2 of 3") and \
+        kept.refit_skipped.endswith(") after 1 of 3 folds")
+    np.testing.assert_array_equal(kept.oof[folds[0][1]], full.oof[folds[0][1]])
+    assert not kept.oof[folds[1][1]].any()
+    with pytest.raises(TimeLimitReached):
+        run(refit=True)

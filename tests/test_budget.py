@@ -105,6 +105,17 @@ def test_with_fold_bags_the_planner_drops_the_refit_before_the_candidate():
     assert p.decisions[-1]["reason"] == f"needs about {SAFETY * 78:.0f} s for 1 epoch (5 folds + refit), 60 s left"
 
 
+def test_a_step_is_extrapolated_from_two_row_counts():
+    """Two timed steps (8 and 16 rows) give the line a 32-row step is read from: fixed costs
+    counted once; never below the larger measurement, never above scaling it from zero."""
+    from transfuse.train.finetune import _extrapolate
+
+    assert _extrapolate(8, 1.0, 16, 1.5, 32) == pytest.approx(2.5)  # 0.5 fixed + 1/16 s per row
+    assert _extrapolate(8, 1.0, 16, 0.9, 32) == pytest.approx(0.9)  # noise: no negative slope
+    assert _extrapolate(8, 0.2, 16, 1.0, 32) == pytest.approx(2.0)  # capped at 1.0 x 32 / 16
+    assert _extrapolate(8, 1.0, 8, 1.0, 32) == pytest.approx(4.0)  # one row count: scaled
+
+
 def test_budget_deadline_reserve_and_projection():
     clock = Clock(1000.0)
     b = Budget(60, start=1000.0, clock=clock)

@@ -9,7 +9,8 @@ folds made (:meth:`Strategy.final_choice`), and predicts the test part once.
 With ``bag`` the fold models also predict the test part (their mean is the fold bag's test
 probabilities) before the refit, and the refit becomes optional: left out (``refit=False``, the
 time-limit plan) or stopped by the time limit, it is reported in :attr:`CrossFit.refit_skipped`
-instead of dropping the candidate, whose folds are all scored. Under a time limit the plan may
+instead of dropping the candidate, whose folds are all scored. A planned bag without the refit
+that the deadline stops in a later fold keeps the folds that finished (a bag of fewer folds). Under a time limit the plan may
 also run only the first ``n_folds`` outer folds (the bag ships; the rows of the folds not run
 are left out of the scores, their out-of-fold probabilities zero: :attr:`CrossFit.folds_run`).
 """
@@ -108,6 +109,7 @@ def cross_fit(strategy: Strategy, y: np.ndarray, folds: Folds, n_classes: int, m
     (``refit=False``) or stopped by the time limit (see the module's docstring); ``n_folds``
     (with ``bag``, no refit): run and score the first ``n_folds`` folds only."""
     fits: list[Fit] = []
+    done: list[tuple[np.ndarray, np.ndarray]] = []  # (validation rows, their probabilities) per fold
     started = time.time()
     k_all = len(folds)
     if n_folds is not None and n_folds < k_all:
@@ -123,10 +125,24 @@ def cross_fit(strategy: Strategy, y: np.ndarray, folds: Folds, n_classes: int, m
         # under a time limit: stop when k folds' pace says the rest cannot finish
         budget.check_projection(f"fold {k + 1} of {k_all}", k, total, started)
         f = strategy.fit(tr, seed + k, f"fold{k}")
+        p = strategy.predict(f, va)
         fits.append(f)
-        return strategy.predict(f, va)
+        done.append((va, p))
+        return p
 
-    oof = oof_loop(fit_predict, folds, len(y), n_classes)
+    try:
+        oof = oof_loop(fit_predict, folds, len(y), n_classes)
+    except TimeLimitReached as e:
+        # a planned bag without its refit keeps the folds that finished: a bag of fewer folds
+        if not (bag and not refit and fits):
+            raise
+        stopped = f"stopped at the time limit ({e.where}) after {len(fits)} of {k_all} folds"
+        folds = list(folds)[: len(fits)]
+        oof = np.full((len(y), n_classes), np.nan)
+        for va, p in done:
+            oof[va] = p
+    else:
+        stopped = None
     scores = [score(y[va], oof[va], metric) for _, va in folds]
     chosen = [f.chosen for f in fits]
     history = [{"fold": k, **h} for k, f in enumerate(fits) for h in f.history]
@@ -138,7 +154,7 @@ def cross_fit(strategy: Strategy, y: np.ndarray, folds: Folds, n_classes: int, m
         out.fold_test = np.mean([strategy.predict(f, None) for f in fits], axis=0).astype(np.float32)
         out.fold_seconds = time.time() - started
         if not refit:
-            out.refit_skipped = "left out by the time-limit plan" + (
+            out.refit_skipped = stopped or "left out by the time-limit plan" + (
                 f" (ran {out.folds_run} of {k_all} folds)" if out.folds_run is not None else "")
             return out
     try:

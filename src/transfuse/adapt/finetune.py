@@ -5,7 +5,8 @@ model trains on the inner part and keeps its best epoch by the inner validation 
 fold that scores it was never used to stop, to checkpoint or to choose. The shipped model is
 refitted on all training rows for the median of the folds' best epochs. ``inner_val: 0`` trains a
 fixed schedule (``epochs``) with no selection at all. LP-FT (Kumar et al. 2022,
-https://arxiv.org/abs/2202.10054) starts each fit from a probe fitted on the same rows.
+https://arxiv.org/abs/2202.10054) starts each fit from a probe fitted on the same rows, with its
+own weight decay (``train.finetune.probe_weight_decay``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ import numpy as np
 from transfuse.adapt.cross_fit import Fit, inner_split
 from transfuse.adapt.probe import make_head
 from transfuse.config import FinetuneConfig, HeadConfig
+
+
+def lp_ft_head(head: HeadConfig, ft: FinetuneConfig) -> HeadConfig:
+    """The probe head LP-FT starts from: ``head`` with ``ft.probe_weight_decay`` (unless null)."""
+    if ft.probe_weight_decay is None:
+        return head
+    return head.model_copy(update={"weight_decay": ft.probe_weight_decay})
 
 
 class FinetuneStrategy:
@@ -39,7 +47,8 @@ class FinetuneStrategy:
     def _init(self, rows: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
         if self.strategy != "lp_ft":
             return None
-        return make_head(self.head, self.n_classes, seed).fit(self.features[rows], self.y[rows]).to_linear()
+        head = lp_ft_head(self.head, self.ft)
+        return make_head(head, self.n_classes, seed).fit(self.features[rows], self.y[rows]).to_linear()
 
     def fit(self, rows: np.ndarray, seed: int, tag: str, chosen: dict[str, Any] | None = None) -> Fit:
         from transfuse.train.finetune import finetune

@@ -74,6 +74,10 @@ class FinetuneConfig(Section):
     inner_val: float = Field(0.2, ge=0, lt=1, description="fraction of each CV fold's training rows held out to "
                              "choose the epoch (early stopping, checkpoint); 0 = train exactly `epochs`")
     monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    probe_weight_decay: float | None = Field(0.1, ge=0, description="weight decay of the probe head that LP-FT "
+                                             "(and partial_ft with init: probe) starts from; null: "
+                                             "train.head.weight_decay. A weak one fits its rows and leaves the "
+                                             "fine-tune no gradient (docs/decisions.md)")
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: int | Literal["auto"] = "auto"

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from transfuse.adapt.cross_fit import Fit, inner_folds, inner_split
-from transfuse.adapt.finetune import FinetuneStrategy
+from transfuse.adapt.finetune import FinetuneStrategy, lp_ft_head
 from transfuse.adapt.probe import ProbeStrategy, make_head
 from transfuse.config import ExperimentConfig, HeadConfig, SearchConfig
 from transfuse.search.objectives import apply_augment_strength, finetune_objective, head_objective
@@ -78,8 +78,9 @@ class FinetuneSearch:
         sc, y, n_classes = self.cfg.search, self.train.labels, len(self.train.classes)
         itr, iva = inner_split(y[rows], 1.0 / self.folds, seed)
 
-        def init_fn(tr: np.ndarray) -> Any:
-            return HeadClassifier.from_config(head, n_classes=n_classes).fit(self.X[tr], y[tr]).to_linear()
+        def init_fn(tr: np.ndarray) -> Any:  # the probe LP-FT starts from, as in the fit
+            return HeadClassifier.from_config(lp_ft_head(head, self.cfg.train.finetune),
+                                              n_classes=n_classes).fit(self.X[tr], y[tr]).to_linear()
 
         work = self.workdir / "_".join(map(str, _key("finetune", rows, seed)))[:60]
         shutil.rmtree(work, ignore_errors=True)  # an in-memory study cannot resume: start clean

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from transfuse.adapt.finetune import lp_ft_head
 from transfuse.artifacts.store import Prepared, RunFolder
 from transfuse.config import ExperimentConfig, SearchConfig
 from transfuse.errors import UserError
@@ -102,8 +103,9 @@ def run_search(cfg: ExperimentConfig, run_dir: Path, storage: str | None = None,
         best_head = cfg.train.head.model_copy(update=head["best_params"] or {})
         n_classes = len(data.train.classes)
 
-        def init_fn(tr: np.ndarray) -> Any:
-            return HeadClassifier.from_config(best_head, n_classes=n_classes).fit(X[tr], y[tr]).to_linear()
+        def init_fn(tr: np.ndarray) -> Any:  # the probe LP-FT starts from, as in the fit
+            return HeadClassifier.from_config(lp_ft_head(best_head, cfg.train.finetune),
+                                              n_classes=n_classes).fit(X[tr], y[tr]).to_linear()
 
         t1 = time.perf_counter()
         ft_space = sc.finetune_space
