@@ -406,6 +406,11 @@ def _run_transfuse(work: Path, task: str, meta: dict[str, Any], time_limit: floa
 
 
 # ------------------------------------------------------------------------------ main
+def equal_time(args: argparse.Namespace, task: str) -> bool:
+    """Whether AutoGluon also runs at transfuse's seconds on ``task`` (``--ag-equal-time [TASK ...]``)."""
+    return args.ag_equal_time is not None and (not args.ag_equal_time or task in args.ag_equal_time)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS))
@@ -414,8 +419,9 @@ def main() -> None:
     ap.add_argument("--ag-hyperparameter", action="append", default=[], metavar="KEY=VALUE",
                     help="one more AutoGluon hyperparameter over the preset (repeatable, values as strings), "
                          "e.g. model.hf_text.pooling_mode=mean; the default is none: AutoGluon as a user runs it")
-    ap.add_argument("--ag-equal-time", action="store_true",
-                    help="also run AutoGluon with time_limit = transfuse's fit seconds")
+    ap.add_argument("--ag-equal-time", nargs="*", choices=list(TASKS), default=None, metavar="TASK",
+                    help="also run AutoGluon with time_limit = transfuse's fit seconds (on the TASKs named, "
+                         "or on every task when none is)")
     ap.add_argument("--transfuse-time-limit", choices=["auto", "on", "off"], default="auto",
                     help="pass --time-limit T (T = AutoGluon's fit seconds / --fraction) to transfuse fit: auto = "
                          "when this transfuse's fit has the flag; off = transfuse's default fit")
@@ -455,7 +461,7 @@ def main() -> None:
             t = f" --time-limit <AutoGluon fit s / {args.fraction:g}>" if limit_flag and ag_model else ""
             print(f"  transfuse: {args.transfuse} fit --data train.csv --test-data test.csv --modality {modality} "
                   f"--backbone {backbone}{t} {' '.join(args.transfuse_arg)}".rstrip())
-            if args.ag_equal_time and ag_model:
+            if equal_time(args, task) and ag_model:
                 print("  AutoGluon again: time_limit = transfuse's fit seconds")
         print(f"transfuse fit --time-limit: {'yes' if limit_flag else 'no (default fit)'}; "
               f"AutoGluon venv: {'ready' if (AG_VENV / 'bin' / 'python').exists() else 'missing: run setup_peers.sh'}")
@@ -489,7 +495,7 @@ def main() -> None:
             row["setting"] += f" (T = AutoGluon's {ag_fit:.0f} s / {args.fraction:g})"
         rows.append(row)
         print(f"  transfuse: {row.get('test_accuracy')} in {row.get('fit_seconds'):.0f} s", flush=True)
-        if args.ag_equal_time and ag_model and row.get("test_accuracy") is not None:
+        if equal_time(args, task) and ag_model and row.get("test_accuracy") is not None:
             eq = run_autogluon(task, meta, checkpoints[ag_model], max(1, round(row["fit_seconds"])), "equal", args)
             eq["setting"] += " (= transfuse's fit seconds)"
             rows.append(eq)
