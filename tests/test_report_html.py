@@ -232,3 +232,22 @@ def test_headless_chromium_check_sees_errors_and_broken_images(tmp_path):
     assert errors[1].startswith("exception: ReferenceError: notDefined is not defined")
     assert errors[2].startswith("network: Failed to load resource: net::ERR_FILE_NOT_FOUND")
     assert [(i["alt"], i["natural"]) for i in got.images] == [("bad", [0, 0]), ("gone", [0, 0])]
+
+
+def test_a_bag_of_some_folds_is_compared_on_its_folds_and_marked(report):
+    """A chosen fold bag that ran 1 of the 3 folds: its CV gain over the best single is read on that
+    fold only (not against the single's mean over all three), the table marks it, and the choice
+    made on the same rows is shown."""
+    r = copy.deepcopy(report)
+    bag = r["candidates"][2]
+    bag.update(name="bag/efficientnet_lite0/lp_ft", cv_mean=0.90, cv_std=0.0, cv_scores=[0.90],
+               selected={"folds_run": [1, 3]})
+    r["chosen"] = bag["name"]
+    r["choice"] = [{"challenger": bag["name"], "leader": "efficientnet_lite0/lp_ft", "folds": 1,
+                    "challenger_score": 0.90, "leader_score": 0.85, "chosen": bag["name"]}]
+    html = render_report_html(r)
+    # the best single's fold-1 score is 0.85 (0.86 - 0.01): +5.0 points there (+4.0 against its mean)
+    assert "+5.0 pts</span> CV accuracy on the 1 fold(s) the chosen candidate ran" in html
+    assert "<span class='sub'>1 of 3 folds</span>" in html
+    assert ("bag/efficientnet_lite0/lp_ft (scored on 1 fold(s) only) against efficientnet_lite0/lp_ft on the "
+            "same rows: 90.0% vs 85.0%; chosen: bag/efficientnet_lite0/lp_ft.") in html

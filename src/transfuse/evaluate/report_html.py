@@ -115,8 +115,14 @@ def _headline(r: dict, chosen: dict | None, test: dict) -> str:
     if any(c.get("kind") == "fusion" for c in cands) and singles:
         best = max(singles, key=lambda c: c["cv_mean"])
         parts = []
+        mine, theirs, cv_label = chosen.get("cv_mean"), best.get("cv_mean"), "CV accuracy"
+        part = (chosen.get("selected") or {}).get("folds_run")
+        if part and chosen.get("cv_scores") and best.get("cv_scores"):  # on the same folds' rows only
+            m = min(len(chosen["cv_scores"]), len(best["cv_scores"]))
+            mine, theirs = sum(chosen["cv_scores"][:m]) / m, sum(best["cv_scores"][:m]) / m
+            cv_label = f"CV accuracy on the {m} fold(s) the chosen candidate ran"
         for label, a, b in (("test accuracy", test.get("accuracy"), (best.get("test") or {}).get("accuracy")),
-                            ("CV accuracy", chosen.get("cv_mean"), best.get("cv_mean"))):
+                            (cv_label, mine, theirs)):
             if a is not None and b is not None:
                 d = (a - b) * 100
                 parts.append(f"<span class='{'pos' if d > 0 else 'neg' if d < 0 else ''}'>{d:+.1f} pts</span> {label}")
