@@ -432,3 +432,25 @@ def test_a_planned_bag_stopped_by_the_deadline_keeps_the_folds_that_finished():
     assert not kept.oof[folds[1][1]].any()
     with pytest.raises(TimeLimitReached):
         run(refit=True)
+
+
+def test_the_model_card_says_why_a_bag_of_some_folds_was_chosen():
+    """The card's "why" names the folds and both same-rows scores when the partial bag won the
+    choice, and keeps the usual sentence when the leader did."""
+    from transfuse.artifacts.card import render_card
+    from transfuse.artifacts.spec import ModelSpec
+
+    cands = [{"name": "bag/b/lp_ft", "kind": "fusion", "cv_mean": 0.9, "cv_std": 0.0, "cv_scores": [0.9],
+              "selected": {"folds_run": [1, 5]}},
+             {"name": "b/linear_probe", "kind": "single", "cv_mean": 0.8, "cv_std": 0.01, "cv_scores": [0.85] * 5}]
+    choice = {"challenger": "bag/b/lp_ft", "leader": "b/linear_probe", "folds": 1, "challenger_score": 0.9,
+              "leader_score": 0.85}
+    report = {"name": "r", "modality": "text", "metric": "accuracy", "cv": {"folds": 5}, "candidates": cands,
+              "task": {"classes": ["x", "y"]}, "test": {}}
+    spec = ModelSpec(kind="bag", candidate="bag/b/lp_ft", modality="text", classes=["x", "y"])
+    won = render_card({**report, "chosen": "bag/b/lp_ft", "choice": [{**choice, "chosen": "bag/b/lp_ft"}]}, spec, [])
+    assert ("Under the time limit it ran on 1 of the 5 folds only; on those folds' rows its cross-validated accuracy "
+            "(0.9000) beat that of b/linear_probe (0.8500), the best candidate scored on every fold.") in won
+    lost = render_card({**report, "chosen": "b/linear_probe", "choice": [{**choice, "chosen": "b/linear_probe"}]},
+                       spec.model_copy(update={"kind": "probe", "candidate": "b/linear_probe"}), [])
+    assert "Under the time limit" not in lost and "It has the best cross-validated accuracy" in lost

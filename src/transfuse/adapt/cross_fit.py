@@ -9,10 +9,11 @@ folds made (:meth:`Strategy.final_choice`), and predicts the test part once.
 With ``bag`` the fold models also predict the test part (their mean is the fold bag's test
 probabilities) before the refit, and the refit becomes optional: left out (``refit=False``, the
 time-limit plan) or stopped by the time limit, it is reported in :attr:`CrossFit.refit_skipped`
-instead of dropping the candidate, whose folds are all scored. A planned bag without the refit
-that the deadline stops in a later fold keeps the folds that finished (a bag of fewer folds). Under a time limit the plan may
-also run only the first ``n_folds`` outer folds (the bag ships; the rows of the folds not run
-are left out of the scores, their out-of-fold probabilities zero: :attr:`CrossFit.folds_run`).
+instead of dropping the candidate, whose folds are all scored. Under a time limit the plan may
+also run only the first ``n_folds`` outer folds (the bag ships; the rows of the folds not run are
+left out of the scores, their out-of-fold probabilities zero: :attr:`CrossFit.folds_run`), and a
+planned bag without the refit that the deadline stops in a later fold keeps the folds that
+finished (a bag of fewer folds).
 """
 
 from __future__ import annotations
@@ -99,7 +100,6 @@ class CrossFit:
         if not any(self.fold_chosen) and not final:
             return None
         return {"folds": self.fold_chosen, "final": final}
-
 
 
 def cross_fit(strategy: Strategy, y: np.ndarray, folds: Folds, n_classes: int, metric: str,

@@ -112,7 +112,7 @@ class Planner:
             return None
         e, refit, m = pick
         tier = tiers.index(pick)
-        seconds = est(e, refit, None if m == folds else m)
+        seconds = est(e, refit, m)
         if tier == 0:
             why = "as configured" if e == max_epochs else f"{max_epochs} would need about {est(max_epochs):.0f} s"
             reason = f"{e} epoch(s): about {seconds:.0f} s of {left} ({why})"
@@ -122,9 +122,9 @@ class Planner:
                      f"fewer than {enough} are planned only where no plan fits more") if above else \
                 (f"1 epoch with the refit would need about {est(1):.0f} s" if tier == 1 else
                  f"1 epoch on all {folds} folds would need about {est(1, False):.0f} s")
-            where = "" if m == folds else (f" on {m} of {folds} folds")
-            rows = "" if m == folds else ("; scored on those folds' rows only, against the other candidates on "
-                                          "the same rows")
+            where = "" if m == folds else f" on {m} of {folds} folds"
+            rows = "" if m == folds else \
+                "; scored on those folds' rows only, against the other candidates on the same rows"
             reason = (f"{e} epoch(s){where} without the refit: about {seconds:.0f} s of {left} ({short}){rows}; "
                       "the fold bag ships instead")
         self.note(name, "run", reason, estimate_s=round(seconds, 1), epochs=e, refit=refit, folds=m, **unit)
