@@ -75,3 +75,30 @@ def test_file_source_loads_safetensors_and_refuses_pickles(tmp_path):
     torch.save({"x": Evil()}, bad)
     with pytest.raises(UserError, match="cannot be read safely"):
         create_backbone(f"file:{bad}", arch="resnet18")
+
+
+def test_taps_pool_the_last_stages_before_the_plain_features():
+    """``taps: 3`` on EfficientNet-Lite0: the mean-pooled outputs of its last three block stages
+    (112, 192 and 320 channels), then the plain 1280 features, exactly; forward hooks on those
+    stages compute the same columns independently."""
+    plain = create_backbone("bundled:efficientnet_lite0", image_size=64)
+    tapped = create_backbone("bundled:efficientnet_lite0", image_size=64, taps=3)
+    view = plain.tapped(3)  # the same network, not a copy
+    assert tapped.feature_dim == view.feature_dim == 112 + 192 + 320 + 1280
+    assert view.model is plain.model and view.weights_hash() == plain.weights_hash() == tapped.weights_hash()
+    assert tapped.cache_key() == view.cache_key() != plain.cache_key()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    seen: list[torch.Tensor] = []
+    hooks = [plain.model.blocks[i].register_forward_hook(lambda m, i, o: seen.append(o.mean((2, 3))))
+             for i in (4, 5, 6)]
+    with torch.no_grad():
+        f = plain(x)
+        for h in hooks:
+            h.remove()
+        ft, fv = tapped(x), view(x)
+    assert torch.equal(ft, fv) and torch.equal(ft[:, -1280:], f)
+    assert torch.equal(ft[:, :-1280], torch.cat(seen, 1))
+    with pytest.raises(UserError) as e:
+        create_backbone("bundled:efficientnet_lite0", taps=8)
+    assert str(e.value) == ("backbone option taps=8: EfficientNet has 7 stages after its stem; give taps "
+                            "between 1 and 7")

@@ -156,6 +156,13 @@ def test_presets_list_the_strategies_unless_the_config_does():
     assert validate_config({**base, "budget": {"preset": "best"},
                             "adapt": {"strategies": ["finetune"]}}).adapt.strategies == ["finetune"]
     assert validate_config(base).adapt.strategies == ["linear_probe"]
+    # an image run's presets add the multilayer probe (one more head on the same embedding)
+    image = {"backbones": ["bundled:efficientnet_lite0"], "data": {"modality": "image"}}
+    assert validate_config({**image, "budget": {"time_limit": 60}}).adapt.strategies == \
+        ["linear_probe", "multilayer_probe", "lp_ft"]
+    assert validate_config({**image, "budget": {"preset": "fast"}}).adapt.strategies == \
+        ["linear_probe", "multilayer_probe"]
+    assert validate_config(image).adapt.strategies == ["linear_probe"]
 
 
 def test_bad_budget_values_are_one_line_errors():
@@ -189,7 +196,8 @@ def test_a_fine_tune_stopped_by_the_deadline_is_left_out_and_the_run_finishes(tm
     cfg = validate_config({
         "name": "budget", "data": {"source": "folder", "path": str(data), "modality": "image"},
         "split": {"folds": 2}, "preprocess": {"image_size": 64}, "backbones": ["bundled:efficientnet_lite0"],
-        "adapt": {"baseline": False}, "budget": {"time_limit": 3600, "preset": "medium"},
+        "adapt": {"baseline": False, "strategies": ["linear_probe", "lp_ft"]},
+        "budget": {"time_limit": 3600, "preset": "medium"},
         "fuse": {"enabled": False},
         "train": {"finetune": {"epochs": 200, "batch_size": 4, "patience": None, "num_workers": 0}},
         "output": {"dir": str(tmp_path / "run")}})
@@ -275,8 +283,9 @@ def test_a_backbone_whose_embedding_is_stopped_runs_none_of_its_strategies(tmp_p
     assert rep["skipped"] == [
         {"name": "efficientnet_lite0/linear_probe", "reason": "stopped at the time limit (embed "
          "bundled:efficientnet_lite0 (about 500 s more needed, 40 s left))"},
-        {"name": "efficientnet_lite0/lp_ft",
-         "reason": "not started: embedding with bundled:efficientnet_lite0 was stopped at the time limit"}]
+        *({"name": f"efficientnet_lite0/{s}",
+           "reason": "not started: embedding with bundled:efficientnet_lite0 was stopped at the time limit"}
+          for s in ("multilayer_probe", "lp_ft"))]
 
 
 def test_the_fusion_reserve_counts_the_probes_fits_without_their_embedding():

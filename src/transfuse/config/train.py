@@ -9,8 +9,8 @@ from pydantic import Field, field_validator
 
 from transfuse.config.base import Section
 
-Strategy = Literal["linear_probe", "finetune", "lp_ft", "partial_ft"]
-STRATEGIES: tuple[str, ...] = ("linear_probe", "finetune", "lp_ft", "partial_ft")
+Strategy = Literal["linear_probe", "multilayer_probe", "finetune", "lp_ft", "partial_ft"]
+STRATEGIES: tuple[str, ...] = ("linear_probe", "multilayer_probe", "finetune", "lp_ft", "partial_ft")
 #: Strategies that train backbone weights (they need a trainable backbone).
 TRAINING_STRATEGIES: tuple[str, ...] = ("finetune", "lp_ft", "partial_ft")
 HeadKind = Literal["linear", "mlp"]
@@ -31,6 +31,9 @@ class AdaptConfig(Section):
     #: NAME's own; under a time limit it ships when NAME's refit does not fit. ``null`` (default):
     #: on under ``budget.time_limit`` only (without a limit the refit always runs and wins the tie).
     bag: bool | None = None
+    #: ``multilayer_probe``: how many of the backbone's last stages it pools besides its final
+    #: features (timm image backbones; see docs/decisions.md).
+    taps: int = Field(3, ge=1)
 
 
 class HeadFit(Section):

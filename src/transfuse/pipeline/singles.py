@@ -55,6 +55,29 @@ def inference_ms(backbone: Any, test: Any, n: int = 16) -> float | None:
     return 1000.0 * (time.perf_counter() - t) / len(sub)
 
 
+#: Strategies fitted on cached features (a probe head, or the probe LP-FT starts from).
+MULTILAYER, TAPPED = "multilayer_probe", "|taps"
+PROBES = ("linear_probe", MULTILAYER)
+FEATURE_STRATEGIES = (*PROBES, "lp_ft", "partial_ft")
+
+
+def _embed(cfg: Any, cache: Any, name: str, base: Any, backbone: Any, key: str, train: Any, test: Any,
+           bs: int, progress: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Cached features under their ``feats`` keys: ``key``'s, from ``backbone`` (``base``, the
+    backbone ``name`` as built, or its tapped view for ``multilayer_probe``). A run with both
+    probes of an untapped timm backbone embeds once: the tapped features end with the plain ones,
+    which also go into the cache as ``base``'s (feature fusion, later runs)."""
+    if not (MULTILAYER in cfg.adapt.strategies and hasattr(base, "tapped") and base.taps == 0):
+        return {key: (cache.embed(backbone, train, bs, progress), cache.embed(backbone, test, bs, progress))}
+    view = base.tapped(cfg.adapt.taps)
+    full = (cache.embed(view, train, bs, progress), cache.embed(view, test, bs, progress))
+    d = base.feature_dim
+    plain = (np.ascontiguousarray(full[0][:, -d:]), np.ascontiguousarray(full[1][:, -d:]))
+    cache.put(base, train, plain[0])
+    cache.put(base, test, plain[1])
+    return {name + TAPPED: full, name: plain}
+
+
 def bags_on(cfg: Any) -> bool:
     """``adapt.bag`` resolved: as set, or (``null``) on under a time limit only."""
     return cfg.adapt.bag if cfg.adapt.bag is not None else cfg.budget.time_limit is not None
@@ -166,13 +189,25 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
         console.print(f"[yellow]skip[/yellow] {name}: {reason}")
         skipped.append({"name": name, "reason": reason})
         return []
+    if strategy == MULTILAYER:
+        if not hasattr(backbone, "tapped"):
+            reason = (f"{bcfg.name} has no stage features (multilayer_probe needs a timm image backbone); "
+                      "only linear_probe applies")
+            console.print(f"[yellow]skip[/yellow] {name}: {reason}")
+            skipped.append({"name": name, "reason": reason})
+            return []
+    base = backbone
+    if strategy == MULTILAYER:
+        backbone, opts = backbone.tapped(cfg.adapt.taps), {**opts, "taps": cfg.adapt.taps}
     t = time.perf_counter()
     console.print(f"[bold]candidate[/bold] {name}")
-    if strategy in ("linear_probe", "lp_ft", "partial_ft") and bcfg.name not in feats:
+    key = bcfg.name + TAPPED if strategy == MULTILAYER else bcfg.name
+    if strategy in FEATURE_STRATEGIES and key not in feats:
         te = time.perf_counter()
-        feats[bcfg.name] = (cache.embed(backbone, train, bs, progress), cache.embed(backbone, test, bs, progress))
-        timings[f"embed:{short_name(bcfg.name)}"] = time.perf_counter() - te
-    f = feats.get(bcfg.name)
+        feats.update(_embed(cfg, cache, bcfg.name, base, backbone, key, train, test, bs, progress))
+        timings[f"embed:{short_name(bcfg.name)}"] = timings.get(f"embed:{short_name(bcfg.name)}", 0.0) + \
+            time.perf_counter() - te
+    f = feats.get(key)
     ft = cfg.train.finetune
     bag = bags_on(cfg) and strategy in TRAINING_STRATEGIES and not follower
     refit, n_folds = True, None
@@ -195,7 +230,7 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
     if raw:
         strat: Any = RawStrategy(backbone, [train.load(i) for i in range(len(train))],
                                  [test.load(i) for i in range(len(test))], y, n_classes)
-    elif strategy == "linear_probe":
+    elif strategy in PROBES:
         strat = ProbeStrategy(cfg.train.head, f[0], f[1], y, n_classes)
     elif strategy == "partial_ft":
         strat = PartialStrategy(backbone, train, test, ft, cfg.train.head, cfg.train.partial, run.work_dir(name),
@@ -226,7 +261,7 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
         save.save_raw(folder, spec.model_copy(update={"estimator": {"name": bcfg.name, "options": opts}}),
                       cv.final.model)
         params = None
-    elif strategy == "linear_probe":
+    elif strategy in PROBES:
         save.save_probe(folder, spec, cv.final.model)
         params = (n_params(backbone) or 0) + f[0].shape[1] * n_classes + n_classes
     else:

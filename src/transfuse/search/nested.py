@@ -24,7 +24,7 @@ import numpy as np
 from transfuse.adapt.cross_fit import Fit, inner_folds, inner_split
 from transfuse.adapt.finetune import FinetuneStrategy, lp_ft_head
 from transfuse.adapt.probe import ProbeStrategy, make_head
-from transfuse.config import ExperimentConfig, HeadConfig, SearchConfig
+from transfuse.config import TRAINING_STRATEGIES, ExperimentConfig, HeadConfig, SearchConfig
 from transfuse.search.objectives import apply_augment_strength, finetune_objective, head_objective
 from transfuse.search.run import SearchInputs, lp_ft_init
 from transfuse.search.study import best_trial, make_sampler, open_study, run_study, trial_budget
@@ -132,6 +132,8 @@ class NestedSearch:
         """Whether candidates of ``strategy`` use searched parameters (and need nesting)."""
         if strategy == "linear_probe":
             return self.heads is not None
+        if strategy not in TRAINING_STRATEGIES:  # multilayer_probe: the configured head
+            return False
         return self.finetune is not None or (strategy == "lp_ft" and self.heads is not None)
 
     def wrap(self, strategy: Any) -> Any:

@@ -154,6 +154,18 @@ class FeatureCache:
         self.last = EmbedStats(len(hashes), len(todo), time.perf_counter() - t0)
         return out
 
+    def put(self, backbone: Backbone, dataset: Dataset, feats: np.ndarray) -> None:
+        """Store ``feats`` (one row per item of ``dataset``, computed by the caller: e.g. the plain
+        columns of a tapped view's features) as ``backbone``'s, for the items the cache lacks."""
+        folder = self.folder(backbone)
+        have = self._cached_hashes(folder)
+        first_of: dict[str, int] = {}
+        for i, h in enumerate(dataset.item_hashes()):
+            if h not in have:
+                first_of.setdefault(h, i)
+        if first_of:
+            self._write(folder, backbone, list(first_of), np.asarray(feats)[list(first_of.values())])
+
     def fill(self, backbone: Backbone, dataset: Dataset, batch_size: int = 64, block_batches: int = 64,
              progress: bool = False) -> EmbedStats:
         """Compute and store the features of the items of ``dataset`` the cache lacks, returning
