@@ -102,3 +102,6 @@ def test_taps_pool_the_last_stages_before_the_plain_features():
         create_backbone("bundled:efficientnet_lite0", taps=8)
     assert str(e.value) == ("backbone option taps=8: EfficientNet has 7 stages after its stem; give taps "
                             "between 1 and 7")
+    with pytest.raises(UserError) as e:
+        create_backbone("bundled:efficientnet_lite0", taps=-1)
+    assert str(e.value) == "backbone option taps=-1: give a number of stages >= 0 (0: the plain features)"

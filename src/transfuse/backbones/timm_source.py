@@ -93,7 +93,9 @@ class TimmBackbone(Backbone):
         import inspect
 
         fi = getattr(self.model, "forward_intermediates", None)
-        if self.taps < 0 or fi is None:
+        if self.taps < 0:
+            raise UserError(f"backbone option taps={self.taps}: give a number of stages >= 0 (0: the plain features)")
+        if fi is None:
             raise UserError(f"backbone option taps={self.taps}: {type(self.model).__name__} has no "
                             "forward_intermediates in this timm; give taps: 0 (or use linear_probe)")
         if "extra_blocks" in inspect.signature(fi).parameters:  # every block stage, not feature_info's

@@ -55,8 +55,9 @@ def inference_ms(backbone: Any, test: Any, n: int = 16) -> float | None:
     return 1000.0 * (time.perf_counter() - t) / len(sub)
 
 
-#: Strategies fitted on cached features (a probe head, or the probe LP-FT starts from).
+#: The multi-layer probe, and the suffix of its features' key in ``feats``.
 MULTILAYER, TAPPED = "multilayer_probe", "|taps"
+#: Heads on cached features; and every strategy that needs them (LP-FT starts from a probe).
 PROBES = ("linear_probe", MULTILAYER)
 FEATURE_STRATEGIES = (*PROBES, "lp_ft", "partial_ft")
 
