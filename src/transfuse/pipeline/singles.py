@@ -70,7 +70,7 @@ def _embed(cfg: Any, cache: Any, name: str, base: Any, backbone: Any, key: str, 
     which also go into the cache as ``base``'s (feature fusion, later runs)."""
     if not (MULTILAYER in cfg.adapt.strategies and hasattr(base, "tapped") and base.taps == 0):
         return {key: (cache.embed(backbone, train, bs, progress), cache.embed(backbone, test, bs, progress))}
-    view = base.tapped(cfg.adapt.taps)
+    view = backbone if backbone is not base else base.tapped(cfg.adapt.taps)  # multilayer_probe's own view
     full = (cache.embed(view, train, bs, progress), cache.embed(view, test, bs, progress))
     d = base.feature_dim
     plain = (np.ascontiguousarray(full[0][:, -d:]), np.ascontiguousarray(full[1][:, -d:]))
@@ -190,6 +190,7 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
         console.print(f"[yellow]skip[/yellow] {name}: {reason}")
         skipped.append({"name": name, "reason": reason})
         return []
+    base = backbone
     if strategy == MULTILAYER:
         if not hasattr(backbone, "tapped"):
             reason = (f"{bcfg.name} has no stage features (multilayer_probe needs a timm image backbone); "
@@ -197,8 +198,6 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
             console.print(f"[yellow]skip[/yellow] {name}: {reason}")
             skipped.append({"name": name, "reason": reason})
             return []
-    base = backbone
-    if strategy == MULTILAYER:
         backbone, opts = backbone.tapped(cfg.adapt.taps), {**opts, "taps": cfg.adapt.taps}
     t = time.perf_counter()
     console.print(f"[bold]candidate[/bold] {name}")
