@@ -94,7 +94,13 @@ def source_config(task: str, args: argparse.Namespace) -> Any:
                              strategies=["linear_probe"], epochs=1, lr=1e-4, patience=None, monitor="val_loss",
                              head_wd=None, fuse=False, fashion_image_size=64,
                              fashion_per_class=args.fashion_per_class, quick=False)
-        return validate_config(task_configs(ns)[task])
+        raw = task_configs(ns)[task]
+        if args.split_seed:  # a fresh split: other training and test images (Fashion-MNIST), or
+            raw["seed"] = args.split_seed  # another train/test partition of the same pool (emoji)
+            for key in ("options", "test_options"):
+                if key in raw["data"]:
+                    raw["data"][key] = {**raw["data"][key], "seed": args.split_seed}
+        return validate_config(raw)
     from transfer_audio import make_config
 
     ns = SimpleNamespace(accents=["en-us", "en-gb", "en-gb-scotland", "en-029"], pitches=[50],
@@ -434,6 +440,10 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=60, help="WordNet glosses per supersense (transfer_text)")
     ap.add_argument("--spam-per-class", type=int, default=300, help="SpamAssassin e-mails per label (transfer_text)")
     ap.add_argument("--fashion-per-class", type=int, default=100, help="Fashion-MNIST train images per class")
+    ap.add_argument("--split-seed", type=int, default=0,
+                    help="image tasks: the seed of the split (emoji: which images are test; Fashion-MNIST: which "
+                         "train and test images are drawn from the 60k/10k pools); give a new one, with a new "
+                         "--out and --name, for a split no one has tuned on")
     ap.add_argument("--resume", action="store_true",
                     help="reuse each tool run that finished in --out with the same settings (and, for "
                          "transfuse, the same code version) instead of running it again")

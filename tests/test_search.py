@@ -208,6 +208,22 @@ def test_sqlite_storage_commits_without_waiting_for_the_disk(tmp_path):
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
 
 
+def test_sqlite_transactions_take_the_write_lock_first(tmp_path):
+    # a deferred transaction that read, then wrote after another worker's commit, failed at once
+    # with "database is locked" (the two-worker flake); BEGIN IMMEDIATE makes it wait its turn
+    import sqlite3
+
+    st = make_storage(f"sqlite:///{tmp_path / 'lock.db'}", 10)
+    other = sqlite3.connect(tmp_path / "lock.db", timeout=0, isolation_level=None)
+    with st.engine.begin() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM studies").scalar() == 0  # reads only
+        with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+            other.execute("BEGIN IMMEDIATE")
+    other.execute("BEGIN IMMEDIATE")  # free again once that transaction ended
+    other.execute("ROLLBACK")
+    other.close()
+
+
 def test_fast_heads_score_like_the_pipelines_heads(digits):
     # the fast path (float32, one prepared problem per fold, warm starts) against a HeadClassifier
     # per fold, on the same trials: the same CV accuracy up to one digit in 300

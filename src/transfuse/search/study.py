@@ -89,7 +89,7 @@ def make_storage(url: str, heartbeat_s: int) -> Any:
             raise UserError(f"search storage {safe_url(url)!r} cannot be opened ({type(e).__name__}: {e}); "
                             "give an Optuna RDB URL such as sqlite:///search.db") from None
     if url.startswith("sqlite"):
-        _no_fsync_per_commit(storage.engine)
+        _sqlite_for_workers(storage.engine)
     return storage
 
 
@@ -102,20 +102,31 @@ def safe_url(url: str) -> str:
     return f"{head}://{cred.split(':', 1)[0]}:***@{host}"
 
 
-def _no_fsync_per_commit(engine: Any) -> None:
-    """sqlite in WAL mode with ``synchronous=NORMAL``: a commit no longer waits for the disk
-    (about 20 commits per trial took 9 ms each), yet a killed process loses nothing committed;
-    only a power cut may lose the last commits. WAL needs one machine (no network disk)."""
+def _sqlite_for_workers(engine: Any) -> None:
+    """Set up a sqlite storage for several worker processes.
+
+    - WAL mode with ``synchronous=NORMAL``: a commit no longer waits for the disk (about 20
+      commits per trial took 9 ms each), yet a killed process loses nothing committed; only a
+      power cut may lose the last commits. WAL needs one machine (no network disk).
+    - Every transaction starts with ``BEGIN IMMEDIATE``: it takes the write lock first, waiting
+      up to the busy timeout. A deferred transaction that reads, then writes, fails at once
+      with "database is locked" when another worker wrote in between (sqlite does not wait
+      there, to avoid a deadlock); that crashed a worker creating its study."""
     from sqlalchemy import event
 
-    def pragmas(dbapi_conn: Any, _record: Any) -> None:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # the driver emits no BEGIN of its own; on_begin does
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
-    event.listen(engine, "connect", pragmas)
-    engine.dispose()  # connections opened while creating the tables get the pragmas too
+    def on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    event.listen(engine, "connect", on_connect)
+    event.listen(engine, "begin", on_begin)
+    engine.dispose()  # connections opened while creating the tables get these settings too
 
 
 def open_study(storage: Any, name: str, sampler: Any, pruner: str, worker: bool) -> Any:
