@@ -98,7 +98,7 @@ def source_config(task: str, args: argparse.Namespace) -> Any:
         if args.split_seed:  # a fresh split: other training and test images (Fashion-MNIST), or
             raw["seed"] = args.split_seed  # another train/test partition of the same pool (emoji)
             for key in ("options", "test_options"):
-                if key in raw["data"]:
+                if raw["data"]["source"] == "fashion_mnist":
                     raw["data"][key] = {**raw["data"][key], "seed": args.split_seed}
         return validate_config(raw)
     from transfer_audio import make_config
