@@ -111,7 +111,7 @@ def _sqlite_for_workers(engine: Any) -> None:
     - Every transaction starts with ``BEGIN IMMEDIATE``: it takes the write lock first, waiting
       up to the busy timeout. A deferred transaction that reads, then writes, fails at once
       with "database is locked" when another worker wrote in between (sqlite does not wait
-      there, to avoid a deadlock); that crashed a worker creating its study."""
+      there, to avoid a deadlock): the likely cause of a worker that crashed creating its study."""
     from sqlalchemy import event
 
     def on_connect(dbapi_conn: Any, _record: Any) -> None:
