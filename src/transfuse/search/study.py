@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,36 +63,100 @@ def make_storage(url: str, heartbeat_s: int) -> Any:
     import optuna
     import sqlalchemy
 
-    for attempt in range(5):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
-                kw = {"heartbeat_stale_trial_callback": retry(max_retry=3)} if retry else \
-                    {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=3)}
-                if url.startswith("sqlite"):
-                    # wait for another worker's write lock up to 60 s (sqlite's default 5 s ran out
-                    # on 2 loaded cores: "database is locked" surfaced as a failed commit)
-                    kw["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-                storage = optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s,
-                                                     grace_period=2 * heartbeat_s, **kw)
-            break
-        except Exception as e:  # noqa: BLE001 -- bad URL, missing driver, unreachable server
-            race = isinstance(e, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError))
-            if race and attempt < 4:  # e.g. workers creating the tables of a new database at once
-                time.sleep(0.2 * (attempt + 1))
-                continue
-            if isinstance(e, ImportError):  # the URL's database driver is not installed
-                name = e.name or getattr(e.__cause__, "name", None) or "its driver"  # optuna re-raises
-                psycopg = url.partition("://")[0] in ("postgresql", "postgresql+psycopg")
-                fix = "pip install 'transfuse[postgres]'" if psycopg else f"pip install {name}"
-                raise UserError(f"search storage {safe_url(url)!r} needs the database driver {name}, which is "
-                                f"not installed; {fix}") from None
-            raise UserError(f"search storage {safe_url(url)!r} cannot be opened ({type(e).__name__}: {e}); "
-                            "give an Optuna RDB URL such as sqlite:///search.db") from None
-    if url.startswith("sqlite"):
-        _sqlite_for_workers(storage.engine)
+    path = _sqlite_file(url)
+    with _init_lock(path):  # workers started together create the tables one after the other
+        if path is not None:
+            _wal_mode(path)
+        for attempt in range(5):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+                    kw = {"heartbeat_stale_trial_callback": retry(max_retry=3)} if retry else \
+                        {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=3)}
+                    if url.startswith("sqlite"):
+                        # wait for another worker's write lock up to 60 s (sqlite's default 5 s ran out
+                        # on 2 loaded cores: "database is locked" surfaced as a failed commit)
+                        kw["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+                    storage = optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s,
+                                                         grace_period=2 * heartbeat_s, **kw)
+                break
+            except Exception as e:  # noqa: BLE001 -- bad URL, missing driver, unreachable server
+                race = isinstance(e, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError))
+                if race and attempt < 4:  # e.g. a worker of another version creating the tables too
+                    time.sleep(0.2 * (attempt + 1))
+                    continue
+                if isinstance(e, ImportError):  # the URL's database driver is not installed
+                    name = e.name or getattr(e.__cause__, "name", None) or "its driver"  # optuna re-raises
+                    psycopg = url.partition("://")[0] in ("postgresql", "postgresql+psycopg")
+                    fix = "pip install 'transfuse[postgres]'" if psycopg else f"pip install {name}"
+                    raise UserError(f"search storage {safe_url(url)!r} needs the database driver {name}, which "
+                                    f"is not installed; {fix}") from None
+                raise UserError(f"search storage {safe_url(url)!r} cannot be opened ({type(e).__name__}: {e}); "
+                                "give an Optuna RDB URL such as sqlite:///search.db") from None
+    if path is not None:
+        _no_fsync_per_commit(storage.engine)
     return storage
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH`` URL whose folder exists (else ``None``: not
+    sqlite, in memory, or a folder that is missing, which the storage then reports)."""
+    if not url.startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    try:
+        db = make_url(url).database
+    except Exception:  # noqa: BLE001 -- a malformed URL: the storage says so
+        return None
+    if not db or db == ":memory:" or db.startswith("file:"):
+        return None
+    path = Path(db).expanduser()
+    return path if path.parent.is_dir() else None
+
+
+@contextmanager
+def _init_lock(path: Path | None) -> Iterator[None]:
+    """An exclusive lock on ``PATH.lock`` (nothing for other storages)."""
+    if path is None:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    try:
+        with FileLock(f"{path}.lock", timeout=120):
+            yield
+    except Timeout:
+        raise UserError(f"search storage {path}: another process has held {path}.lock for 120 s; "
+                        "if no search is starting, delete that file") from None
+
+
+def _wal_mode(path: Path) -> None:
+    """Switch the file to WAL mode before any table exists (WAL persists in the file).
+
+    Done later, on a worker's first connection, the switch fails at once with "database is
+    locked" while another worker writes (sqlite does not wait there): the likely cause of a
+    worker that crashed creating its study while the other created the tables. Under
+    :func:`_init_lock` only a worker past its set-up can hold a lock."""
+    import sqlite3
+
+    deadline = time.monotonic() + 60
+    while True:
+        con = sqlite3.connect(path, timeout=60)
+        try:
+            if con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                con.execute("PRAGMA journal_mode=WAL")  # a file system without WAL keeps its mode
+            return
+        except sqlite3.DatabaseError as e:
+            if "locked" not in str(e):  # e.g. not a database: the storage reports it
+                return
+            if time.monotonic() > deadline:
+                raise UserError(f"search storage {path}: the database stayed locked for 60 s; "
+                                "stop the process that holds it, or give another file") from None
+        finally:
+            con.close()
+        time.sleep(0.1)
 
 
 def safe_url(url: str) -> str:
@@ -102,31 +168,20 @@ def safe_url(url: str) -> str:
     return f"{head}://{cred.split(':', 1)[0]}:***@{host}"
 
 
-def _sqlite_for_workers(engine: Any) -> None:
-    """Set up a sqlite storage for several worker processes.
-
-    - WAL mode with ``synchronous=NORMAL``: a commit no longer waits for the disk (about 20
-      commits per trial took 9 ms each), yet a killed process loses nothing committed; only a
-      power cut may lose the last commits. WAL needs one machine (no network disk).
-    - Every transaction starts with ``BEGIN IMMEDIATE``: it takes the write lock first, waiting
-      up to the busy timeout. A deferred transaction that reads, then writes, fails at once
-      with "database is locked" when another worker wrote in between (sqlite does not wait
-      there, to avoid a deadlock): the likely cause of a worker that crashed creating its study."""
+def _no_fsync_per_commit(engine: Any) -> None:
+    """``synchronous=NORMAL`` on every connection (WAL mode is set in the file already): a commit
+    no longer waits for the disk (about 20 commits per trial took 9 ms each), yet a killed
+    process loses nothing committed; only a power cut may lose the last commits. WAL needs one
+    machine (no network disk)."""
     from sqlalchemy import event
 
-    def on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # the driver emits no BEGIN of its own; on_begin does
+    def pragmas(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
-    def on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    event.listen(engine, "connect", on_connect)
-    event.listen(engine, "begin", on_begin)
-    engine.dispose()  # connections opened while creating the tables get these settings too
+    event.listen(engine, "connect", pragmas)
+    engine.dispose()  # connections opened while creating the tables get the pragma too
 
 
 def open_study(storage: Any, name: str, sampler: Any, pruner: str, worker: bool) -> Any:
