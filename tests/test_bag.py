@@ -454,3 +454,33 @@ def test_the_model_card_says_why_a_bag_of_some_folds_was_chosen():
     lost = render_card({**report, "chosen": "b/linear_probe", "choice": [{**choice, "chosen": "b/linear_probe"}]},
                        spec.model_copy(update={"kind": "probe", "candidate": "b/linear_probe"}), [])
     assert "Under the time limit" not in lost and "It has the best cross-validated accuracy" in lost
+
+
+def test_a_bag_without_its_refit_runs_each_next_fold_that_fits(monkeypatch):
+    # fold fits of 100 s and 250 s of work: after fold 1 the two left (200 s) no longer fit in
+    # 150 s, but the next one does; the bag keeps 2 of 3 folds instead of 1
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import StratifiedKFold
+
+    import transfuse.adapt.cross_fit as cf
+    from transfuse.adapt.probe import ProbeStrategy
+    from transfuse.budget import Budget, budgeted
+    from transfuse.config import HeadConfig
+
+    d = load_digits()
+    X, y, X_test = d.data[:240], d.target[:240], d.data[240:300]
+    folds = list(StratifiedKFold(3, shuffle=True, random_state=0).split(X, y))
+    now = [1000.0]
+    monkeypatch.setattr(cf.time, "time", lambda: now[0])
+
+    class HundredSeconds(ProbeStrategy):
+        def fit(self, *a, **kw):
+            now[0] += 100.0
+            return super().fit(*a, **kw)
+
+    with budgeted(Budget(250, start=now[0], reserve=0, clock=lambda: now[0])):
+        out = cf.cross_fit(HundredSeconds(HeadConfig(), X, X_test, y, 10), y, folds, 10, "accuracy", 0,
+                           bag=True, refit=False)
+    assert (out.folds_run, len(out.folds)) == (2, 2)
+    assert out.refit_skipped == ("stopped at the time limit (fold 3 of 3 (about 100 s more needed, 50 s left)) "
+                                 "after 2 of 3 folds")

@@ -12,8 +12,8 @@ time-limit plan) or stopped by the time limit, it is reported in :attr:`CrossFit
 instead of dropping the candidate, whose folds are all scored. Under a time limit the plan may
 also run only the first ``n_folds`` outer folds (the bag ships; the rows of the folds not run are
 left out of the scores, their out-of-fold probabilities zero: :attr:`CrossFit.folds_run`), and a
-planned bag without the refit that the deadline stops in a later fold keeps the folds that
-finished (a bag of fewer folds).
+planned bag without the refit keeps the folds that finished when the deadline stops it (a bag
+of fewer folds); it starts each next fold that its measured pace says still fits.
 """
 
 from __future__ import annotations
@@ -117,13 +117,15 @@ def cross_fit(strategy: Strategy, y: np.ndarray, folds: Folds, n_classes: int, m
             raise ValueError("cross_fit: n_folds < len(folds) needs bag=True and refit=False")
         folds = list(folds)[:n_folds]
     # under a time limit the folds are paced against what must follow them: the refit, unless
-    # the fold bag can ship without it
+    # the fold bag can ship without it; a bag without its refit keeps what finished, so it runs
+    # each next fold that still fits (not only while all the rest fit)
     total = len(folds) + (0 if bag else 1)
+    one_by_one = bag and not refit
 
     def fit_predict(k: int, tr: np.ndarray, va: np.ndarray) -> np.ndarray:
         fault_point("fold")
-        # under a time limit: stop when k folds' pace says the rest cannot finish
-        budget.check_projection(f"fold {k + 1} of {k_all}", k, total, started)
+        # under a time limit: stop when k folds' pace says the rest (or the next fold) cannot finish
+        budget.check_projection(f"fold {k + 1} of {k_all}", k, k + 1 if one_by_one else total, started)
         f = strategy.fit(tr, seed + k, f"fold{k}")
         p = strategy.predict(f, va)
         fits.append(f)
