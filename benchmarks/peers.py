@@ -121,6 +121,7 @@ def export_split(task: str, args: argparse.Namespace) -> dict[str, Any]:
         if meta.get("split_seed", 0) != args.split_seed:
             raise SystemExit(f"{meta_file} holds the split of --split-seed {meta.get('split_seed', 0)}, not "
                              f"{args.split_seed}; give another --out for another split")
+        meta.pop("split_seed", None)  # not part of the tool runs' keys: the folder says which split
         return meta
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
@@ -128,7 +129,7 @@ def export_split(task: str, args: argparse.Namespace) -> dict[str, Any]:
     prepared = RunFolder(data_dir / "split").prepare_data(cfg)
     modality = TASKS[task][0]
     column = "text" if modality == "text" else "path"
-    meta: dict[str, Any] = {"column": column, **({"split_seed": args.split_seed} if args.split_seed else {})}
+    meta: dict[str, Any] = {"column": column}
     for part, ds in (("train", prepared.train), ("test", prepared.test)):
         rows = []
         for i in range(len(ds)):
@@ -150,7 +151,7 @@ def export_split(task: str, args: argparse.Namespace) -> dict[str, Any]:
         meta[f"n_{part}"] = len(rows)
     meta["classes"] = list(prepared.train.classes)
     meta["quarantined"] = len(prepared.quarantined) if hasattr(prepared, "quarantined") else None
-    meta_file.write_text(json.dumps(meta, indent=1) + "\n")
+    meta_file.write_text(json.dumps({**meta, "split_seed": args.split_seed}, indent=1) + "\n")
     return meta
 
 
