@@ -60,43 +60,47 @@ def trial_budget(sampler: str, n_trials: int, space: dict[str, ParamSpace], grid
 
 def make_storage(url: str, heartbeat_s: int) -> Any:
     """An Optuna RDB storage with heartbeats: trials of a killed worker are failed and retried."""
-    import optuna
-    import sqlalchemy
-
     path = _sqlite_file(url)
     with _init_lock(path):  # workers started together create the tables one after the other
         if path is not None:
             _wal_mode(path)
-        for attempt in range(5):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
-                    kw = {"heartbeat_stale_trial_callback": retry(max_retry=3)} if retry else \
-                        {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=3)}
-                    if url.startswith("sqlite"):
-                        # wait for another worker's write lock up to 60 s (sqlite's default 5 s ran out
-                        # on 2 loaded cores: "database is locked" surfaced as a failed commit)
-                        kw["engine_kwargs"] = {"connect_args": {"timeout": 60}}
-                    storage = optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s,
-                                                         grace_period=2 * heartbeat_s, **kw)
-                break
-            except Exception as e:  # noqa: BLE001 -- bad URL, missing driver, unreachable server
-                race = isinstance(e, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError))
-                if race and attempt < 4:  # e.g. a worker of another version creating the tables too
-                    time.sleep(0.2 * (attempt + 1))
-                    continue
-                if isinstance(e, ImportError):  # the URL's database driver is not installed
-                    name = e.name or getattr(e.__cause__, "name", None) or "its driver"  # optuna re-raises
-                    psycopg = url.partition("://")[0] in ("postgresql", "postgresql+psycopg")
-                    fix = "pip install 'transfuse[postgres]'" if psycopg else f"pip install {name}"
-                    raise UserError(f"search storage {safe_url(url)!r} needs the database driver {name}, which "
-                                    f"is not installed; {fix}") from None
-                raise UserError(f"search storage {safe_url(url)!r} cannot be opened ({type(e).__name__}: {e}); "
-                                "give an Optuna RDB URL such as sqlite:///search.db") from None
+        storage = _rdb_storage(url, heartbeat_s)
     if path is not None:
         _no_fsync_per_commit(storage.engine)
     return storage
+
+
+def _rdb_storage(url: str, heartbeat_s: int) -> Any:
+    import optuna
+    import sqlalchemy
+
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+                kw = {"heartbeat_stale_trial_callback": retry(max_retry=3)} if retry else \
+                    {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=3)}
+                if url.startswith("sqlite"):
+                    # wait for another worker's write lock up to 60 s (sqlite's default 5 s ran out
+                    # on 2 loaded cores: "database is locked" surfaced as a failed commit)
+                    kw["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+                return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s,
+                                                  grace_period=2 * heartbeat_s, **kw)
+        except Exception as e:  # noqa: BLE001 -- bad URL, missing driver, unreachable server
+            race = isinstance(e, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError))
+            if race and attempt < 4:  # e.g. a worker of another version creating the tables too
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            if isinstance(e, ImportError):  # the URL's database driver is not installed
+                name = e.name or getattr(e.__cause__, "name", None) or "its driver"  # optuna re-raises
+                psycopg = url.partition("://")[0] in ("postgresql", "postgresql+psycopg")
+                fix = "pip install 'transfuse[postgres]'" if psycopg else f"pip install {name}"
+                raise UserError(f"search storage {safe_url(url)!r} needs the database driver {name}, which is "
+                                f"not installed; {fix}") from None
+            raise UserError(f"search storage {safe_url(url)!r} cannot be opened ({type(e).__name__}: {e}); "
+                            "give an Optuna RDB URL such as sqlite:///search.db") from None
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _sqlite_file(url: str) -> Path | None:
@@ -141,9 +145,9 @@ def _wal_mode(path: Path) -> None:
     :func:`_init_lock` only a worker past its set-up can hold a lock."""
     import sqlite3
 
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 60  # the switch does not wait for a writer: retry until then
     while True:
-        con = sqlite3.connect(path, timeout=60)
+        con = sqlite3.connect(path, timeout=1)
         try:
             if con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 con.execute("PRAGMA journal_mode=WAL")  # a file system without WAL keeps its mode
