@@ -200,7 +200,10 @@ def test_a_time_limit_ships_the_bag_where_the_refit_does_not_fit(tmp_path: Path,
     from transfuse.pipeline import run_experiment
     from transfuse.pipeline.plan import SAFETY, finetune_seconds
 
+    measured = []
+
     def measure_step(backbone, train, *a, **k):
+        measured.append((type(backbone).__name__, type(train.items[0]).__name__))
         est = [SAFETY * finetune_seconds(10.0, 5.0, 8, len(train), 8, 2, 0.2, 1, refit=r, bag=True)
                for r in (False, True)]
         b = active_budget()
@@ -212,6 +215,7 @@ def test_a_time_limit_ships_the_bag_where_the_refit_does_not_fit(tmp_path: Path,
                                   budget={"time_limit": 3600}, fuse={"enabled": False}))
     rep = run_experiment(cfg, progress=False)
     partial, bag = "efficientnet_lite0/partial_ft", "bag/efficientnet_lite0/partial_ft"
+    assert measured == [("TimmTop", "Tensor")]  # the step that is planned: the top's, on cached activations
     assert [c["name"] for c in rep["candidates"]] == [bag] and rep["chosen"] == bag
     assert rep["skipped"] == [
         {"name": partial, "reason": f"time limit: refit left out by the time-limit plan; {bag} ships instead"}]
@@ -351,7 +355,10 @@ def test_a_time_limit_runs_only_the_folds_that_fit(tmp_path: Path, monkeypatch):
     from transfuse.pipeline import run_experiment
     from transfuse.pipeline.plan import SAFETY, finetune_seconds
 
+    measured = []
+
     def measure_step(backbone, train, *a, **k):
+        measured.append((type(backbone).__name__, type(train.items[0]).__name__))
         est = [SAFETY * finetune_seconds(10.0, 5.0, 8, len(train), 8, 2, 0.2, 1, refit=False, bag=True, run_folds=m)
                for m in (1, 2)]
         b = active_budget()

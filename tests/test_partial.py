@@ -146,3 +146,37 @@ def test_partial_ft_candidate_ships_and_serves(digits_folder: Path, tmp_path: Pa
     assert torch.equal(weights[stem], ref["model.conv_stem.weight"])
     assert torch.equal(weights["backbone.model.blocks.4.0.conv_pw.weight"], ref["model.blocks.4.0.conv_pw.weight"])
     assert not torch.equal(weights["backbone.model.blocks.6.0.conv_pw.weight"], ref["model.blocks.6.0.conv_pw.weight"])
+
+
+def test_cached_views_hold_the_plain_view_first_and_training_draws_among_them():
+    """``train.partial.views``: view 0 is the plain activation (what evaluation reads); the others
+    are the bottom's activations of augmented images, the same for the same seed."""
+    from PIL import Image
+
+    from transfuse.adapt.partial import cached_activations
+    from transfuse.config.data import ImageAugment
+    from transfuse.data.base import Dataset
+
+    bb = create_backbone("bundled:efficientnet_lite0", image_size=48)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)) for _ in range(3)]
+    ds = Dataset(modality="image", items=images, labels=np.array([0, 1, 0]), classes=["a", "b"], ids=["0", "1", "2"])
+    split = split_backbone(bb, 2)
+    plain = cached_activations(split, bb, ds, batch_size=2)
+    aug = ImageAugment(hflip=1.0, random_resized_crop=None, color_jitter=0.0)  # every view: the mirror image
+    viewed = cached_activations(split, bb, ds, batch_size=2, views=2, augment=aug, seed=3)
+    mirror = split.bottom(bb.collate([bb.make_transform()(im.transpose(Image.FLIP_LEFT_RIGHT)) for im in images]))
+    for i in range(3):
+        assert viewed.items[i].shape == (3, *plain.items[i].shape)
+        torch.testing.assert_close(viewed.items[i][0], plain.items[i], rtol=0, atol=0)
+        torch.testing.assert_close(viewed.items[i][1], mirror[i], rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(viewed.items[i][0], viewed.items[i][1])
+    # evaluation reads the plain view; training draws each view (the torch generator decides)
+    top = split.top
+    assert torch.equal(top.make_transform(train=False)(viewed.items[0]), plain.items[0])
+    torch.manual_seed(0)
+    drawn = {int(top.make_transform(train=True)(viewed.items[0]).sum() != plain.items[0].sum()) for _ in range(40)}
+    assert drawn == {0, 1}
+    again = cached_activations(split, bb, ds, batch_size=2, views=2, augment=ImageAugment(), seed=3)
+    other = cached_activations(split, bb, ds, batch_size=2, views=2, augment=ImageAugment(), seed=3)
+    torch.testing.assert_close(again.items[1], other.items[1], rtol=0, atol=0)

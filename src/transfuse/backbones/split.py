@@ -153,7 +153,8 @@ def _split_text(backbone: Any, n_top: int) -> Split:
 # -- images (timm EfficientNet / MobileNet family) ------------------------------------------------
 class TimmTop(Backbone):
     """The last ``n`` stages of a timm EfficientNet-style model + its head convolution and pooling,
-    on cached ``(C, H, W)`` activations."""
+    on cached ``(C, H, W)`` activations, or ``(V, C, H, W)`` for ``V`` cached views of an item
+    (view 0 the plain one): training draws one view per item and epoch, evaluation takes view 0."""
 
     modality = "image"
 
@@ -165,7 +166,7 @@ class TimmTop(Backbone):
         return self.model(batch.contiguous(memory_format=torch.channels_last))
 
     def make_transform(self, train: bool = False, augment: Any = None) -> Callable[[Any], Any]:
-        return _identity
+        return _any_view if train else _plain_view
 
     def preprocess_config(self) -> dict[str, Any]:
         return {"cached": "activations", "first_stage": self.first_stage}
@@ -175,6 +176,15 @@ class TimmTop(Backbone):
         if "blocks" in parts:
             return self.first_stage + int(parts[parts.index("blocks") + 1])
         return 1000
+
+
+def _plain_view(x: torch.Tensor) -> torch.Tensor:
+    return x[0] if x.dim() == 4 else x
+
+
+def _any_view(x: torch.Tensor) -> torch.Tensor:
+    """One of an item's cached views, uniformly (the torch generator: seeded by the fit)."""
+    return x[int(torch.randint(x.shape[0], ()))] if x.dim() == 4 else x
 
 
 def _split_timm(backbone: Any, n_top: int) -> Split:

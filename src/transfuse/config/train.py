@@ -132,6 +132,9 @@ class PartialConfig(Section):
                         "MobileNet) that train; the rest is frozen and cached")
     init: Literal["probe", "fresh"] = Field("probe", description="start the head from a linear probe on "
                                             "the same rows (LP-FT) or from a fresh head")
+    views: int = Field(0, ge=0, le=16, description="images: augmented views (``augment.image``) cached per "
+                       "training item beside the plain one; each epoch trains on one view per item, "
+                       "evaluation on the plain one (0: the plain view only)")
 
 
 class TrainConfig(Section):

@@ -211,15 +211,26 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
     ft = cfg.train.finetune
     bag = bags_on(cfg) and strategy in TRAINING_STRATEGIES and not follower
     refit, n_folds = True, None
+    augment = getattr(cfg.augment, train.modality, None)
+    strat: Any = None
     if strategy in TRAINING_STRATEGIES and planner.budget is not None:
         from transfuse.train.finetune import measure_step
 
         reserve = fusion_reserve(cfg, timings)
         plan = None
         if planner.too_late(name, len(data.folds), reserve, bag=bag) is False:
-            cost = measure_step(backbone, train, n_classes, ft, getattr(cfg.augment, train.modality, None), cfg.seed)
-            plan = planner.plan_finetune(name, cost, len(train), len(test), len(data.folds), ft.inner_val,
-                                         ft.epochs, reserve=reserve, bag=bag)
+            cost = None
+            if strategy == "partial_ft":  # its steps run on the top, over the activations cached first
+                strat = PartialStrategy(backbone, train, test, ft, cfg.train.head, cfg.train.partial,
+                                        run.work_dir(name), features=f[0], augment=augment, seed=cfg.seed,
+                                        batch_size=bs, progress=progress)
+                if planner.too_late(name, len(data.folds), reserve, bag=bag) is False:
+                    cost = measure_step(strat.split.top, strat.train, n_classes, strat.ft, None, cfg.seed)
+            else:
+                cost = measure_step(backbone, train, n_classes, ft, augment, cfg.seed)
+            if cost is not None:
+                plan = planner.plan_finetune(name, cost, len(train), len(test), len(data.folds), ft.inner_val,
+                                             ft.epochs, reserve=reserve, bag=bag)
         if plan is None:
             reason = next(d["reason"] for d in reversed(planner.decisions) if d["name"] == name)
             console.print(f"[yellow]skip[/yellow] {name}: {reason}")
@@ -227,18 +238,21 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
             return []
         epochs, refit, n_folds = plan
         ft = ft.model_copy(update={"epochs": epochs})
-    if raw:
-        strat: Any = RawStrategy(backbone, [train.load(i) for i in range(len(train))],
-                                 [test.load(i) for i in range(len(test))], y, n_classes)
+        if strat is not None:
+            strat.ft = strat.ft.model_copy(update={"epochs": epochs})
+    if strat is not None:  # built while planning
+        pass
+    elif raw:
+        strat = RawStrategy(backbone, [train.load(i) for i in range(len(train))],
+                            [test.load(i) for i in range(len(test))], y, n_classes)
     elif strategy in PROBES:
         strat = ProbeStrategy(cfg.train.head, f[0], f[1], y, n_classes)
     elif strategy == "partial_ft":
         strat = PartialStrategy(backbone, train, test, ft, cfg.train.head, cfg.train.partial, run.work_dir(name),
-                                features=f[0], batch_size=bs, progress=progress)
+                                features=f[0], augment=augment, seed=cfg.seed, batch_size=bs, progress=progress)
     else:
         strat = FinetuneStrategy(strategy, backbone, train, test, ft, cfg.train.head, run.work_dir(name),
-                                 features=f[0] if f else None, augment=getattr(cfg.augment, train.modality, None),
-                                 batch_size=bs, progress=progress)
+                                 features=f[0] if f else None, augment=augment, batch_size=bs, progress=progress)
     if wrap and name in wrap:
         strat = wrap[name](strat)
     cv = cross_fit(strat, y, data.folds, n_classes, metric, cfg.seed, bag=bag, refit=refit, n_folds=n_folds)
