@@ -2,9 +2,11 @@
 against one through the whole network, and its cross-validated accuracy against the probes and
 LP-FT of the whole network.
 
-Data: the 1,000 Fashion-MNIST training images that ``benchmarks/peers.py --split-seed 1`` draws
-(100 per class); each run holds out 20 % of them as a dev split (its "test" part) and
-cross-validates on the rest. No Fashion-MNIST test image is read. Every variant is one
+Data (``--task``): ``fashion``, the 1,000 Fashion-MNIST training images that ``benchmarks/peers.py
+--split-seed 1`` draws (100 per class; no Fashion-MNIST test image is read); or ``emoji``, the
+1,511 images of the 8 emoji categories (the run's ``--seed`` partitions them: seeds 0 and 1 give
+peers.py's test splits, so the default is 7). Each run holds out 20 % as a dev split (its "test"
+part) and cross-validates on the rest. Every variant is one
 ``transfuse fit`` in a fresh process (EfficientNet-Lite0 at 224 px, 3 folds, no fusion), sharing
 one feature cache, so only the first run pays for the embedding.
 
@@ -45,15 +47,20 @@ VARIANTS: dict[str, list[str]] = {
 COLUMNS = ["variant", "candidate", "cv_mean", "cv_std", "dev_accuracy", "epochs", "wall_s"]
 
 
-def data_args(per_class: int, seed: int) -> list[str]:
+def data_args(args: argparse.Namespace) -> list[str]:
+    if args.task == "emoji":
+        from transfuse.data.images import EMOJI_8_CATEGORIES
+
+        return ["--data", "emoji", "--modality", "image", "--seed", str(args.seed),
+                "--set", "data.options.categories=" + json.dumps(list(EMOJI_8_CATEGORIES))]
     return ["--data", "fashion_mnist", "--modality", "image", "--set", "data.options.split=train",
-            "--set", f"data.options.max_per_class={per_class}", "--set", f"data.options.seed={seed}"]
+            "--set", f"data.options.max_per_class={args.per_class}", "--set", f"data.options.seed={args.seed}"]
 
 
 def run_variant(name: str, extra: list[str], args: argparse.Namespace, cache: Path) -> list[dict]:
     out = args.out / re.sub(r"[^A-Za-z0-9.]+", "_", name).strip("_")
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [str(Path(sys.executable).with_name("transfuse")), "fit", *data_args(args.per_class, args.seed),
+    cmd = [str(Path(sys.executable).with_name("transfuse")), "fit", *data_args(args),
            "--backbone", "bundled:efficientnet_lite0", "--folds", str(args.folds), "--set", "fuse.enabled=false",
            "--set", "adapt.baseline=false", *extra, "--out", str(out), "--quiet"]
     if args.quick:
@@ -107,8 +114,11 @@ def step_costs(args: argparse.Namespace) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--per-class", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=1, help="the Fashion-MNIST draw (peers.py --split-seed)")
+    ap.add_argument("--task", choices=["fashion", "emoji"], default="fashion")
+    ap.add_argument("--per-class", type=int, default=100, help="fashion: training images per class")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="fashion: the draw (peers.py --split-seed; default 1); emoji: the run's seed (default 7)")
+    ap.add_argument("--no-steps", action="store_true", help="skip the step timings")
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3, help="step measurements per network")
     ap.add_argument("--threads", type=int, default=2)
@@ -116,8 +126,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "partial_image")
     ap.add_argument("--name", default="partial_image")
     args = ap.parse_args()
+    if args.seed is None:
+        args.seed = 7 if args.task == "emoji" else 1
     args.out.mkdir(parents=True, exist_ok=True)
-    steps = step_costs(args)
+    steps = [] if args.no_steps else step_costs(args)
     for r in steps:
         print(json.dumps(r), flush=True)
     cache = args.out / "feature_cache"
@@ -129,12 +141,14 @@ def main() -> None:
     for top in dict.fromkeys(r["top"] for r in steps):
         vals = sorted(r["step_s"] for r in steps if r["top"] == top)
         medians[top] = vals[len(vals) // 2]
-    step_md = "; ".join(f"{k} {v:.3f} s ({medians['whole network'] / v:.1f}x)" for k, v in medians.items())
-    print(write_results(args.name, rows, COLUMNS, {
-        "data": f"Fashion-MNIST train, {args.per_class} per class, seed {args.seed}; 20 % held out as the dev split",
-        "one training step of 32 images, median of {0} (speed-up against the whole network)".format(args.repeats):
-            step_md,
-        "step measurements": steps}))
+    data = (f"emoji, 8 categories, run seed {args.seed}" if args.task == "emoji" else
+            f"Fashion-MNIST train, {args.per_class} per class, seed {args.seed}")
+    extra: dict = {"data": f"{data}; 20 % held out as the dev split"}
+    if steps:
+        extra[f"one training step of 32 images, median of {args.repeats} (speed-up against the whole network)"] = \
+            "; ".join(f"{k} {v:.3f} s ({medians['whole network'] / v:.1f}x)" for k, v in medians.items())
+        extra["step measurements"] = steps
+    print(write_results(args.name, rows, COLUMNS, extra))
 
 
 if __name__ == "__main__":
