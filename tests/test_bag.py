@@ -370,6 +370,7 @@ def test_a_time_limit_runs_only_the_folds_that_fit(tmp_path: Path, monkeypatch):
                                   budget={"time_limit": 3600}, fuse={"enabled": False}))
     rep = run_experiment(cfg, progress=False)
     probe = "efficientnet_lite0/linear_probe"
+    assert [m[0] for m in measured] == ["TimmBackbone"]  # LP-FT's step: through the whole network
     assert [c["name"] for c in rep["candidates"]] == [probe, BAG]
     cands = {c["name"]: c for c in rep["candidates"]}
     assert cands[BAG]["selected"]["folds_run"] == [1, 2] and len(cands[BAG]["cv_scores"]) == 1

@@ -212,6 +212,19 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
     bag = bags_on(cfg) and strategy in TRAINING_STRATEGIES and not follower
     refit, n_folds = True, None
     augment = getattr(cfg.augment, train.modality, None)
+
+    def build() -> Any:  # the candidate's strategy, with the fine-tuning settings `ft` holds when called
+        if raw:
+            return RawStrategy(backbone, [train.load(i) for i in range(len(train))],
+                               [test.load(i) for i in range(len(test))], y, n_classes)
+        if strategy in PROBES:
+            return ProbeStrategy(cfg.train.head, f[0], f[1], y, n_classes)
+        if strategy == "partial_ft":  # caches the bottom's activations
+            return PartialStrategy(backbone, train, test, ft, cfg.train.head, cfg.train.partial, run.work_dir(name),
+                                   features=f[0], augment=augment, seed=cfg.seed, batch_size=bs, progress=progress)
+        return FinetuneStrategy(strategy, backbone, train, test, ft, cfg.train.head, run.work_dir(name),
+                                features=f[0] if f else None, augment=augment, batch_size=bs, progress=progress)
+
     strat: Any = None
     if strategy in TRAINING_STRATEGIES and planner.budget is not None:
         from transfuse.train.finetune import measure_step
@@ -221,9 +234,7 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
         if planner.too_late(name, len(data.folds), reserve, bag=bag) is False:
             cost = None
             if strategy == "partial_ft":  # its steps run on the top, over the activations cached first
-                strat = PartialStrategy(backbone, train, test, ft, cfg.train.head, cfg.train.partial,
-                                        run.work_dir(name), features=f[0], augment=augment, seed=cfg.seed,
-                                        batch_size=bs, progress=progress)
+                strat = build()
                 if planner.too_late(name, len(data.folds), reserve, bag=bag) is False:
                     cost = measure_step(strat.split.top, strat.train, n_classes, strat.ft, None, cfg.seed)
             else:
@@ -238,21 +249,10 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
             return []
         epochs, refit, n_folds = plan
         ft = ft.model_copy(update={"epochs": epochs})
-        if strat is not None:
+        if strat is not None:  # built while planning
             strat.ft = strat.ft.model_copy(update={"epochs": epochs})
-    if strat is not None:  # built while planning
-        pass
-    elif raw:
-        strat = RawStrategy(backbone, [train.load(i) for i in range(len(train))],
-                            [test.load(i) for i in range(len(test))], y, n_classes)
-    elif strategy in PROBES:
-        strat = ProbeStrategy(cfg.train.head, f[0], f[1], y, n_classes)
-    elif strategy == "partial_ft":
-        strat = PartialStrategy(backbone, train, test, ft, cfg.train.head, cfg.train.partial, run.work_dir(name),
-                                features=f[0], augment=augment, seed=cfg.seed, batch_size=bs, progress=progress)
-    else:
-        strat = FinetuneStrategy(strategy, backbone, train, test, ft, cfg.train.head, run.work_dir(name),
-                                 features=f[0] if f else None, augment=augment, batch_size=bs, progress=progress)
+    if strat is None:
+        strat = build()
     if wrap and name in wrap:
         strat = wrap[name](strat)
     cv = cross_fit(strat, y, data.folds, n_classes, metric, cfg.seed, bag=bag, refit=refit, n_folds=n_folds)
