@@ -7,6 +7,10 @@ each method of METHODS (heads kept per task), coefficients chosen on a validatio
 and each task is scored on its test split with the merged backbone and its own head: accuracy,
 average, and normalised accuracy (merged / individually fine-tuned). Reference rows: the
 individually fine-tuned models, and the pretrained backbone with each task's fine-tuned head.
+A backbone with BatchNorm (EfficientNet) is scored a second way ("task BN" columns): after the
+merge, each task's BatchNorm statistics are re-estimated on that task's training images (no
+labels; ``recompute_batchnorm``), coefficients chosen on validation under that protocol, and
+normalised by the fine-tunes with re-estimated statistics.
 
     HF_HUB_OFFLINE=1 nice -n 5 .venv/bin/python benchmarks/merge_multitask.py [--quick] [--modality text]
 
@@ -28,6 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 from _common import write_results
+from paired import mcnemar
 from sklearn.model_selection import train_test_split
 
 from transfuse.config import FinetuneConfig
@@ -38,11 +43,13 @@ from transfuse.fuse.merge import (
     evaluate_tasks,
     merge,
     normalized_scores,
+    recompute_batchnorm,
     regmean_grams,
     save_tensors,
     search_parameters,
     task_state_dicts,
 )
+from transfuse.fuse.merge.methods.svd import as_matrix
 from transfuse.train.finetune import Classifier, finetune
 
 LAMBDAS = [0.4, 0.7, 1.0]  # task vectors summed (normalize false)
@@ -60,13 +67,14 @@ METHODS: dict[str, tuple[dict, dict, dict]] = {
     "model_stock": ({}, {}, {}),
     "fisher": ({}, {}, {}),
     "regmean": ({}, {}, {"alpha": [0.5, 0.9]}),
-    # SVD family (FusionBench's semantics: output base + alpha * merged; only 2-D tensors go through
-    # SVDs, every other tensor gets the mean task vector). The rest at the papers' / FusionBench's
-    # defaults: TSV-M per-model weight 1; Iso-CTS common_space_fraction 0.8; WUDI 300 Adam steps of
-    # lr 1e-5 (FusionBench's function; its config says 400). FusionBench's alpha is 1 (WUDI's paper
-    # has no coefficient); the grid holds 1 and reaches 2 because on a network without 2-D weights
-    # (EfficientNet's convolutions) these methods add alpha * the mean task vector, and alpha 2 on
-    # the mean is task arithmetic's lambda 0.67.
+    # SVD family (FusionBench's semantics: output base + alpha * merged; only matrices go through
+    # SVDs (2-D weights and 1x1 convolutions, EfficientNet's expand / project / head layers), every
+    # other tensor gets the mean task vector). The rest at the papers' / FusionBench's defaults:
+    # TSV-M per-model weight 1; Iso-CTS common_space_fraction 0.8; WUDI 300 Adam steps of lr 1e-5
+    # (FusionBench's function; its config says 400). FusionBench's alpha is 1 (WUDI's paper has no
+    # coefficient); the grid holds 1 and reaches 2 because on the tensors that are not matrices
+    # these methods add alpha * the mean task vector, and alpha 2 on the mean is task arithmetic's
+    # lambda 0.67.
     "tsv_merge": ({}, {}, {"alpha": SVD_ALPHAS}),
     "iso_c": ({}, {}, {"alpha": SVD_ALPHAS}),
     "iso_cts": ({}, {"common_space_fraction": 0.8}, {"alpha": SVD_ALPHAS}),
@@ -74,8 +82,12 @@ METHODS: dict[str, tuple[dict, dict, dict]] = {
 }
 
 
-#: modality -> share of the backbone's parameters in 2-D tensors (the only ones the SVD family's SVDs see)
+#: modality -> share of the backbone's parameters in matrices (the only tensors the SVD family's SVDs see)
 MATRIX_SHARE: dict[str, float] = {}
+#: (modality, protocol, method) -> right or wrong per test item, all tasks' items in a row
+RIGHT: dict[tuple[str, str, str], np.ndarray] = {}
+#: each SVD-family method against each of these (paired, on the same test items)
+PAIRED_AGAINST = ("ties", "task_arithmetic")
 
 
 def split3(ds: Dataset, n_train: int, n_val: int, n_test: int, seed: int = 0) -> tuple[Dataset, ...]:
@@ -118,8 +130,12 @@ def image_tasks(n: tuple[int, int, int], work: Path) -> dict[str, tuple[Dataset,
     return {"emoji": split3(emoji, *n), "fashion": split3(fashion, *n), "digits": split3(digits, *n)}
 
 
+def correct(model: Classifier, ds: Dataset) -> np.ndarray:
+    return model.predict_proba(ds, batch_size=64, num_workers=0).argmax(1) == ds.labels
+
+
 def accuracy(model: Classifier, ds: Dataset) -> float:
-    return float((model.predict_proba(ds, batch_size=64, num_workers=0).argmax(1) == ds.labels).mean())
+    return float(correct(model, ds).mean())
 
 
 def run_modality(modality: str, args: argparse.Namespace) -> list[dict]:
@@ -145,7 +161,8 @@ def run_modality(modality: str, args: argparse.Namespace) -> list[dict]:
     base_path = work / "base.safetensors"
     save_tensors({f"backbone.{k}": v for k, v in backbone.state_dict().items()}, base_path)
     floats = [v for v in backbone.state_dict().values() if v.is_floating_point()]
-    MATRIX_SHARE[modality] = round(sum(v.numel() for v in floats if v.dim() == 2) / sum(v.numel() for v in floats), 3)
+    MATRIX_SHARE[modality] = round(sum(v.numel() for v in floats if as_matrix(v) is not None)
+                                   / sum(v.numel() for v in floats), 3)
     evalers: dict[str, Classifier] = {}
     files: dict[str, dict[str, str]] = {}
     individual: dict[str, float] = {}
@@ -167,52 +184,86 @@ def run_modality(modality: str, args: argparse.Namespace) -> list[dict]:
         print(f"[{modality}] {task}: fine-tuned test acc {individual[task]:.3f} "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
 
-    def scorer(split: int) -> dict:
+    last_correct: dict[str, np.ndarray] = {}  # per test item, of the last model each task scored
+
+    def scorer(split: int, task_bn: bool = False) -> dict:
         def score(task: str):
             def fn(sd: dict) -> float:
                 evalers[task].load_state_dict(sd)
-                return accuracy(evalers[task], tasks[task][split])
+                if task_bn:  # BatchNorm statistics re-estimated on the task's training images
+                    recompute_batchnorm(evalers[task], classifier_batches(evalers[task], tasks[task][0], 64))
+                last_correct[task] = correct(evalers[task], tasks[task][split])
+                return float(last_correct[task].mean())
             return fn
         return {t: score(t) for t in tasks}
 
-    val_scores, test_scores = scorer(1), scorer(2)
-    rows = [{"modality": modality, "method": "individual fine-tunes", **individual,
-             "average": float(np.mean(list(individual.values()))), "normalized": 1.0}]
+    # A network with BatchNorm is also scored with each task's statistics re-estimated after the
+    # merge (columns "* task BN"), coefficients chosen on validation under that protocol; those
+    # columns are normalised by the fine-tunes with re-estimated statistics too (the larger
+    # denominator here). Text (LayerNorm) has no such columns.
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in backbone.modules())
+    protocols = {"": (scorer(1), scorer(2))}
+    if has_bn:
+        protocols[" task BN"] = (scorer(1, True), scorer(2, True))
+    own = {t: load_file_dict(f["model"]) for t, f in files.items()}
+    reference = {p: evaluate_tasks(own, test) for p, (_, test) in protocols.items()}
     pre = {}
     for task in tasks:
         sd = load_file_dict(files[task]["model"])
         sd.update({k: v for k, v in load_file_dict(base_path).items()})
         pre[task] = sd
-    s = evaluate_tasks(pre, test_scores)
-    rows.append({"modality": modality, "method": "pretrained + task heads", **s,
-                 "normalized": normalized_scores(s, individual)["average"]})
-    print(rows[-1], flush=True)
+    rows = []
+    for name, models in (("individual fine-tunes", own), ("pretrained + task heads", pre)):
+        rows.append({"modality": modality, "method": name})
+        for p, (_, test) in protocols.items():
+            s = reference[p] if models is own else evaluate_tasks(models, test)
+            rows[-1].update(columns(s, normalized_scores(s, reference[p])["average"], tasks, p))
+        print(rows[-1], flush=True)
     for method, (per_model, fixed, grid) in METHODS.items():
-        t = time.perf_counter()
-        config = {"merge_method": method, "base_model": str(base_path), "heads": ["head"], "dtype": "float32",
-                  "parameters": fixed,
-                  "models": [{"model": f["model"], "name": task, "parameters": dict(per_model),
-                              **({"fisher": f["fisher"]} if method == "fisher" else {}),
-                              **({"gram": f["gram"]} if method == "regmean" else {})}
-                             for task, f in files.items()]}
-        chosen = {}
-        if grid:
-            found = search_parameters(config, grid, lambda p: evaluate_tasks(p, val_scores)["average"],
-                                      work_dir=work)
-            chosen = found.best
-            config["parameters"] = {**fixed, **chosen}
-        out = work / f"merged-{method}"
-        merge(config, out, overwrite=True)
-        s = evaluate_tasks(task_state_dicts(out), test_scores)
-        rows.append({"modality": modality, "method": method, **s,
-                     "normalized": normalized_scores(s, individual)["average"],
-                     "chosen": ", ".join(f"{k}={v[-1]['value'] if isinstance(v, list) else v}"
-                                         for k, v in chosen.items()),
-                     "seconds": time.perf_counter() - t})
+        rows.append({"modality": modality, "method": method, "seconds": 0.0})
+        for p, (val_scores, test_scores) in protocols.items():
+            t = time.perf_counter()
+            s, chosen = merge_and_score(method, per_model, fixed, grid, files, base_path, work / ("merges" + p.replace(" ", "-")),
+                                        val_scores, test_scores)
+            rows[-1].update(columns(s, normalized_scores(s, reference[p])["average"], tasks, p))
+            rows[-1][f"chosen{p}"] = chosen
+            rows[-1]["seconds"] += time.perf_counter() - t
+            RIGHT[(modality, p, method)] = np.concatenate([last_correct[task] for task in tasks])
         print(rows[-1], flush=True)
     for r in rows:
         r["tasks"] = ", ".join(tasks)
     return rows
+
+
+def columns(scores: dict, normalized: float, tasks: dict, protocol: str) -> dict:
+    """A row's columns for one protocol: per-task accuracy, average and normalised accuracy (the
+    per-task accuracies of an extra protocol in one column, ``tasks<protocol>``)."""
+    if not protocol:
+        return {**scores, "normalized": normalized}
+    return {f"average{protocol}": scores["average"], f"normalized{protocol}": normalized,
+            f"tasks{protocol}": " ".join(f"{scores[t]:.3f}" for t in tasks)}
+
+
+def merge_and_score(method: str, per_model: dict, fixed: dict, grid: dict, files: dict, base_path: Path,
+                    work: Path, val_scores: dict, test_scores: dict) -> tuple[dict, str]:
+    """One method: coefficients searched on validation, the merge scored on test; (scores, chosen)."""
+    work.mkdir(parents=True, exist_ok=True)
+    config = {"merge_method": method, "base_model": str(base_path), "heads": ["head"], "dtype": "float32",
+              "parameters": fixed,
+              "models": [{"model": f["model"], "name": task, "parameters": dict(per_model),
+                          **({"fisher": f["fisher"]} if method == "fisher" else {}),
+                          **({"gram": f["gram"]} if method == "regmean" else {})}
+                         for task, f in files.items()]}
+    chosen = {}
+    if grid:
+        found = search_parameters(config, grid, lambda p: evaluate_tasks(p, val_scores)["average"],
+                                  work_dir=work)
+        chosen = found.best
+        config["parameters"] = {**fixed, **chosen}
+    out = work / f"merged-{method}"
+    merge(config, out, overwrite=True)
+    return (evaluate_tasks(task_state_dicts(out), test_scores),
+            ", ".join(f"{k}={v[-1]['value'] if isinstance(v, list) else v}" for k, v in chosen.items()))
 
 
 def sizes(args: argparse.Namespace) -> tuple[int, int, int]:
@@ -247,10 +298,20 @@ def main() -> None:
     for m in mods:
         merged = [r for r in rows if r["modality"] == m and r["method"] not in
                   ("individual fine-tunes", "pretrained + task heads")]
-        b = max(merged, key=lambda r: r["normalized"])
-        best[m] = f"{b['method']} {100 * b['normalized']:.1f}% normalised"
+        for p in ("", " task BN"):
+            if any(f"normalized{p}" in r for r in merged):
+                b = max(merged, key=lambda r: r[f"normalized{p}"])
+                best[m + p] = f"{b['method']} {100 * b[f'normalized{p}']:.1f}% normalised"
+    paired = {}
+    for (m, p, method), right in RIGHT.items():
+        if method in ("tsv_merge", "iso_c", "iso_cts", "wudi"):
+            for other in PAIRED_AGAINST:
+                paired[f"{m}{p}: {method} (A) vs {other} (B)"] = mcnemar(right, RIGHT[(m, p, other)])
     cols = ["modality", "method", "nouns", "verbs", "spam", "emoji", "fashion", "digits", "average",
-            "normalized", "chosen", "seconds"]
+            "normalized", "chosen"]
+    if any("normalized task BN" in r for r in rows):
+        cols += ["tasks task BN", "average task BN", "normalized task BN", "chosen task BN"]
+    cols.append("seconds")
     name = "merge_multitask" + ("" if args.modality == "both" else f"_{args.modality}") + ("_quick" if args.quick else "")
     md = write_results(name, rows, cols, extra={
         "best": best, "total_seconds": round(time.perf_counter() - t0, 1),
@@ -260,7 +321,8 @@ def main() -> None:
                      "accuracy on test; slerp (2 models) and greedy_soup (one task) do not apply"),
         "parameters": {m: {**({"per-model": pm} if pm else {}), **fixed, **({"val grid": grid} if grid else {})}
                        for m, (pm, fixed, grid) in METHODS.items()},
-        "backbone share in 2-D tensors (SVD family; the rest gets the mean task vector)": MATRIX_SHARE})
+        "paired on the test items (exact McNemar; every SVD-family method against TIES and task arithmetic)": paired,
+        "backbone share in matrices, 2-D and 1x1-convolution weights (SVD family; the rest gets the mean task vector)": MATRIX_SHARE})
     print(md)
 
 

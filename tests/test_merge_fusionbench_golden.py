@@ -89,6 +89,26 @@ def test_iso_c_flattens_the_spectrum():
                           atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["tsv_merge", "iso_c", "iso_cts", "wudi"])
+def test_a_pointwise_convolution_merges_as_the_linear_map_it_is(method, one_thread):
+    # a 1x1 convolution's (out, in, 1, 1) weight is a linear map over channels: it merges exactly
+    # as the (out, in) matrix does; a spatial (3x3) kernel gets the mean task vector instead
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(6, 5, generator=g)
+    xs = [base + 0.1 * torch.randn(6, 5, generator=g) for _ in range(3)]
+    kwargs = {"iter_num": 30, "lr": 1e-3} if method == "wudi" else {}
+    fn = get_method(method)
+    as_matrix = fn(xs, base, alpha=1.5, **kwargs)
+    as_conv = fn([x.view(6, 5, 1, 1) for x in xs], base.view(6, 5, 1, 1), alpha=1.5, **kwargs)
+    assert as_conv.shape == (6, 5, 1, 1)
+    assert torch.equal(as_conv.view(6, 5), as_matrix)
+    assert not torch.allclose(as_matrix, base + 1.5 * (sum(xs) / 3 - base), atol=1e-4)
+    spatial = fn([x.view(6, 5, 1, 1).expand(6, 5, 3, 3).contiguous() for x in xs],
+                 base.view(6, 5, 1, 1).expand(6, 5, 3, 3).contiguous(), alpha=1.5, **kwargs)
+    mean = base + 1.5 * (sum(xs) / 3 - base)
+    assert torch.allclose(spatial, mean.view(6, 5, 1, 1).expand(6, 5, 3, 3), atol=1e-6)
+
+
 @pytest.mark.parametrize("r,n,fraction,expected", [
     (8, 3, 0.8, (5, 1)),  # int(6.4) = 6 common; round(2 / 3) * 3 = 3 task directions; 8 - 3 = 5
     (8, 8, 0.0, (0, 1)),  # no common space: one direction per task

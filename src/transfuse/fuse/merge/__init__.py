@@ -2,7 +2,8 @@
 Model Stock, Fisher, RegMean, SCE, RAM, passthrough frankenmerges, and the SVD family (TSV-M, Iso-C,
 Iso-CTS, WUDI).
 
-``estimate`` computes Fisher/RegMean statistics from data, ``tune`` picks a greedy soup and
+``estimate`` computes Fisher/RegMean statistics from data (and re-estimates a merged network's
+BatchNorm statistics), ``tune`` picks a greedy soup and
 ``search`` searches coefficients on a validation score, ``multitask`` rebuilds one model per task
 from a merge with per-task heads.
 
@@ -15,6 +16,7 @@ from transfuse.fuse.merge.engine import MergeResult, merge, run_merge_cli
 from transfuse.fuse.merge.estimate import (
     classifier_batches,
     diagonal_fisher,
+    recompute_batchnorm,
     regmean_grams,
     save_tensors,
 )
@@ -39,6 +41,7 @@ __all__ = [
     "TensorContext",
     "classifier_batches",
     "diagonal_fisher",
+    "recompute_batchnorm",
     "evaluate_tasks",
     "get_method",
     "greedy_soup",

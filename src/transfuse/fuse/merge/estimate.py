@@ -1,4 +1,5 @@
-"""Data the data-driven merges need, estimated from a torch model: diagonal Fisher and Gram matrices.
+"""Data the data-driven merges need, estimated from a torch model: diagonal Fisher and Gram matrices;
+and a merged network's BatchNorm statistics, re-estimated (``recompute_batchnorm``).
 
 ``diagonal_fisher`` (Fisher merging, Matena and Raffel 2022) and ``regmean_grams`` (RegMean, Jin
 et al. 2023) take a model that maps a batch input to logits and an iterable of ``(input, labels)``
@@ -193,3 +194,39 @@ def classifier_batches(model: nn.Module, dataset: Any, batch_size: int = 32) -> 
                          pin_memory=False)
     for x, y in loader:
         yield backbone.batch_to(x, device), y
+
+
+def recompute_batchnorm(model: nn.Module, batches: Iterable[Batch]) -> int:
+    """Reset every BatchNorm layer's running statistics and re-estimate them on ``batches``
+    (``(input, labels)``; labels unused): the mean over batches of each batch's mean and unbiased
+    variance (PyTorch's ``momentum=None``). The rest of the model stays in eval mode (dropout off),
+    weights do not change, and each layer's momentum and the model's mode are restored.
+
+    A merge averages the weights but not the statistics they would produce, so a merged network
+    with BatchNorm normalises with the wrong scale; re-estimating on a few hundred unlabelled
+    inputs of a task (its training data) fixes that for the task. Returns the number of layers.
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not layers:
+        return 0
+    was_training = model.training
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+    model.eval()
+    for m in layers:
+        m.train()
+    seen = 0
+    try:
+        with torch.no_grad():
+            for x, _ in batches:
+                model(x)
+                seen += 1
+    finally:
+        for m, momentum in zip(layers, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    if seen == 0:
+        raise UserError("recompute_batchnorm: no batches were given; pass the task's training data")
+    return len(layers)

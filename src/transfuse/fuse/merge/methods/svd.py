@@ -1,8 +1,10 @@
 """SVD-family merges of task vectors: TSV-M, Iso-C, Iso-CTS (FusionBench's semantics, per tensor).
 
-Every matrix (2-D tensor) is merged through SVDs of that one matrix's task vectors ``d_i = x_i -
-base``, so memory is a few copies of one layer, never of the model; other tensors (biases, norms,
-convolutions) get the mean task vector, as in FusionBench. The result is ``base + alpha * merged``.
+Every matrix is merged through SVDs of that one matrix's task vectors ``d_i = x_i - base``, so
+memory is a few copies of one layer, never of the model; other tensors (biases, norms, spatial
+convolutions) get the mean task vector, as in FusionBench. A matrix is a 2-D tensor or a pointwise
+(1x1) convolution's ``(out, in, 1, 1)`` weight, which is a linear map over channels (as RegMean
+treats it here); FusionBench's models have no such convolutions, so its semantics are unchanged. The result is ``base + alpha * merged``.
 Checked against a transcription of FusionBench's code (``tests/test_merge_fusionbench_golden.py``).
 
 - TSV-M (Gargiulo et al., CVPR 2025): keep each task's top ``int(r / T)`` singular triplets
@@ -18,6 +20,8 @@ Checked against a transcription of FusionBench's code (``tests/test_merge_fusion
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -29,6 +33,24 @@ def orthogonalize(x: Tensor) -> Tensor:
     """The nearest matrix with orthonormal columns (or rows, if wider): ``P Q^T`` of ``svd(x)``."""
     p, _, qt = torch.linalg.svd(x, full_matrices=False)
     return p @ qt
+
+
+def as_matrix(t: Tensor) -> Tensor | None:
+    """The matrix a weight is (2-D, or a 1x1 convolution viewed as ``(out, in)``), or None."""
+    if t.dim() == 2:
+        return t
+    if t.dim() == 4 and tuple(t.shape[2:]) == (1, 1):
+        return t.reshape(t.shape[0], t.shape[1])
+    return None
+
+
+def per_matrix(merge_matrix: Callable[[list[Tensor]], Tensor], deltas: list[Tensor],
+               base: Tensor) -> Tensor | None:
+    """``merge_matrix`` of the task vectors as matrices, in ``base``'s shape; None if not a matrix."""
+    if as_matrix(base) is None:
+        return None
+    shape = base.shape
+    return merge_matrix([d.reshape(shape[0], shape[1]) for d in deltas]).reshape(shape)
 
 
 def task_vectors(tensors: list[Tensor], base: Tensor, weight: list[float] | None = None
@@ -66,15 +88,15 @@ def tsv_task_vector(deltas: list[Tensor]) -> Tensor:
 
 @merge_method("tsv_merge", paper="https://arxiv.org/abs/2412.00081", pretty_name="TSV-M",
               idempotent=False,
-              notes=(("matrices merged through per-task truncated SVDs, orthogonalised; other "
+              notes=(("matrices (2-D and 1x1-convolution weights) merged through per-task truncated SVDs, orthogonalised; other "
                      "tensors get the mean task vector"),))
 def tsv_merge(tensors: list[Tensor], base_tensor: Tensor, weight: list[float] = 1.0,  # type: ignore[assignment]
               alpha: float = 1.0) -> Tensor:
     """Task Singular Vectors merge: ``base + alpha * TSV(w_i d_i)``; ``weight`` scales each task
     vector before the SVDs (FusionBench's list-valued ``alpha``)."""
     deltas = task_vectors(tensors, base_tensor, weight)
-    merged = tsv_task_vector(deltas) if base_tensor.dim() == 2 else mean_of(deltas)
-    return base_tensor + alpha * merged
+    merged = per_matrix(tsv_task_vector, deltas, base_tensor)
+    return base_tensor + alpha * (mean_of(deltas) if merged is None else merged)
 
 
 def iso_c_task_vector(deltas: list[Tensor]) -> Tensor:
@@ -86,14 +108,13 @@ def iso_c_task_vector(deltas: list[Tensor]) -> Tensor:
 
 @merge_method("iso_c", paper="https://arxiv.org/abs/2502.04959", pretty_name="Iso-C",
               idempotent=False,
-              notes=(("matrices: SVD of the summed task vectors with the singular values replaced "
+              notes=(("matrices (2-D and 1x1-convolution weights): SVD of the summed task vectors with the singular values replaced "
                      "by their mean; other tensors get the mean task vector"),))
 def iso_c(tensors: list[Tensor], base_tensor: Tensor, alpha: float = 1.0) -> Tensor:
     """Isotropic merging in the common subspace: ``base + alpha * Iso-C(d_1..d_T)``."""
     deltas = task_vectors(tensors, base_tensor)
-    if base_tensor.dim() == 2:
-        merged = iso_c_task_vector(deltas)
-    else:  # FusionBench's iso_c: sum / T here (TSV-M and Iso-CTS use a running mean)
+    merged = per_matrix(iso_c_task_vector, deltas, base_tensor)
+    if merged is None:  # FusionBench's iso_c: sum / T here (TSV-M and Iso-CTS use a running mean)
         merged = sum(deltas[1:], deltas[0].clone()) / len(deltas)
     return base_tensor + alpha * merged
 
@@ -134,7 +155,7 @@ def iso_cts_task_vector(deltas: list[Tensor], common_space_fraction: float) -> T
 
 @merge_method("iso_cts", paper="https://arxiv.org/abs/2502.04959", pretty_name="Iso-CTS",
               idempotent=False,
-              notes=(("matrices: common and task-specific singular directions, orthogonalised, "
+              notes=(("matrices (2-D and 1x1-convolution weights): common and task-specific singular directions, orthogonalised, "
                      "with a flat spectrum; other tensors get the mean task vector"),))
 def iso_cts(tensors: list[Tensor], base_tensor: Tensor, alpha: float = 1.0,
             common_space_fraction: float = 0.8) -> Tensor:
@@ -143,8 +164,6 @@ def iso_cts(tensors: list[Tensor], base_tensor: Tensor, alpha: float = 1.0,
         raise UserError(f"iso_cts: parameter 'common_space_fraction' is {common_space_fraction!r}; "
                         "give a fraction in [0, 1] (the papers use 0.8)")
     deltas = task_vectors(tensors, base_tensor)
-    if base_tensor.dim() == 2:
-        merged = iso_cts_task_vector(deltas, common_space_fraction)
-    else:
-        merged = mean_of(deltas)
-    return base_tensor + alpha * merged
+    merged = per_matrix(lambda ds: iso_cts_task_vector(ds, common_space_fraction), deltas,
+                        base_tensor)
+    return base_tensor + alpha * (mean_of(deltas) if merged is None else merged)

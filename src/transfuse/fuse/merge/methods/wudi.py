@@ -4,7 +4,8 @@ For a matrix with task vectors ``d_i`` WUDI looks for the merged task vector ``t
 ``sum_i ||(t - d_i) d_i^T||_F^2 / ||d_i||_F^2``: a task vector spans (approximately) the inputs of
 its own task, so the interference of ``t`` with task ``i`` is measured on ``d_i``'s rows. As in
 FusionBench (and the authors' code) ``t`` starts at ``sum_i d_i`` and takes ``iter_num`` Adam steps
-of learning rate ``lr``; other tensors get the mean task vector. The gradient is computed in closed
+of learning rate ``lr``; other tensors get the mean task vector (matrices as in ``svd.py``:
+2-D weights and 1x1 convolutions). The gradient is computed in closed
 form, ``2 sum_i (t - d_i) d_i^T d_i / ||d_i||^2``, choosing per layer the cheaper of two equal
 forms (see ``_gradient``), and the step is ``torch.optim.Adam``'s arithmetic, so no autograd graph
 is kept: memory is a few copies of one layer.
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from transfuse.errors import UserError
 from transfuse.fuse.merge.method import merge_method
-from transfuse.fuse.merge.methods.svd import mean_of, task_vectors
+from transfuse.fuse.merge.methods.svd import mean_of, per_matrix, task_vectors
 
 
 def _gradient(deltas: Tensor, scale: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -78,7 +79,7 @@ def wudi_task_vector(deltas: list[Tensor], iter_num: int = 300, lr: float = 1e-5
 
 @merge_method("wudi", paper="https://arxiv.org/abs/2503.08099", pretty_name="WUDI merging",
               idempotent=False,
-              notes=(("matrices: Adam on the task-vector interference loss, from the sum of the "
+              notes=(("matrices (2-D and 1x1-convolution weights): Adam on the task-vector interference loss, from the sum of the "
                      "task vectors; other tensors get the mean task vector"),))
 def wudi(tensors: list[Tensor], base_tensor: Tensor, iter_num: int = 300, lr: float = 1e-5,
          alpha: float = 1.0) -> Tensor:
@@ -86,8 +87,6 @@ def wudi(tensors: list[Tensor], base_tensor: Tensor, iter_num: int = 300, lr: fl
     if iter_num < 0 or lr <= 0:
         raise UserError(f"wudi: parameters iter_num ({iter_num}) and lr ({lr}) must be >= 0 and "
                         "> 0; FusionBench uses iter_num 300-400, lr 1e-5")
-    if base_tensor.dim() == 2:
-        merged = wudi_task_vector(task_vectors(tensors, base_tensor), iter_num, lr)
-    else:
-        merged = mean_of(task_vectors(tensors, base_tensor))
-    return base_tensor + alpha * merged
+    deltas = task_vectors(tensors, base_tensor)
+    merged = per_matrix(lambda ds: wudi_task_vector(ds, iter_num, lr), deltas, base_tensor)
+    return base_tensor + alpha * (mean_of(deltas) if merged is None else merged)
