@@ -10,7 +10,10 @@ individually fine-tuned models, and the pretrained backbone with each task's fin
 A backbone with BatchNorm (EfficientNet) is scored a second way ("task BN" columns): after the
 merge, each task's BatchNorm statistics are re-estimated on that task's training images (no
 labels; ``recompute_batchnorm``), coefficients chosen on validation under that protocol, and
-normalised by the fine-tunes with re-estimated statistics.
+normalised by the fine-tunes with re-estimated statistics. The weights stay one merged set, but
+the statistics are per task (like the heads) and come from data: that protocol is not data-free.
+Every SVD-family method is paired with TIES and with task arithmetic on the test items (exact
+McNemar, Holm-adjusted over all pairs).
 
     HF_HUB_OFFLINE=1 nice -n 5 .venv/bin/python benchmarks/merge_multitask.py [--quick] [--modality text]
 
@@ -165,14 +168,12 @@ def run_modality(modality: str, args: argparse.Namespace) -> list[dict]:
                                    / sum(v.numel() for v in floats), 3)
     evalers: dict[str, Classifier] = {}
     files: dict[str, dict[str, str]] = {}
-    individual: dict[str, float] = {}
     for task, (train, val, test) in tasks.items():
         res = finetune(create_backbone(spec, **opts), train, val, len(train.classes), cfg,
                        work / f"ft-{task}", seed=0, progress=False)
         model = res.model
         ckpt = work / f"{task}.safetensors"
         save_tensors(model.state_dict(), ckpt)
-        individual[task] = accuracy(model, test)
         fisher_path, gram_path = work / f"{task}.fisher.safetensors", work / f"{task}.gram.safetensors"
         if not (fisher_path.exists() and gram_path.exists()):
             save_tensors(diagonal_fisher(model, classifier_batches(model, train), max_samples=args.fisher_samples,
@@ -181,32 +182,33 @@ def run_modality(modality: str, args: argparse.Namespace) -> list[dict]:
                                        modules=lambda n: n.startswith("backbone.")), gram_path)
         files[task] = {"model": str(ckpt), "fisher": str(fisher_path), "gram": str(gram_path)}
         evalers[task] = Classifier(backbone, len(train.classes))  # one shared backbone object
-        print(f"[{modality}] {task}: fine-tuned test acc {individual[task]:.3f} "
+        print(f"[{modality}] {task}: fine-tuned test acc {accuracy(model, test):.3f} "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
 
-    last_correct: dict[str, np.ndarray] = {}  # per test item, of the last model each task scored
-
-    def scorer(split: int, task_bn: bool = False) -> dict:
+    def scorer(split: int, task_bn: bool, right: dict[str, np.ndarray] | None = None) -> dict:
+        """{task: fn(state_dict) -> accuracy on split}; ``right`` receives each task's per-item
+        correctness."""
         def score(task: str):
             def fn(sd: dict) -> float:
                 evalers[task].load_state_dict(sd)
                 if task_bn:  # BatchNorm statistics re-estimated on the task's training images
                     recompute_batchnorm(evalers[task], classifier_batches(evalers[task], tasks[task][0], 64))
-                last_correct[task] = correct(evalers[task], tasks[task][split])
-                return float(last_correct[task].mean())
+                ok = correct(evalers[task], tasks[task][split])
+                if right is not None:
+                    right[task] = ok
+                return float(ok.mean())
             return fn
         return {t: score(t) for t in tasks}
 
     # A network with BatchNorm is also scored with each task's statistics re-estimated after the
     # merge (columns "* task BN"), coefficients chosen on validation under that protocol; those
-    # columns are normalised by the fine-tunes with re-estimated statistics too (the larger
-    # denominator here). Text (LayerNorm) has no such columns.
+    # columns are normalised by the fine-tunes with re-estimated statistics too. Text (LayerNorm)
+    # has no such columns. protocol -> (validation scorer, test scorer that records items)
     has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in backbone.modules())
-    protocols = {"": (scorer(1), scorer(2))}
-    if has_bn:
-        protocols[" task BN"] = (scorer(1, True), scorer(2, True))
+    protocols = {p: (scorer(1, bn), lambda right, bn=bn: scorer(2, bn, right))
+                 for p, bn in (("", False), (" task BN", True)) if bn <= has_bn}
     own = {t: load_file_dict(f["model"]) for t, f in files.items()}
-    reference = {p: evaluate_tasks(own, test) for p, (_, test) in protocols.items()}
+    reference = {p: evaluate_tasks(own, test(None)) for p, (_, test) in protocols.items()}
     pre = {}
     for task in tasks:
         sd = load_file_dict(files[task]["model"])
@@ -216,19 +218,21 @@ def run_modality(modality: str, args: argparse.Namespace) -> list[dict]:
     for name, models in (("individual fine-tunes", own), ("pretrained + task heads", pre)):
         rows.append({"modality": modality, "method": name})
         for p, (_, test) in protocols.items():
-            s = reference[p] if models is own else evaluate_tasks(models, test)
+            s = reference[p] if models is own else evaluate_tasks(models, test(None))
             rows[-1].update(columns(s, normalized_scores(s, reference[p])["average"], tasks, p))
         print(rows[-1], flush=True)
     for method, (per_model, fixed, grid) in METHODS.items():
-        rows.append({"modality": modality, "method": method, "seconds": 0.0})
+        rows.append({"modality": modality, "method": method})
         for p, (val_scores, test_scores) in protocols.items():
             t = time.perf_counter()
-            s, chosen = merge_and_score(method, per_model, fixed, grid, files, base_path, work / ("merges" + p.replace(" ", "-")),
-                                        val_scores, test_scores)
+            right: dict[str, np.ndarray] = {}
+            s, chosen = merge_and_score(method, per_model, fixed, grid, files, base_path,
+                                        work / ("merges" + p.replace(" ", "-")), val_scores, test_scores(right))
             rows[-1].update(columns(s, normalized_scores(s, reference[p])["average"], tasks, p))
             rows[-1][f"chosen{p}"] = chosen
-            rows[-1]["seconds"] += time.perf_counter() - t
-            RIGHT[(modality, p, method)] = np.concatenate([last_correct[task] for task in tasks])
+            rows[-1][f"seconds{p}"] = time.perf_counter() - t
+            assert list(right) == list(tasks) and all(len(right[k]) == len(tasks[k][2]) for k in tasks)
+            RIGHT[(modality, p, method)] = np.concatenate([right[task] for task in tasks])
         print(rows[-1], flush=True)
     for r in rows:
         r["tasks"] = ", ".join(tasks)
@@ -264,6 +268,16 @@ def merge_and_score(method: str, per_model: dict, fixed: dict, grid: dict, files
     merge(config, out, overwrite=True)
     return (evaluate_tasks(task_state_dicts(out), test_scores),
             ", ".join(f"{k}={v[-1]['value'] if isinstance(v, list) else v}" for k, v in chosen.items()))
+
+
+def holm_adjusted(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment of ``pvalues`` (family-wise error), in their order."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    out, running = [0.0] * len(pvalues), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+        out[i] = running
+    return out
 
 
 def sizes(args: argparse.Namespace) -> tuple[int, int, int]:
@@ -307,21 +321,30 @@ def main() -> None:
         if method in ("tsv_merge", "iso_c", "iso_cts", "wudi"):
             for other in PAIRED_AGAINST:
                 paired[f"{m}{p}: {method} (A) vs {other} (B)"] = mcnemar(right, RIGHT[(m, p, other)])
+    for key, holm in zip(paired, holm_adjusted([v["exact McNemar p"] for v in paired.values()])):
+        paired[key]["Holm p"] = holm
     cols = ["modality", "method", "nouns", "verbs", "spam", "emoji", "fashion", "digits", "average",
             "normalized", "chosen"]
     if any("normalized task BN" in r for r in rows):
         cols += ["tasks task BN", "average task BN", "normalized task BN", "chosen task BN"]
     cols.append("seconds")
+    if any("seconds task BN" in r for r in rows):
+        cols.append("seconds task BN")
     name = "merge_multitask" + ("" if args.modality == "both" else f"_{args.modality}") + ("_quick" if args.quick else "")
     md = write_results(name, rows, cols, extra={
         "best": best, "total_seconds": round(time.perf_counter() - t0, 1),
         "protocol": (f"train/val/test per task {'/'.join(map(str, sizes(args)))} (stratified), "
                      f"{1 if args.quick else args.epochs or '3 (text) / 8 (images)'} epochs, Fisher on {args.fisher_samples} and Gram on "
                      f"{args.gram_samples} training examples, coefficients chosen on val (grid), "
-                     "accuracy on test; slerp (2 models) and greedy_soup (one task) do not apply"),
+                     "accuracy on test; slerp (2 models) and greedy_soup (one task) do not apply; "
+                     "BatchNorm backbones also with each task's BatchNorm statistics re-estimated on its "
+                     "training inputs after the merge ('task BN' columns: per-task statistics, so not one "
+                     "data-free backbone; coefficients chosen on val under that protocol; normalised by the "
+                     "fine-tunes with re-estimated statistics, so compare averages across the two protocols)"),
         "parameters": {m: {**({"per-model": pm} if pm else {}), **fixed, **({"val grid": grid} if grid else {})}
                        for m, (pm, fixed, grid) in METHODS.items()},
-        "paired on the test items (exact McNemar; every SVD-family method against TIES and task arithmetic)": paired,
+        "paired on the test items (exact McNemar, and Holm-adjusted over all the pairs listed; every "
+        "SVD-family method against TIES and task arithmetic)": paired,
         "backbone share in matrices, 2-D and 1x1-convolution weights (SVD family; the rest gets the mean task vector)": MATRIX_SHARE})
     print(md)
 

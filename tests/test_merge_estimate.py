@@ -254,23 +254,32 @@ def test_recompute_batchnorm_reestimates_statistics_and_changes_nothing_else():
     g = torch.Generator().manual_seed(0)
     # dropout before the BatchNorm: its inputs are model[0]'s outputs only if dropout is off
     model = nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.5), nn.BatchNorm1d(3), nn.Linear(3, 2))
-    model[2].running_mean.fill_(7.0)
-    model[2].momentum = 0.3
+    bn = model[2]
+    bn.running_mean.fill_(7.0)
+    bn.running_var.fill_(9.0)
+    bn.num_batches_tracked.fill_(100)  # without the reset, new batches would barely move these
+    bn.momentum = 0.3
+    model.eval()
+    model[3].train()  # mixed modes: each module's own mode comes back
     weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
     xs = [torch.randn(5, 4, generator=g) * 3 + 1 for _ in range(3)]
     assert recompute_batchnorm(model, [(x, torch.zeros(5)) for x in xs]) == 1
     with torch.no_grad():
         h = [model[0](x) for x in xs]  # the BatchNorm's inputs, computed independently
-    assert torch.allclose(model[2].running_mean, torch.stack([t.mean(0) for t in h]).mean(0), atol=1e-6)
-    assert torch.allclose(model[2].running_var, torch.stack([t.var(0) for t in h]).mean(0), atol=1e-5)
-    assert model[2].momentum == 0.3 and model.training  # restored (a new module is in train mode)
+    assert torch.allclose(bn.running_mean, torch.stack([t.mean(0) for t in h]).mean(0), atol=1e-6)
+    assert torch.allclose(bn.running_var, torch.stack([t.var(0) for t in h]).mean(0), atol=1e-5)
+    assert int(bn.num_batches_tracked) == 3 and bn.momentum == 0.3
+    assert [m.training for m in model.modules()] == [False, False, False, False, True]
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in weights.items())
     model.eval()
     x = torch.randn(2, 4, generator=g)
-    expected = model[3]((model[0](x) - model[2].running_mean) / torch.sqrt(model[2].running_var + 1e-5)
-                        * model[2].weight + model[2].bias)
+    expected = model[3]((model[0](x) - bn.running_mean) / torch.sqrt(bn.running_var + 1e-5)
+                        * bn.weight + bn.bias)
     assert torch.allclose(model(x), expected, atol=1e-5)
     assert recompute_batchnorm(nn.Linear(2, 2), []) == 0
+    before = {k: v.clone() for k, v in bn.named_buffers()}
     with pytest.raises(UserError, match=r"^recompute_batchnorm: no batches were given; "):
         recompute_batchnorm(model, [])
+    assert all(torch.equal(getattr(bn, k), v) for k, v in before.items())  # nothing lost
+    assert bn.momentum == 0.3 and not model.training

@@ -98,15 +98,19 @@ def test_a_pointwise_convolution_merges_as_the_linear_map_it_is(method, one_thre
     xs = [base + 0.1 * torch.randn(6, 5, generator=g) for _ in range(3)]
     kwargs = {"iter_num": 30, "lr": 1e-3} if method == "wudi" else {}
     fn = get_method(method)
-    as_matrix = fn(xs, base, alpha=1.5, **kwargs)
-    as_conv = fn([x.view(6, 5, 1, 1) for x in xs], base.view(6, 5, 1, 1), alpha=1.5, **kwargs)
-    assert as_conv.shape == (6, 5, 1, 1)
-    assert torch.equal(as_conv.view(6, 5), as_matrix)
-    assert not torch.allclose(as_matrix, base + 1.5 * (sum(xs) / 3 - base), atol=1e-4)
+    matrix = fn(xs, base, alpha=1.5, **kwargs)
+    conv = fn([x.view(6, 5, 1, 1) for x in xs], base.view(6, 5, 1, 1), alpha=1.5, **kwargs)
+    assert conv.shape == (6, 5, 1, 1)
+    assert torch.equal(conv.view(6, 5), matrix)
+    assert not torch.allclose(matrix, base + 1.5 * (sum(xs) / 3 - base), atol=1e-4)
     spatial = fn([x.view(6, 5, 1, 1).expand(6, 5, 3, 3).contiguous() for x in xs],
                  base.view(6, 5, 1, 1).expand(6, 5, 3, 3).contiguous(), alpha=1.5, **kwargs)
     mean = base + 1.5 * (sum(xs) / 3 - base)
     assert torch.allclose(spatial, mean.view(6, 5, 1, 1).expand(6, 5, 3, 3), atol=1e-6)
+    # a depthwise 1x1 weight (C, 1, 1, 1) scales channels: no matrix, the mean task vector
+    depthwise = fn([x[:, :1].reshape(6, 1, 1, 1) for x in xs], base[:, :1].reshape(6, 1, 1, 1),
+                   alpha=1.5, **kwargs)
+    assert torch.allclose(depthwise, mean[:, :1].reshape(6, 1, 1, 1), atol=1e-6)
 
 
 @pytest.mark.parametrize("r,n,fraction,expected", [

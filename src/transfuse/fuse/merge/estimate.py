@@ -199,8 +199,9 @@ def classifier_batches(model: nn.Module, dataset: Any, batch_size: int = 32) -> 
 def recompute_batchnorm(model: nn.Module, batches: Iterable[Batch]) -> int:
     """Reset every BatchNorm layer's running statistics and re-estimate them on ``batches``
     (``(input, labels)``; labels unused): the mean over batches of each batch's mean and unbiased
-    variance (PyTorch's ``momentum=None``). The rest of the model stays in eval mode (dropout off),
-    weights do not change, and each layer's momentum and the model's mode are restored.
+    variance (PyTorch's ``momentum=None``). Only the BatchNorm layers run in train mode (dropout
+    stays off), weights do not change, and every module's mode and each layer's momentum are
+    restored; if no batch comes, or the pass fails, the old statistics are put back.
 
     A merge averages the weights but not the statistics they would produce, so a merged network
     with BatchNorm normalises with the wrong scale; re-estimating on a few hundred unlabelled
@@ -209,24 +210,27 @@ def recompute_batchnorm(model: nn.Module, batches: Iterable[Batch]) -> int:
     layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not layers:
         return 0
-    was_training = model.training
-    momenta = [m.momentum for m in layers]
-    for m in layers:
-        m.reset_running_stats()
-        m.momentum = None
-    model.eval()
-    for m in layers:
-        m.train()
-    seen = 0
+    modes = [(m, m.training) for m in model.modules()]
+    saved = [(m.momentum, {k: v.clone() for k, v in m.named_buffers(recurse=False)}) for m in layers]
+    done = False
     try:
+        model.eval()
+        for m in layers:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
         with torch.no_grad():
             for x, _ in batches:
                 model(x)
-                seen += 1
+                done = True
     finally:
-        for m, momentum in zip(layers, momenta):
+        for m, (momentum, buffers) in zip(layers, saved):
             m.momentum = momentum
-        model.train(was_training)
-    if seen == 0:
+            if not done:
+                for k, v in buffers.items():
+                    getattr(m, k).copy_(v)
+        for m, mode in modes:
+            m.training = mode
+    if not done:
         raise UserError("recompute_batchnorm: no batches were given; pass the task's training data")
     return len(layers)

@@ -2,9 +2,10 @@
 
 Every matrix is merged through SVDs of that one matrix's task vectors ``d_i = x_i - base``, so
 memory is a few copies of one layer, never of the model; other tensors (biases, norms, spatial
-convolutions) get the mean task vector, as in FusionBench. A matrix is a 2-D tensor or a pointwise
-(1x1) convolution's ``(out, in, 1, 1)`` weight, which is a linear map over channels (as RegMean
-treats it here); FusionBench's models have no such convolutions, so its semantics are unchanged. The result is ``base + alpha * merged``.
+convolutions) get the mean task vector, as in FusionBench. A matrix is a 2-D tensor (identical to
+FusionBench) or a pointwise (1x1) convolution's ``(out, in, 1, 1)`` weight, a linear map over
+channels merged as that ``(out, in)`` matrix: a deliberate departure, since FusionBench's code
+gives every 4-D tensor the mean (``as_matrix``). The result is ``base + alpha * merged``.
 Checked against a transcription of FusionBench's code (``tests/test_merge_fusionbench_golden.py``).
 
 - TSV-M (Gargiulo et al., CVPR 2025): keep each task's top ``int(r / T)`` singular triplets
@@ -36,10 +37,13 @@ def orthogonalize(x: Tensor) -> Tensor:
 
 
 def as_matrix(t: Tensor) -> Tensor | None:
-    """The matrix a weight is (2-D, or a 1x1 convolution viewed as ``(out, in)``), or None."""
+    """The matrix a weight is, or None: a 2-D tensor, or a 1x1 convolution's ``(out, in, 1, 1)``
+    weight viewed as ``(out, in)`` when ``out`` and ``in`` both exceed 1 (a depthwise ``(C, 1, 1,
+    1)`` weight scales channels, it is no matrix). A grouped convolution cannot be told from its
+    weight: its ``(out, in / groups, 1, 1)`` weight is merged as one matrix."""
     if t.dim() == 2:
         return t
-    if t.dim() == 4 and tuple(t.shape[2:]) == (1, 1):
+    if t.dim() == 4 and tuple(t.shape[2:]) == (1, 1) and min(t.shape[:2]) > 1:
         return t.reshape(t.shape[0], t.shape[1])
     return None
 
@@ -49,8 +53,7 @@ def per_matrix(merge_matrix: Callable[[list[Tensor]], Tensor], deltas: list[Tens
     """``merge_matrix`` of the task vectors as matrices, in ``base``'s shape; None if not a matrix."""
     if as_matrix(base) is None:
         return None
-    shape = base.shape
-    return merge_matrix([d.reshape(shape[0], shape[1]) for d in deltas]).reshape(shape)
+    return merge_matrix([as_matrix(d) for d in deltas]).reshape(base.shape)  # type: ignore[misc]
 
 
 def task_vectors(tensors: list[Tensor], base: Tensor, weight: list[float] | None = None
@@ -88,8 +91,8 @@ def tsv_task_vector(deltas: list[Tensor]) -> Tensor:
 
 @merge_method("tsv_merge", paper="https://arxiv.org/abs/2412.00081", pretty_name="TSV-M",
               idempotent=False,
-              notes=(("matrices (2-D and 1x1-convolution weights) merged through per-task truncated SVDs, orthogonalised; other "
-                     "tensors get the mean task vector"),))
+              notes=(("matrices (2-D and 1x1-convolution weights) merged through per-task "
+                     "truncated SVDs, orthogonalised; other tensors get the mean task vector"),))
 def tsv_merge(tensors: list[Tensor], base_tensor: Tensor, weight: list[float] = 1.0,  # type: ignore[assignment]
               alpha: float = 1.0) -> Tensor:
     """Task Singular Vectors merge: ``base + alpha * TSV(w_i d_i)``; ``weight`` scales each task
@@ -108,8 +111,9 @@ def iso_c_task_vector(deltas: list[Tensor]) -> Tensor:
 
 @merge_method("iso_c", paper="https://arxiv.org/abs/2502.04959", pretty_name="Iso-C",
               idempotent=False,
-              notes=(("matrices (2-D and 1x1-convolution weights): SVD of the summed task vectors with the singular values replaced "
-                     "by their mean; other tensors get the mean task vector"),))
+              notes=(("matrices (2-D and 1x1-convolution weights): SVD of the summed task "
+                     "vectors with the singular values replaced by their mean; other tensors get "
+                     "the mean task vector"),))
 def iso_c(tensors: list[Tensor], base_tensor: Tensor, alpha: float = 1.0) -> Tensor:
     """Isotropic merging in the common subspace: ``base + alpha * Iso-C(d_1..d_T)``."""
     deltas = task_vectors(tensors, base_tensor)
@@ -155,8 +159,9 @@ def iso_cts_task_vector(deltas: list[Tensor], common_space_fraction: float) -> T
 
 @merge_method("iso_cts", paper="https://arxiv.org/abs/2502.04959", pretty_name="Iso-CTS",
               idempotent=False,
-              notes=(("matrices (2-D and 1x1-convolution weights): common and task-specific singular directions, orthogonalised, "
-                     "with a flat spectrum; other tensors get the mean task vector"),))
+              notes=(("matrices (2-D and 1x1-convolution weights): common and task-specific "
+                     "singular directions, orthogonalised, with a flat spectrum; other tensors get "
+                     "the mean task vector"),))
 def iso_cts(tensors: list[Tensor], base_tensor: Tensor, alpha: float = 1.0,
             common_space_fraction: float = 0.8) -> Tensor:
     """Isotropic merging in common and task-specific subspaces: ``base + alpha * Iso-CTS(d_i)``."""

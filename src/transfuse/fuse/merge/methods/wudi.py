@@ -4,8 +4,8 @@ For a matrix with task vectors ``d_i`` WUDI looks for the merged task vector ``t
 ``sum_i ||(t - d_i) d_i^T||_F^2 / ||d_i||_F^2``: a task vector spans (approximately) the inputs of
 its own task, so the interference of ``t`` with task ``i`` is measured on ``d_i``'s rows. As in
 FusionBench (and the authors' code) ``t`` starts at ``sum_i d_i`` and takes ``iter_num`` Adam steps
-of learning rate ``lr``; other tensors get the mean task vector (matrices as in ``svd.py``:
-2-D weights and 1x1 convolutions). The gradient is computed in closed
+of learning rate ``lr``; other tensors get the mean task vector (matrices as in ``svd.py``'s
+``as_matrix``: 2-D weights and 1x1 convolutions). The gradient is computed in closed
 form, ``2 sum_i (t - d_i) d_i^T d_i / ||d_i||^2``, choosing per layer the cheaper of two equal
 forms (see ``_gradient``), and the step is ``torch.optim.Adam``'s arithmetic, so no autograd graph
 is kept: memory is a few copies of one layer.
@@ -18,7 +18,7 @@ from torch import Tensor
 
 from transfuse.errors import UserError
 from transfuse.fuse.merge.method import merge_method
-from transfuse.fuse.merge.methods.svd import mean_of, per_matrix, task_vectors
+from transfuse.fuse.merge.methods.svd import as_matrix, mean_of, task_vectors
 
 
 def _gradient(deltas: Tensor, scale: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -79,14 +79,18 @@ def wudi_task_vector(deltas: list[Tensor], iter_num: int = 300, lr: float = 1e-5
 
 @merge_method("wudi", paper="https://arxiv.org/abs/2503.08099", pretty_name="WUDI merging",
               idempotent=False,
-              notes=(("matrices (2-D and 1x1-convolution weights): Adam on the task-vector interference loss, from the sum of the "
-                     "task vectors; other tensors get the mean task vector"),))
+              notes=(("matrices (2-D and 1x1-convolution weights): Adam on the task-vector "
+                     "interference loss, from the sum of the task vectors; other tensors get the "
+                     "mean task vector"),))
 def wudi(tensors: list[Tensor], base_tensor: Tensor, iter_num: int = 300, lr: float = 1e-5,
          alpha: float = 1.0) -> Tensor:
     """``base + alpha * WUDI(d_1..d_T)`` (the paper uses no coefficient: ``alpha`` 1)."""
     if iter_num < 0 or lr <= 0:
         raise UserError(f"wudi: parameters iter_num ({iter_num}) and lr ({lr}) must be >= 0 and "
                         "> 0; FusionBench uses iter_num 300-400, lr 1e-5")
-    deltas = task_vectors(tensors, base_tensor)
-    merged = per_matrix(lambda ds: wudi_task_vector(ds, iter_num, lr), deltas, base_tensor)
-    return base_tensor + alpha * (mean_of(deltas) if merged is None else merged)
+    if as_matrix(base_tensor) is None:
+        return base_tensor + alpha * mean_of(task_vectors(tensors, base_tensor))
+    # the task vectors as a temporary list, so that wudi_task_vector holds the only copy (stacked)
+    merged = wudi_task_vector([as_matrix(d) for d in task_vectors(tensors, base_tensor)],  # type: ignore[misc]
+                              iter_num, lr)
+    return base_tensor + alpha * merged.reshape(base_tensor.shape)
