@@ -303,6 +303,7 @@ def main() -> None:
     ap.add_argument("--gram-samples", type=int, default=150)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", default="/tmp/transfuse-merge-multitask")
+    ap.add_argument("--tag", default="", help="suffix of the result file's name (e.g. 128px)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -330,7 +331,8 @@ def main() -> None:
     cols.append("seconds")
     if any("seconds task BN" in r for r in rows):
         cols.append("seconds task BN")
-    name = "merge_multitask" + ("" if args.modality == "both" else f"_{args.modality}") + ("_quick" if args.quick else "")
+    name = ("merge_multitask" + ("" if args.modality == "both" else f"_{args.modality}")
+            + ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else ""))
     md = write_results(name, rows, cols, extra={
         "best": best, "total_seconds": round(time.perf_counter() - t0, 1),
         "protocol": (f"train/val/test per task {'/'.join(map(str, sizes(args)))} (stratified), "
