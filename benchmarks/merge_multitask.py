@@ -209,11 +209,8 @@ def run_modality(modality: str, args: argparse.Namespace) -> list[dict]:
                  for p, bn in (("", False), (" task BN", True)) if bn <= has_bn}
     own = {t: load_file_dict(f["model"]) for t, f in files.items()}
     reference = {p: evaluate_tasks(own, test(None)) for p, (_, test) in protocols.items()}
-    pre = {}
-    for task in tasks:
-        sd = load_file_dict(files[task]["model"])
-        sd.update({k: v for k, v in load_file_dict(base_path).items()})
-        pre[task] = sd
+    base = load_file_dict(base_path)
+    pre = {t: {**sd, **base} for t, sd in own.items()}  # each task's head on the pretrained backbone
     rows = []
     for name, models in (("individual fine-tunes", own), ("pretrained + task heads", pre)):
         rows.append({"modality": modality, "method": name})

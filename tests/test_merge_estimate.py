@@ -283,3 +283,11 @@ def test_recompute_batchnorm_reestimates_statistics_and_changes_nothing_else():
         recompute_batchnorm(model, [])
     assert all(torch.equal(getattr(bn, k), v) for k, v in before.items())  # nothing lost
     assert bn.momentum == 0.3 and not model.training
+
+    def failing():  # one batch, then the data source fails: the old statistics come back too
+        yield xs[0], torch.zeros(5)
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError):
+        recompute_batchnorm(model, failing())
+    assert all(torch.equal(getattr(bn, k), v) for k, v in before.items())

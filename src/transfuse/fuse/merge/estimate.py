@@ -212,7 +212,7 @@ def recompute_batchnorm(model: nn.Module, batches: Iterable[Batch]) -> int:
         return 0
     modes = [(m, m.training) for m in model.modules()]
     saved = [(m.momentum, {k: v.clone() for k, v in m.named_buffers(recurse=False)}) for m in layers]
-    done = False
+    seen, done = 0, False
     try:
         model.eval()
         for m in layers:
@@ -222,7 +222,8 @@ def recompute_batchnorm(model: nn.Module, batches: Iterable[Batch]) -> int:
         with torch.no_grad():
             for x, _ in batches:
                 model(x)
-                done = True
+                seen += 1
+        done = seen > 0  # only a whole pass replaces the statistics
     finally:
         for m, (momentum, buffers) in zip(layers, saved):
             m.momentum = momentum
