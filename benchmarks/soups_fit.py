@@ -9,6 +9,10 @@ best ingredient's, fold by fold. The uniform soup is then exported to ONNX (``tr
 --candidate``) and the parity recorded.
 
     HF_HUB_OFFLINE=1 nice -n 5 .venv/bin/python benchmarks/soups_fit.py [--quick]
+
+More ingredients: ``--variant NAME=STRATEGY[,seed=S][,KEY=VALUE...]`` adds an ``adapt.variants``
+entry (KEY: a ``train.finetune`` key), e.g. ``--strategies linear_probe lp_ft --variant
+lp_ft_seed1=lp_ft,seed=1 --variant lp_ft_lr3e-4=lp_ft,lr=3e-4 --name soups_fit_variants``.
 """
 
 from __future__ import annotations
@@ -40,7 +44,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/out/soups_fit")
     ap.add_argument("--name", default="soups_fit")
+    ap.add_argument("--strategies", nargs="+", default=["linear_probe", "finetune", "lp_ft"])
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=STRATEGY[,seed=S][,KEY=VALUE]",
+                    help="an adapt.variants entry (repeatable)")
     args = ap.parse_args()
+    import yaml
     import torch
 
     from transfuse.config import validate_config
@@ -53,12 +61,19 @@ def main() -> None:
         options["supersenses"] = ["animal", "food", "artifact", "person"]
     elif args.supersenses:
         options["supersenses"] = args.supersenses
+    variants = {}
+    for v in args.variant:
+        name, _, spec = v.partition("=")
+        strategy, *pairs = spec.split(",")
+        keys = dict(p.split("=", 1) for p in pairs)
+        variants[name] = {"strategy": strategy, **({"seed": int(keys.pop("seed"))} if "seed" in keys else {}),
+                          "finetune": {k: yaml.safe_load(x) for k, x in keys.items()}}
     cfg = validate_config({
         "name": args.name, "seed": 0,
         "data": {"source": "wordnet", "modality": "text", "options": options},
         "split": {"folds": args.folds, "test_size": 0.2},
         "backbones": [{"name": args.backbone, "options": {"max_length": 64}}],
-        "adapt": {"strategies": ["linear_probe", "finetune", "lp_ft"]},
+        "adapt": {"strategies": args.strategies, "variants": variants},
         "train": {"finetune": {"epochs": 1 if args.quick else args.epochs, "batch_size": 16,
                                "accelerator": "cpu", "devices": 1, "precision": "32-true", "num_workers": 0}},
         "fuse": {"ensembles": ["mean"], "features": {"enabled": False}},
@@ -93,6 +108,7 @@ def main() -> None:
                  f"(train/test {rep['task']['n_train']}/{rep['task']['n_test']}); {args.backbone} (max_length 64); "
                  f"{args.folds}-fold CV; fine-tunes {1 if args.quick else args.epochs} epochs, schema defaults "
                  "otherwise (inner_val 0.2, lr 1e-4, head lr auto)"),
+        "strategies and variants": {"strategies": args.strategies, "variants": variants},
         "soups vs best ingredient": summary, "chosen": rep["chosen"],
         "export of the uniform soup (ONNX)": export, "run_seconds": round(seconds, 1),
         "soup_seconds": {s["name"]: round(s["fit_seconds"], 1) for s in soups}})

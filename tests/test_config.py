@@ -231,3 +231,49 @@ def test_misspelt_data_source_option_gives_did_you_mean():
     with pytest.raises(UserError, match=r"^data.test_options.text_col: data source 'text_table' has no such "
                                         r"option; did you mean 'text_column'\? valid options: text_column, "):
         check_data_options(cfg)
+
+
+def test_variants_are_named_fine_tunes_with_their_own_seed_and_settings():
+    from transfuse.pipeline.singles import singles_order
+
+    cfg = validate_config({"backbones": ["tfidf", "bundled:minilm_l3", "bundled:minilm_l6"],
+                           "train": {"finetune": {"epochs": 4, "lr": 2e-5}},
+                           "adapt": {"strategies": ["finetune", "linear_probe"], "baseline": False,
+                                     "variants": {"lp_ft_seed1": {"strategy": "lp_ft", "seed": 1},
+                                                  "finetune-lr": {"strategy": "finetune", "finetune": {"lr": 1e-4}}}}})
+    v = cfg.adapt.variants
+    assert v["lp_ft_seed1"].settings(cfg.train.finetune) == cfg.train.finetune
+    assert v["finetune-lr"].settings(cfg.train.finetune) == cfg.train.finetune.model_copy(update={"lr": 1e-4})
+    order = singles_order(cfg, lambda b: b.name == "tfidf")
+    assert [(b.name.split(":")[-1], s, label) for b, s, label in order] == [
+        ("tfidf", None, None), ("minilm_l3", "linear_probe", "linear_probe"),
+        ("minilm_l6", "linear_probe", "linear_probe"),  # cheap first, then the strategies, then the variants
+        ("minilm_l3", "finetune", "finetune"), ("minilm_l6", "finetune", "finetune"),
+        ("minilm_l3", "lp_ft", "lp_ft_seed1"), ("minilm_l6", "lp_ft", "lp_ft_seed1"),
+        ("minilm_l3", "finetune", "finetune-lr"), ("minilm_l6", "finetune", "finetune-lr")]
+    # the resolved config (config.yaml) reads back the same
+    assert validate_config(cfg.model_dump(mode="json")) == cfg
+
+
+@pytest.mark.parametrize("variants, problem", [
+    ({"finetune": {"strategy": "finetune"}}, "key 'adapt.variants' has invalid value {'finetune': {'strategy': "
+     "'finetune'}}: variant name 'finetune' is a strategy's name; name it e.g. 'finetune_seed1'"),
+    ({"a/b": {"strategy": "finetune"}}, "key 'adapt.variants' has invalid value {'a/b': {'strategy': 'finetune'}}: "
+     "variant name 'a/b' must be letters, digits, '_', '.' and '-' (starting with a letter or digit), "
+     "e.g. 'finetune_seed1'"),
+    ({"x": {"strategy": "partial_ft"}}, "key 'adapt.variants.x.strategy' has invalid value 'partial_ft': "
+     "Input should be 'finetune' or 'lp_ft'"),
+    ({"x": {"strategy": "finetune", "finetune": {"lrr": 1}}}, "key 'adapt.variants.x.finetune' has invalid value "
+     "{'lrr': 1}: unknown key 'lrr'; did you mean 'lr'? a variant's finetune takes the keys of train.finetune but "
+     "inner_val, accelerator, devices, num_nodes, strategy"),
+    ({"x": {"strategy": "finetune", "finetune": {"inner_val": 0.3}}}, "key 'adapt.variants.x.finetune' has "
+     "invalid value {'inner_val': 0.3}: 'inner_val' cannot differ between variants (each fine-tune chooses its "
+     "epochs on the run's inner split, which greedy soups choose on too); set train.finetune.inner_val instead"),
+    ({"x": {"strategy": "finetune", "finetune": {"head_lr": "abc"}}}, "key 'adapt.variants.x.finetune' has "
+     "invalid value {'head_lr': 'abc'}: head_lr: head_lr must be a learning rate (e.g. 0.001), a multiple of lr "
+     "like '10x', or 'auto'; got 'abc'"),
+    ({"x": {"strategy": "finetune", "sed": 1}}, "unknown key 'adapt.variants.x.sed'; did you mean 'seed'? "
+     "valid keys here: strategy, seed, finetune"),
+])
+def test_a_bad_variant_is_one_line_naming_its_key(variants, problem):
+    assert message({**BASE, "adapt": {"variants": variants}}) == f"exp.yaml: {problem}"

@@ -409,3 +409,49 @@ def test_finetune_strategy_selects_its_epoch_inside_the_rows_it_is_given(digits,
     g = st.fit(rows, 0, "final", {"epochs": 1})
     assert g.chosen == {"epochs": 1} and [h["epoch"] for h in g.history] == [1]
     assert all("val_loss" not in h for h in g.history)
+
+
+def test_a_variant_moves_the_training_seed_and_not_the_inner_split(monkeypatch, tmp_path):
+    """``adapt.variants``: a variant with its own seed (``seed_shift``) trains every fold and the
+    refit with that seed moved (head init, batch order, augmentation), on exactly the inner
+    training and validation rows of the run's own fine-tune, so that every fine-tune of a
+    backbone chooses its epochs, and greedy soups their ingredients, on the same rows."""
+    from types import SimpleNamespace
+
+    import transfuse.train.finetune as ft_module
+    from transfuse.adapt.cross_fit import cross_fit
+    from transfuse.adapt.finetune import FinetuneStrategy
+    from transfuse.config import HeadConfig
+
+    calls: list[dict] = []
+
+    class Model:
+        def predict_proba(self, ds, batch_size=64):
+            return np.full((len(ds), 3), 1 / 3, np.float32)
+
+    def recorder(backbone, train_ds, val_ds, n_classes, cfg, out_dir, head_init=None, augment=None, seed=0,
+                 progress=True):
+        calls.append({"train": sorted(train_ds.ids), "val": sorted(val_ds.ids) if val_ds is not None else None,
+                      "seed": seed, "tag": Path(out_dir).name})
+        return SimpleNamespace(model=Model(), history=[{"epoch": 1}], best_epoch=2)
+
+    monkeypatch.setattr(ft_module, "finetune", recorder)
+    n = 60
+    y = np.arange(n) % 3
+    ds = Dataset(modality="image", items=list(np.zeros((n, 4))), labels=y, classes=["a", "b", "c"],
+                 ids=[f"r{i}" for i in range(n)])
+    folds = [(np.flatnonzero(np.arange(n) % 3 != k), np.flatnonzero(np.arange(n) % 3 == k)) for k in range(3)]
+    runs = {}
+    for shift in (0, 5):
+        calls.clear()
+        st = FinetuneStrategy("finetune", object(), ds, ds.subset([0]), quick_cfg(inner_val=0.25), HeadConfig(),
+                              tmp_path / str(shift), seed_shift=shift)
+        cross_fit(st, y, folds, 3, "accuracy", 10)
+        runs[shift] = list(calls)
+    base, variant = runs[0], runs[5]
+    assert [c["tag"] for c in base] == [c["tag"] for c in variant] == ["fold0", "fold1", "fold2", "final"]
+    assert [c["seed"] for c in base] == [10, 11, 12, 10] and [c["seed"] for c in variant] == [15, 16, 17, 15]
+    for b, v, (tr, _) in zip(base, variant, folds):
+        assert b["train"] == v["train"] and b["val"] == v["val"]  # the same inner rows
+        assert len(b["val"]) == 10 and set(b["train"]) | set(b["val"]) == {f"r{i}" for i in tr}
+    assert base[3]["train"] == variant[3]["train"] == sorted(ds.ids) and base[3]["val"] is None

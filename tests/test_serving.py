@@ -9,7 +9,7 @@ each sort (spec kind, strategy, method: e.g. probe/distill, finetune/lp_ft, ense
 through the ``transfuse`` command itself, in a fresh process (a command is mostly start-up: all of
 them would take minutes). Two small real runs: digits PNGs through EfficientNet-Lite0/Lite1 at 32 px
 (probes, fine-tuning, LP-FT, a stacking ensemble of them, the feature fusion, a distilled student,
-the joint fusion, each backbone's uniform and greedy soups of its two fine-tunes, each fine-tune's
+the joint fusion, each backbone's uniform and greedy soups of its three fine-tunes (one a seed variant), each fine-tune's
 fold bag; the CV winner is a fusion), and WordNet glosses through TF-IDF and MiniLM-L3
 (TF-IDF alone and inside every ensemble: mean, weighted, greedy, stacking).
 """
@@ -49,7 +49,8 @@ def image_run(tmp_path_factory) -> Path:
         "data": {"source": "folder", "path": str(data), "modality": "image"},
         "split": {"folds": 2, "test_size": 0.25}, "preprocess": {"image_size": 32},
         "backbones": ["bundled:efficientnet_lite0", "bundled:efficientnet_lite1"],
-        "adapt": {"strategies": list(STRATEGIES), "baseline": False, "bag": True},
+        "adapt": {"strategies": list(STRATEGIES), "baseline": False, "bag": True,
+                  "variants": {"finetune_seed1": {"strategy": "finetune", "seed": 1}}},
         "train": {"finetune": {"epochs": 1, "max_train_batches": 2, "batch_size": 8, "lr": 1e-3,
                                "num_workers": 0}},
         "fuse": {"ensembles": ["stacking"], "distill": {"enabled": True},  # the text run has all four
@@ -262,16 +263,18 @@ def test_batch_predict_reads_folders_tables_and_text_files_and_writes_tables(ima
 
 
 def test_soups_are_made_of_each_fold_and_the_refits(image_run: Path):
-    """``fit`` with ``finetune`` and ``lp_ft`` offers soups of the two (:mod:`transfuse.fuse.soups`):
-    each outer fold's greedy soup chooses among that fold's models; the uniform soup that ships
-    holds, tensor by tensor, the mean of its ingredients' shipped weights (computed here from their
-    files, not by the merge engine); one backbone's size."""
+    """``fit`` with ``finetune``, ``lp_ft`` and a seed variant of ``finetune`` (``adapt.variants``)
+    offers soups of the three (:mod:`transfuse.fuse.soups`): each outer fold's greedy soup chooses
+    among that fold's models; the uniform soup that ships holds, tensor by tensor, the mean of its
+    ingredients' shipped weights (computed here from their files, not by the merge engine); one
+    backbone's size."""
     import torch
     from safetensors.torch import load_file
 
     rep = {c["name"]: c for c in json.loads((image_run / "report.json").read_text())["candidates"]}
     for b in ("efficientnet_lite0", "efficientnet_lite1"):
-        ingredients = [f"{b}/finetune", f"{b}/lp_ft"]
+        ingredients = [f"{b}/finetune", f"{b}/lp_ft", f"{b}/finetune_seed1"]
+        assert rep[f"{b}/finetune_seed1"]["strategy"] == "finetune"
         uniform, greedy = rep[f"soup/{b}/uniform"], rep[f"soup/{b}/greedy"]
         assert uniform["members"] == ingredients and uniform["kind"] == "fusion" and len(uniform["cv_scores"]) == 2
         assert uniform["params"] == rep[ingredients[0]]["params"]
@@ -282,12 +285,12 @@ def test_soups_are_made_of_each_fold_and_the_refits(image_run: Path):
     folder = image_run / "candidates" / safe_name("soup/efficientnet_lite0/uniform")
     soup = load_file(folder / "model.safetensors")
     parts = [load_file(image_run / "candidates" / safe_name(n) / "model.safetensors")
-             for n in ("efficientnet_lite0/finetune", "efficientnet_lite0/lp_ft")]
-    assert set(soup) == set(parts[0]) == set(parts[1])
-    moved = 0
+             for n in ("efficientnet_lite0/finetune", "efficientnet_lite0/lp_ft", "efficientnet_lite0/finetune_seed1")]
+    assert set(soup) == set(parts[0]) == set(parts[1]) == set(parts[2])
+    moved = reseeded = 0
     for k, v in soup.items():
         if v.is_floating_point():
-            torch.testing.assert_close(v.double(), (parts[0][k].double() + parts[1][k].double()) / 2,
-                                       rtol=1e-6, atol=1e-6, msg=k)
+            torch.testing.assert_close(v.double(), sum(p[k].double() for p in parts) / 3, rtol=1e-6, atol=1e-6, msg=k)
             moved += int(not torch.equal(parts[0][k], parts[1][k]))
-    assert moved > 10  # the ingredients differ: not a vacuous check
+            reseeded += int(not torch.equal(parts[0][k], parts[2][k]))  # the same settings, another seed
+    assert moved > 10 and reseeded > 10  # the ingredients differ: not a vacuous check

@@ -30,11 +30,13 @@ def lp_ft_head(head: HeadConfig, ft: FinetuneConfig) -> HeadConfig:
 
 class FinetuneStrategy:
     """``strategy``: ``finetune`` (fresh head) or ``lp_ft`` (``features``: the cached features of
-    the training part, for the probe it starts from)."""
+    the training part, for the probe it starts from). ``seed_shift`` (a variant with its own seed,
+    ``adapt.variants``) moves the training seed (head init, batch order, augmentation, dropout)
+    and not the inner split's: every fine-tune of a backbone chooses on the same inner rows."""
 
     def __init__(self, strategy: str, backbone: Any, train: Any, test: Any, ft: FinetuneConfig,
                  head: HeadConfig, workdir: Path, *, features: np.ndarray | None = None,
-                 augment: Any = None, batch_size: int = 64, progress: bool = False):
+                 augment: Any = None, batch_size: int = 64, progress: bool = False, seed_shift: int = 0):
         if ft.head_lr == "auto":
             # LP-FT's head is already trained: a 10x head lr (right for a fresh head) undoes it in the
             # first epoch (emoji fold 0 at 224 px: 0.74 -> 0.69), so head and backbone move together
@@ -42,6 +44,7 @@ class FinetuneStrategy:
         self.strategy, self.backbone, self.train, self.test = strategy, backbone, train, test
         self.ft, self.head, self.workdir, self.features = ft, head, workdir, features
         self.augment, self.batch_size, self.progress = augment, batch_size, progress
+        self.seed_shift = seed_shift
         self.y, self.n_classes = train.labels, len(train.classes)
 
     def _init(self, rows: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -53,16 +56,17 @@ class FinetuneStrategy:
     def fit(self, rows: np.ndarray, seed: int, tag: str, chosen: dict[str, Any] | None = None) -> Fit:
         from transfuse.train.finetune import finetune
 
-        kw = dict(augment=self.augment, seed=seed, progress=self.progress)
+        train_seed = seed + self.seed_shift
+        kw = dict(augment=self.augment, seed=train_seed, progress=self.progress)
         if chosen is None and self.ft.inner_val > 0:
             itr, iva = (rows[i] for i in inner_split(self.y[rows], self.ft.inner_val, seed))
             res = finetune(self.backbone, self.train.subset(itr), self.train.subset(iva), self.n_classes,
-                           self.ft, self.workdir / tag, head_init=self._init(itr, seed), **kw)
+                           self.ft, self.workdir / tag, head_init=self._init(itr, train_seed), **kw)
             return Fit(res.model, {"epochs": res.best_epoch}, res.history)
         epochs = (chosen or {}).get("epochs", self.ft.epochs)
         res = finetune(self.backbone, self.train.subset(rows), None, self.n_classes,
                        self.ft.model_copy(update={"epochs": epochs}), self.workdir / tag,
-                       head_init=self._init(rows, seed), **kw)
+                       head_init=self._init(rows, train_seed), **kw)
         return Fit(res.model, {"epochs": epochs} if chosen else {}, res.history)
 
     def predict(self, fit: Fit, rows: np.ndarray | None) -> np.ndarray:

@@ -127,7 +127,8 @@ def _check_one_run_folder(strategies: Sequence[str] | None, config: Mapping[str,
     from transfuse.config import TRAINING_STRATEGIES
     from transfuse.distributed import planned_world_size
 
-    if not set(strategies or ()) & set(TRAINING_STRATEGIES) and preset is None:
+    variants = ((config or {}).get("adapt") or {}).get("variants")
+    if not set(strategies or ()) & set(TRAINING_STRATEGIES) and preset is None and not variants:
         return  # no fine-tuning (a preset may add some)
     n = planned_world_size(*_finetune_settings(config))
     if n > 1:

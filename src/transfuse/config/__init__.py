@@ -69,6 +69,7 @@ from transfuse.config.train import (
     PartialConfig,
     Strategy,
     TrainConfig,
+    Variant,
 )
 
 __all__ = [
@@ -77,7 +78,7 @@ __all__ = [
     "ExperimentConfig", "ExportConfig", "FeatureFusionConfig", "FeatureFusionOptions", "FinetuneConfig",
     "FuseConfig", "HeadConfig", "HeadFit", "HeadKind", "ImageAugment", "JointOptions", "NonNegFloat",
     "Optimizer", "OutputConfig", "ParamSpace", "PartialConfig", "PositiveFloat", "PreprocessConfig", "SearchConfig",
-    "Section", "SoupMethod", "SoupOptions", "SplitConfig", "Strategy", "TextCleaning", "TrainConfig", "UnitFloat",
+    "Section", "SoupMethod", "SoupOptions", "SplitConfig", "Strategy", "TextCleaning", "TrainConfig", "UnitFloat", "Variant",
     "UnlabelledSource",
     "apply_overrides", "config_to_yaml", "default_finetune_space", "default_head_space", "field_defaults",
     "format_validation_error", "load_config", "load_yaml", "parse_override", "read_yaml", "validate_config",

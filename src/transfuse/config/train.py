@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from transfuse.config.base import Section
 
@@ -17,6 +18,51 @@ HeadKind = Literal["linear", "mlp"]
 ClassWeight = Literal["none", "balanced"]
 Optimizer = Literal["auto", "lbfgs", "adam"]
 _HEAD_LR_MULT = re.compile(r"^\s*(\d+(\.\d*)?|\.\d+)\s*x\s*$")
+
+
+_SAME_ROWS = "each fine-tune chooses its epochs on the run's inner split, which greedy soups choose on too"
+_RUN_WIDE = "a run's fine-tunes share one set of devices and processes"
+#: ``train.finetune`` keys a variant cannot change, and why: every fine-tune of a backbone chooses
+#: its epochs on the same inner validation rows; the devices are the run's.
+VARIANT_FIXED = {"inner_val": _SAME_ROWS, "accelerator": _RUN_WIDE, "devices": _RUN_WIDE, "num_nodes": _RUN_WIDE,
+                 "strategy": _RUN_WIDE}
+_VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # its own folder name
+
+
+class Variant(Section):
+    """One more fine-tuning candidate of every backbone (``adapt.variants``): ``strategy`` trained
+    with its own ``seed`` and the ``train.finetune`` keys in ``finetune`` (the others as the run
+    sets them). It is a soup ingredient beside the backbone's other fine-tunes."""
+
+    strategy: Literal["finetune", "lp_ft"]
+    seed: int | None = Field(None, description="training seed (head init, batch order, augmentation, "
+                             "dropout; the inner validation split stays the run's); null: the run's seed")
+    finetune: dict[str, Any] = Field(default_factory=dict, description="train.finetune keys this variant "
+                                     "changes (all but inner_val and the device keys)")
+
+    @field_validator("finetune")
+    @classmethod
+    def _check_finetune(cls, v: dict[str, Any]) -> dict[str, Any]:
+        allowed = [n for n in FinetuneConfig.model_fields if n not in VARIANT_FIXED]
+        for name in v:
+            if name in VARIANT_FIXED:
+                raise ValueError(f"{name!r} cannot differ between variants ({VARIANT_FIXED[name]}); "
+                                 f"set train.finetune.{name} instead")
+            if name not in allowed:
+                near = difflib.get_close_matches(str(name), allowed, n=1)
+                hint = f"did you mean {near[0]!r}? " if near else ""
+                raise ValueError(f"unknown key {name!r}; {hint}a variant's finetune takes the keys of "
+                                 f"train.finetune but {', '.join(VARIANT_FIXED)}")
+        try:
+            FinetuneConfig.model_validate(v)
+        except ValidationError as err:
+            e = err.errors()[0]
+            raise ValueError(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}") from None
+        return v
+
+    def settings(self, base: FinetuneConfig) -> FinetuneConfig:
+        """The fine-tuning settings this variant trains with: ``base`` with ``finetune`` on top."""
+        return FinetuneConfig.model_validate({**base.model_dump(), **self.finetune})
 
 
 class AdaptConfig(Section):
@@ -34,6 +80,21 @@ class AdaptConfig(Section):
     #: ``multilayer_probe``: how many of the backbone's last stages it pools besides its final
     #: features (timm image backbones; see docs/decisions.md).
     taps: int = Field(3, ge=1)
+    #: More fine-tuning candidates of every backbone, ``NAME: {strategy, seed, finetune}`` (a
+    #: :class:`Variant`): candidate ``BACKBONE/NAME``, after the strategies. Seeds or settings that
+    #: differ give a backbone's soups more ingredients (docs/decisions.md).
+    variants: dict[str, Variant] = Field(default_factory=dict)
+
+    @field_validator("variants")
+    @classmethod
+    def _check_variant_names(cls, v: dict[str, Variant]) -> dict[str, Variant]:
+        for name in v:
+            if name in STRATEGIES:
+                raise ValueError(f"variant name {name!r} is a strategy's name; name it e.g. {name + '_seed1'!r}")
+            if not _VARIANT_NAME.match(name):
+                raise ValueError(f"variant name {name!r} must be letters, digits, '_', '.' and '-' "
+                                 "(starting with a letter or digit), e.g. 'finetune_seed1'")
+        return v
 
 
 class HeadFit(Section):

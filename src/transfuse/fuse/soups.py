@@ -1,10 +1,10 @@
 """Model soups of one backbone's fine-tuned candidates, as fusion candidates (Wortsman et al. 2022,
 https://arxiv.org/abs/2203.05482): one network, one backbone's inference cost.
 
-Ingredients are the fine-tuned candidates of one backbone (``finetune``, ``lp_ft``): every one
-starts from the same pretrained weights, which is what a soup needs (their heads start from a
-fresh seeded init or from a probe; a head is linear in the features, so averaging heads over a
-shared backbone is benign). Weights are averaged by the merge engine's ``linear`` method; BatchNorm
+Ingredients are the fine-tuned candidates of one backbone (``finetune``, ``lp_ft`` and their
+``adapt.variants``, which keep the run's inner split): every one starts from the same pretrained
+weights, which is what a soup needs (their heads start from a fresh seeded init or from a probe; a
+head is linear in the features, so averaging heads over a shared backbone is benign). Weights are averaged by the merge engine's ``linear`` method; BatchNorm
 running statistics are averaged too (the engine's ``bn_stats: average``; with ``freeze_bn``, the
 default, they are the pretrained ones in every ingredient, so the average is exact).
 

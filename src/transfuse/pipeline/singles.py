@@ -90,19 +90,22 @@ def build(bcfg: Any, cfg: Any) -> tuple[Any, dict[str, Any]]:
     return create_backbone(bcfg.name, **opts), opts
 
 
-def singles_order(cfg: Any, is_raw: Callable[[Any], bool]) -> list[tuple[Any, str | None]]:
-    """``(backbone config, strategy)`` jobs in the order they run: every backbone's cheap
-    candidates (raw baselines, linear probes) first, then the training strategies in the order
-    listed, backbone by backbone (``None``: a raw-input estimator, which has no strategy)."""
-    cheap: list[tuple[Any, str | None]] = []
-    training: list[tuple[Any, str | None]] = []
+def singles_order(cfg: Any, is_raw: Callable[[Any], bool]) -> list[tuple[Any, str | None, str | None]]:
+    """``(backbone config, strategy, what follows the backbone in the candidate's name)`` jobs in
+    the order they run: every backbone's cheap candidates (raw baselines, linear probes) first,
+    then the training strategies in the order listed, then the ``adapt.variants`` in theirs,
+    backbone by backbone (``None, None``: a raw-input estimator, which has no strategy)."""
+    cheap: list[tuple[Any, str | None, str | None]] = []
+    training: dict[str, list[tuple[Any, str | None, str | None]]] = {}
+    jobs = [*((s, s) for s in cfg.adapt.strategies), *((v.strategy, n) for n, v in cfg.adapt.variants.items())]
     for bcfg in cfg.backbones:
         if is_raw(bcfg):
-            cheap.append((bcfg, None))
+            cheap.append((bcfg, None, None))
             continue
-        for strategy in cfg.adapt.strategies:
-            (training if strategy in TRAINING_STRATEGIES else cheap).append((bcfg, strategy))
-    return cheap + [j for s in cfg.adapt.strategies for j in training if j[1] == s]
+        for strategy, label in jobs:
+            job = (bcfg, strategy, label)
+            (training.setdefault(label, []) if strategy in TRAINING_STRATEGIES else cheap).append(job)
+    return cheap + [j for _, label in jobs for j in training.get(label, [])]
 
 
 def run_singles(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: bool,
@@ -131,8 +134,9 @@ def run_singles(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
             timings[f"load:{short_name(bcfg.name)}"] = time.perf_counter() - t
         return loaded[bcfg.name]
 
-    for bcfg, strategy in singles_order(cfg, lambda b: is_raw_estimator(b.name)):
-        name = short_name(bcfg.name) if strategy is None else f"{short_name(bcfg.name)}/{strategy}"
+    for bcfg, strategy, label in singles_order(cfg, lambda b: is_raw_estimator(b.name)):
+        name = short_name(bcfg.name) if label is None else f"{short_name(bcfg.name)}/{label}"
+        variant = cfg.adapt.variants.get(label) if label != strategy else None
         if follower and strategy not in TRAINING_STRATEGIES:
             continue  # nothing distributed (a raw baseline, a probe): rank 0 alone fits it
         done = [r for r in (run.done(name), run.done(bag_name(name))) if r is not None]
@@ -153,7 +157,7 @@ def run_singles(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
         try:
             budget.check("before it started")
             res = _run_single(cfg, run, data, cache, progress, timings, wrap, planner, bcfg, strategy, name,
-                              *load(bcfg), feats, skipped, follower)
+                              *load(bcfg), feats, skipped, follower, variant)
         except TimeLimitReached as e:
             reason = f"stopped at the time limit ({e.where})" if e.where != "before it started" else \
                 "not started: the time limit was reached"
@@ -177,10 +181,11 @@ def _bag_reason(name: str, why: str) -> str:
 def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: bool, timings: dict[str, float],
                 wrap: dict[str, Callable[[Any], Any]] | None, planner: Planner, bcfg: Any, strategy: str | None,
                 name: str, backbone: Any, opts: dict[str, Any], feats: dict[str, tuple[np.ndarray, np.ndarray]],
-                skipped: list[dict[str, str]], follower: bool = False) -> list[CandidateResult]:
+                skipped: list[dict[str, str]], follower: bool = False, variant: Any = None) -> list[CandidateResult]:
     """One candidate: cross-fitted, saved, its results (the candidate, then its fold bag with
     ``adapt.bag``; only the bag where the time limit left the refit out; none: skipped, reason in
-    ``skipped``; ``follower``: cross-fitted only)."""
+    ``skipped``; ``follower``: cross-fitted only). ``variant``: an ``adapt.variants`` entry
+    (:class:`~transfuse.config.Variant`), the fine-tune it names trained with its seed and settings."""
     y, classes = data.train.labels, list(data.train.classes)
     n_classes, metric, bs = len(classes), cfg.evaluate.metric, cfg.train.embed_batch_size
     raw = strategy is None
@@ -208,7 +213,8 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
         timings[f"embed:{short_name(bcfg.name)}"] = timings.get(f"embed:{short_name(bcfg.name)}", 0.0) + \
             time.perf_counter() - te
     f = feats.get(key)
-    ft = cfg.train.finetune
+    ft = cfg.train.finetune if variant is None else variant.settings(cfg.train.finetune)
+    seed_shift = 0 if variant is None or variant.seed is None else variant.seed - cfg.seed
     bag = bags_on(cfg) and strategy in TRAINING_STRATEGIES and not follower
     refit, n_folds = True, None
     augment = getattr(cfg.augment, train.modality, None)
@@ -223,7 +229,8 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
             return PartialStrategy(backbone, train, test, ft, cfg.train.head, cfg.train.partial, run.work_dir(name),
                                    features=f[0], augment=augment, seed=cfg.seed, batch_size=bs, progress=progress)
         return FinetuneStrategy(strategy, backbone, train, test, ft, cfg.train.head, run.work_dir(name),
-                                features=f[0] if f else None, augment=augment, batch_size=bs, progress=progress)
+                                features=f[0] if f else None, augment=augment, batch_size=bs, progress=progress,
+                                seed_shift=seed_shift)
 
     strat: Any = None
     if strategy in TRAINING_STRATEGIES and planner.budget is not None:
