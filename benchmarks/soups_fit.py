@@ -28,9 +28,20 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import yaml
 from _common import write_results
 
 COLUMNS = ["candidate", "kind", "cv_mean", "cv_std", "cv_folds", "test_accuracy", "members", "fit_seconds"]
+
+
+def number(text: str) -> object:
+    """A ``--variant`` value: a number where it reads as one (YAML takes ``2e-4`` for a string)."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
 
 
 def main() -> None:
@@ -48,7 +59,6 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=STRATEGY[,seed=S][,KEY=VALUE]",
                     help="an adapt.variants entry (repeatable)")
     args = ap.parse_args()
-    import yaml
     import torch
 
     from transfuse.config import validate_config
@@ -67,7 +77,7 @@ def main() -> None:
         strategy, *pairs = spec.split(",")
         keys = dict(p.split("=", 1) for p in pairs)
         variants[name] = {"strategy": strategy, **({"seed": int(keys.pop("seed"))} if "seed" in keys else {}),
-                          "finetune": {k: yaml.safe_load(x) for k, x in keys.items()}}
+                          "finetune": {k: number(x) for k, x in keys.items()}}
     cfg = validate_config({
         "name": args.name, "seed": 0,
         "data": {"source": "wordnet", "modality": "text", "options": options},
