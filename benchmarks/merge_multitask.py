@@ -382,8 +382,9 @@ def main() -> None:
     cols.append("seconds")
     if any("seconds task BN" in r for r in rows):
         cols.append("seconds task BN")
+    tag = args.tag or ("8tasks" if args.text_tasks == 8 else "")  # never the 3-task file's name
     name = ("merge_multitask" + ("" if args.modality == "both" else f"_{args.modality}")
-            + ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else ""))
+            + ("_quick" if args.quick else "") + (f"_{tag}" if tag else ""))
     md = write_results(name, rows, cols, extra={
         "best": best, "total_seconds": round(time.perf_counter() - t0, 1),
         "protocol": (f"train/val/test per task {'/'.join(map(str, sizes(args)))} (stratified), "
@@ -394,8 +395,9 @@ def main() -> None:
                      "training inputs after the merge ('task BN' columns: per-task statistics, so not one "
                      "data-free backbone; coefficients chosen on val under that protocol; normalised by the "
                      "fine-tunes with re-estimated statistics, so compare averages across the two protocols)"),
-        "parameters": {m: {**({"per-model": pm} if pm else {}), **fixed, **({"val grid": grid} if grid else {})}
-                       for m, (pm, fixed, grid) in methods_for(args.text_tasks if mods == ["text"] else 3).items()},
+        "parameters": {mod: {m: {**({"per-model": pm} if pm else {}), **fixed, **({"val grid": grid} if grid else {})}
+                             for m, (pm, fixed, grid) in methods_for(args.text_tasks if mod == "text" else 3).items()}
+                       for mod in mods},
         "paired on the test items (exact McNemar, and Holm-adjusted over all the pairs listed; every "
         "SVD-family method against TIES and task arithmetic)": paired,
         "backbone share in matrices, 2-D and 1x1-convolution weights (SVD family; the rest gets the mean task vector)": MATRIX_SHARE})

@@ -253,14 +253,29 @@ def test_variants_are_named_fine_tunes_with_their_own_seed_and_settings():
         ("minilm_l3", "finetune", "finetune-lr"), ("minilm_l6", "finetune", "finetune-lr")]
     # the resolved config (config.yaml) reads back the same
     assert validate_config(cfg.model_dump(mode="json")) == cfg
+    # values are kept as validated; the seed a variant's fits get: its own plus the fold index
+    assert validate_config({**BASE, "adapt": {"variants": {"v": {"strategy": "finetune", "finetune": {
+        "lr": "1e-4", "head_lr": "10 x"}}}}}).adapt.variants["v"].finetune == {"lr": 1e-4, "head_lr": "10x"}
+    assert v["lp_ft_seed1"].seed_shift(7) == -6 and v["lp_ft_seed1"].seed_shift(0) == 1
+    assert v["finetune-lr"].seed_shift(7) == 0  # no seed of its own: the run's
 
 
 @pytest.mark.parametrize("variants, problem", [
-    ({"finetune": {"strategy": "finetune"}}, "key 'adapt.variants' has invalid value {'finetune': {'strategy': "
-     "'finetune'}}: variant name 'finetune' is a strategy's name; name it e.g. 'finetune_seed1'"),
-    ({"a/b": {"strategy": "finetune"}}, "key 'adapt.variants' has invalid value {'a/b': {'strategy': 'finetune'}}: "
-     "variant name 'a/b' must be letters, digits, '_', '.' and '-' (starting with a letter or digit), "
-     "e.g. 'finetune_seed1'"),
+    ({"finetune": {"strategy": "finetune", "seed": 1}}, "key 'adapt.variants' has invalid value {'finetune': "
+     "{'seed': 1, 'strategy': 'finetune'}}: variant name 'finetune' is a strategy's name; name it e.g. "
+     "'finetune_seed1'"),
+    ({"a.b": {"strategy": "finetune", "seed": 1}}, "key 'adapt.variants' has invalid value {'a.b': {'seed': 1, "
+     "'strategy': 'finetune'}}: variant name 'a.b' must be letters, digits, '_' and '-' (starting with a letter or "
+     "digit), e.g. 'finetune_seed1'"),
+    ({"LP_FT": {"strategy": "finetune", "seed": 1}}, "key 'adapt.variants' has invalid value {'LP_FT': {'seed': 1, "
+     "'strategy': 'finetune'}}: variant name 'LP_FT' is a strategy's name; name it e.g. 'LP_FT_seed1'"),
+    ({"v": {"strategy": "lp_ft", "seed": 1}, "V": {"strategy": "lp_ft", "seed": 2}}, "key 'adapt.variants' "
+     "has invalid value {'V': {'seed': 2, 'strategy': 'lp_ft'}, 'v': {'seed': 1, 'strategy': 'lp_ft'}}: "
+     "variant names ['V', 'v'] differ only in case: their folders would collide where file names ignore it"),
+    ({"x": {"strategy": "lp_ft"}}, "key 'adapt.variants.x' has invalid value {'strategy': 'lp_ft'}: a variant needs "
+     "a seed or finetune keys to change; without either it is a copy of its strategy 'lp_ft'"),
+    ({"x": {"strategy": "lp_ft", "seed": -1}}, "key 'adapt.variants.x.seed' has invalid value -1: Input should be "
+     "greater than or equal to 0"),
     ({"x": {"strategy": "partial_ft"}}, "key 'adapt.variants.x.strategy' has invalid value 'partial_ft': "
      "Input should be 'finetune' or 'lp_ft'"),
     ({"x": {"strategy": "finetune", "finetune": {"lrr": 1}}}, "key 'adapt.variants.x.finetune' has invalid value "

@@ -462,3 +462,21 @@ def test_postgres_url_without_its_driver_names_the_extra(monkeypatch):
         make_storage("postgresql://optuna:pw@db-host/optuna", 1)
     assert str(e.value) == ("search storage 'postgresql://optuna:***@db-host/optuna' needs the database driver "
                             "psycopg, which is not installed; pip install 'transfuse[postgres]'")
+
+
+def test_variants_are_refused_where_the_search_applies_its_best(tmp_path):
+    """A variant trains on top of the searched parameters and is not nested: its CV would score
+    settings chosen on its own validation folds, so ``fit --search`` refuses it before any work."""
+    from transfuse.errors import UserError
+    from transfuse.pipeline.search import fit_with_search, refuse_variants
+
+    raw = {"data": {"source": "wordnet", "modality": "text"}, "backbones": ["bundled:minilm_l3"],
+           "adapt": {"strategies": ["lp_ft"], "variants": {"lp_ft_seed1": {"strategy": "lp_ft", "seed": 1}}}}
+    with pytest.raises(UserError) as e:
+        fit_with_search(validate_config(raw), tmp_path / "run", 4)
+    assert str(e.value) == (
+        "adapt.variants (lp_ft_seed1) cannot run in a searched run that applies its best parameters: their CV "
+        "would use settings chosen on their own validation folds; drop adapt.variants, or set "
+        "search.apply_best: false")
+    assert not (tmp_path / "run").exists()
+    refuse_variants(validate_config({**raw, "search": {"apply_best": False}}))  # the configured settings: honest

@@ -10,7 +10,7 @@ from transfuse.config.base import Section
 from transfuse.config.data import AugmentConfig, DataConfig, PreprocessConfig, SplitConfig
 from transfuse.config.fuse import FuseConfig
 from transfuse.config.search import CalibrationConfig, ExportConfig, SearchConfig
-from transfuse.config.train import AdaptConfig, TrainConfig
+from transfuse.config.train import MAX_SEED, AdaptConfig, TrainConfig
 
 
 class BackboneConfig(Section):
@@ -59,7 +59,7 @@ class ExperimentConfig(Section):
     """A whole experiment: ``transfuse run CONFIG.yaml``."""
 
     name: str = "experiment"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     data: DataConfig = DataConfig()
     split: SplitConfig = SplitConfig()
     preprocess: PreprocessConfig = PreprocessConfig()

@@ -6,7 +6,7 @@ import difflib
 import re
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from transfuse.config.base import Section
 
@@ -26,7 +26,10 @@ _RUN_WIDE = "a run's fine-tunes share one set of devices and processes"
 #: its epochs on the same inner validation rows; the devices are the run's.
 VARIANT_FIXED = {"inner_val": _SAME_ROWS, "accelerator": _RUN_WIDE, "devices": _RUN_WIDE, "num_nodes": _RUN_WIDE,
                  "strategy": _RUN_WIDE}
-_VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # its own folder name
+_VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")  # its own folder name and one `--set` key
+#: Largest seed a run or a variant may name: fold k of one seeded s trains with s + k (k < 20), and
+#: every seeded library here takes seeds below 2**31 (Lightning and scikit-learn: below 2**32).
+MAX_SEED = 2**31 - 1 - 100
 
 
 class Variant(Section):
@@ -35,8 +38,9 @@ class Variant(Section):
     sets them). It is a soup ingredient beside the backbone's other fine-tunes."""
 
     strategy: Literal["finetune", "lp_ft"]
-    seed: int | None = Field(None, description="training seed (head init, batch order, augmentation, "
-                             "dropout; the inner validation split stays the run's); null: the run's seed")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="training seed (a fresh head's "
+                             "init, batch order, augmentation, dropout; the inner validation split stays "
+                             "the run's); null: the run's seed")
     finetune: dict[str, Any] = Field(default_factory=dict, description="train.finetune keys this variant "
                                      "changes (all but inner_val and the device keys)")
 
@@ -54,15 +58,27 @@ class Variant(Section):
                 raise ValueError(f"unknown key {name!r}; {hint}a variant's finetune takes the keys of "
                                  f"train.finetune but {', '.join(VARIANT_FIXED)}")
         try:
-            FinetuneConfig.model_validate(v)
+            valid = FinetuneConfig.model_validate(v)
         except ValidationError as err:
             e = err.errors()[0]
             raise ValueError(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}") from None
-        return v
+        return {k: getattr(valid, k) for k in v}  # as validated ('1e-4' -> 0.0001)
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> Variant:
+        if self.seed is None and not self.finetune:
+            raise ValueError("a variant needs a seed or finetune keys to change; without either it is a "
+                             f"copy of its strategy {self.strategy!r}")
+        return self
 
     def settings(self, base: FinetuneConfig) -> FinetuneConfig:
         """The fine-tuning settings this variant trains with: ``base`` with ``finetune`` on top."""
         return FinetuneConfig.model_validate({**base.model_dump(), **self.finetune})
+
+    def seed_shift(self, run_seed: int) -> int:
+        """What the variant adds to the seed each of its fits would get in a run seeded
+        ``run_seed`` (its folds then train with ``seed + k``, the refit with ``seed``)."""
+        return 0 if self.seed is None else self.seed - run_seed
 
 
 class AdaptConfig(Section):
@@ -88,11 +104,15 @@ class AdaptConfig(Section):
     @field_validator("variants")
     @classmethod
     def _check_variant_names(cls, v: dict[str, Variant]) -> dict[str, Variant]:
+        folded = [n.lower() for n in v]
         for name in v:
-            if name in STRATEGIES:
+            if folded.count(name.lower()) > 1:
+                raise ValueError(f"variant names {sorted(n for n in v if n.lower() == name.lower())} differ only "
+                                 "in case: their folders would collide where file names ignore it")
+            if name.lower() in STRATEGIES:
                 raise ValueError(f"variant name {name!r} is a strategy's name; name it e.g. {name + '_seed1'!r}")
             if not _VARIANT_NAME.match(name):
-                raise ValueError(f"variant name {name!r} must be letters, digits, '_', '.' and '-' "
+                raise ValueError(f"variant name {name!r} must be letters, digits, '_' and '-' "
                                  "(starting with a letter or digit), e.g. 'finetune_seed1'")
         return v
 

@@ -13,6 +13,7 @@ from typing import Any
 from transfuse.backbones.registry import short_name
 from transfuse.config import ExperimentConfig
 from transfuse.distributed import refuse_under_ddp
+from transfuse.errors import UserError
 from transfuse.pipeline import run_experiment
 from transfuse.search.nested import nested_search
 from transfuse.search.run import SEARCH_DIR, apply_best, run_search, search_inputs, search_report_block
@@ -26,6 +27,16 @@ def refuse_distributed(cfg: ExperimentConfig) -> None:
                      "processes (docs/distributed.md)")
 
 
+def refuse_variants(cfg: ExperimentConfig) -> None:
+    """A search whose best parameters the run applies refuses ``adapt.variants``: a variant trains
+    on top of those parameters, chosen on all training rows, and is not nested, so its CV would
+    score settings chosen on its own validation folds."""
+    if cfg.adapt.variants and cfg.search.apply_best:
+        raise UserError(f"adapt.variants ({', '.join(cfg.adapt.variants)}) cannot run in a searched run that "
+                        "applies its best parameters: their CV would use settings chosen on their own "
+                        "validation folds; drop adapt.variants, or set search.apply_best: false")
+
+
 def fit_with_search(cfg: ExperimentConfig, run_dir: str | Path, n_trials: int, storage: str | None = None,
                     progress: bool = True) -> dict[str, Any]:
     """Search (``run_dir/search/``), then run the pipeline with the best parameters (when
@@ -33,6 +44,7 @@ def fit_with_search(cfg: ExperimentConfig, run_dir: str | Path, n_trials: int, s
     ``search`` block: best parameters, per-stage counts, how the CV was made (``cv``), the nested
     candidates and the link to search.html."""
     refuse_distributed(cfg)
+    refuse_variants(cfg)
     run_dir = Path(run_dir)
     inputs = search_inputs(cfg, run_dir, progress)
     res = run_search(cfg, run_dir, storage=storage, n_trials=n_trials, progress=progress, inputs=inputs)
@@ -45,6 +57,7 @@ def resume_searched(cfg: ExperimentConfig, run_dir: Path, progress: bool = True)
     from transfuse.io import read_json
 
     refuse_distributed(cfg)
+    refuse_variants(cfg)
     res = read_json(run_dir / SEARCH_DIR / "search.json")
     return run_searched(cfg, run_dir, res, search_inputs(cfg, run_dir, progress), progress)
 

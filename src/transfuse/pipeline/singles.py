@@ -214,7 +214,7 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
             time.perf_counter() - te
     f = feats.get(key)
     ft = cfg.train.finetune if variant is None else variant.settings(cfg.train.finetune)
-    seed_shift = 0 if variant is None or variant.seed is None else variant.seed - cfg.seed
+    seed_shift = 0 if variant is None else variant.seed_shift(cfg.seed)
     bag = bags_on(cfg) and strategy in TRAINING_STRATEGIES and not follower
     refit, n_folds = True, None
     augment = getattr(cfg.augment, train.modality, None)
