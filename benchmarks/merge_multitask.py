@@ -87,12 +87,17 @@ METHODS: dict[str, tuple[dict, dict, dict]] = {
 
 
 
+#: grids widened for 8 tasks (a first 8-task run picked the edge of every 3-task grid: task
+#: arithmetic 0.2, TIES 3, TSV-M and Iso-C 2): a sum of 8 task vectors wants a smaller lambda,
+#: TIES' disjoint mean and the SVD family's merged vector a larger coefficient
+WIDER = {id(LAMBDAS): [0.1, 0.2, 0.3, *LAMBDAS], id(MEANS): [*MEANS, 4.0, 5.0], id(SVD_ALPHAS): [*SVD_ALPHAS, 2.5, 3.0]}
+
+
 def methods_for(n_tasks: int) -> dict[str, tuple[dict, dict, dict]]:
-    """METHODS, with ``lambda`` grids reaching 0.2 and 0.3 for 8 tasks: a sum of 8 task vectors
-    wants a smaller coefficient (the papers' task arithmetic picks about 0.3 on 8 tasks)."""
+    """METHODS, with the grids of :data:`WIDER` for 8 tasks."""
     if n_tasks < 8:
         return METHODS
-    return {m: (pm, fixed, {k: [0.2, 0.3, *v] if v is LAMBDAS else v for k, v in grid.items()})
+    return {m: (pm, fixed, {k: WIDER.get(id(v), v) for k, v in grid.items()})
             for m, (pm, fixed, grid) in METHODS.items()}
 
 
