@@ -31,6 +31,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from _common import write_results
 
 PARTIAL = ["--strategy", "partial_ft"]
+MILD = ["--set", "augment.image.random_resized_crop=[0.8,1.0]", "--set", "augment.image.color_jitter=0"]
+LOW_RES_LONG = ["--set", "preprocess.image_size=112", "--set", "train.finetune.lr=3e-4", "--set", "train.finetune.epochs=10",
+                "--set", "train.finetune.patience=null", "--set", "train.finetune.monitor=val_accuracy"]
 #: name -> fit arguments (train.finetune defaults otherwise: lr 1e-4, up to 10 epochs, patience 3)
 VARIANTS: dict[str, list[str]] = {
     "probes": ["--strategy", "linear_probe", "--strategy", "multilayer_probe"],
@@ -43,6 +46,20 @@ VARIANTS: dict[str, list[str]] = {
     "partial_ft, top 2 stages, lr 3e-5, label smoothing 0.1": [
         *PARTIAL, "--set", "train.partial.blocks=2", "--set", "train.finetune.lr=3e-5",
         "--set", "train.finetune.label_smoothing=0.1"],
+    # session 16, on the fifth peers task (docs/peers.md): longer, cheaper or milder-augmented fine-tunes
+    "partial_ft, top 1 stage, lr 1e-3, up to 15 epochs, patience 5": [
+        *PARTIAL, "--set", "train.partial.blocks=1", "--set", "train.finetune.lr=1e-3",
+        "--set", "train.finetune.epochs=15", "--set", "train.finetune.patience=5",
+        "--set", "train.finetune.monitor=val_accuracy"],
+    "partial_ft, top 2 stages, 4 mild views (crop 0.8-1, no colour jitter)": [
+        *PARTIAL, "--set", "train.partial.blocks=2", "--set", "train.partial.views=4", *MILD],
+    "partial_ft, top 1 stage, lr 3e-4, up to 15 epochs, 4 mild views": [
+        *PARTIAL, "--set", "train.partial.blocks=1", "--set", "train.partial.views=4", *MILD,
+        "--set", "train.finetune.lr=3e-4", "--set", "train.finetune.epochs=15"],
+    "lp_ft at 112 px, lr 3e-4, 10 epochs, no early stopping": [
+        "--strategy", "lp_ft", *LOW_RES_LONG],
+    "finetune at 112 px, lr 3e-4, 10 epochs, no early stopping": [
+        "--strategy", "finetune", *LOW_RES_LONG],
 }
 COLUMNS = ["variant", "candidate", "cv_mean", "cv_std", "dev_accuracy", "epochs", "wall_s"]
 
