@@ -1,5 +1,6 @@
 """User-facing errors: one line naming the file or key, the problem and the fix."""
 
+import difflib
 from collections.abc import Sequence
 
 
@@ -10,3 +11,15 @@ class UserError(Exception):
     def __init__(self, message: str, items: Sequence[str] = ()):
         lines = [" ".join(str(message).split())] + [f"  - {' '.join(str(i).split())}" for i in items]
         super().__init__("\n".join(lines))
+
+
+def closest(word: object, choices: Sequence[str]) -> str | None:
+    """The valid name closest to a misspelt ``word`` (difflib's ratio >= 0.6), or None."""
+    near = difflib.get_close_matches(str(word), list(choices), n=1)
+    return near[0] if near else None
+
+
+def did_you_mean(word: object, choices: Sequence[str]) -> str:
+    """``"did you mean 'x'? "`` for the closest valid name, or ``""``: the hint of an unknown-name error."""
+    near = closest(word, choices)
+    return f"did you mean {near!r}? " if near else ""

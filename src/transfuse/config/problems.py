@@ -7,7 +7,6 @@ is capped, so a huge value or a badly broken file never floods the terminal.
 
 from __future__ import annotations
 
-import difflib
 import reprlib
 import types
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -15,7 +14,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from transfuse.config.experiment import ExperimentConfig
-from transfuse.errors import UserError
+from transfuse.errors import UserError, closest, did_you_mean
 
 Loc = tuple[Any, ...]
 MAX_PROBLEMS = 20
@@ -118,10 +117,10 @@ def validation_problems(err: ValidationError, model: type[BaseModel] = Experimen
         path, _, rest = _walk(model, tuple(e["loc"]))
         if e["type"] == "extra_forbidden":
             allowed = _fields(_walk(model, path[:-1])[1])
-            near = difflib.get_close_matches(str(path[-1]), allowed, n=1)
-            hint = f"did you mean {near[0]!r}? " if near else ""
-            suggested.update(path[:-1] + (n,) for n in near)
-            unknown[path] = f"unknown key {_dotted(path)}; {hint}valid keys here: {', '.join(allowed)}"
+            near = closest(path[-1], allowed)
+            if near is not None:
+                suggested.add(path[:-1] + (near,))
+            unknown[path] = f"unknown key {_dotted(path)}; {did_you_mean(path[-1], allowed)}valid keys here: {', '.join(allowed)}"
         elif e["type"] == "missing" and not rest:
             missing[path] = f"key {_dotted(path)} is required; add it to the config"
         else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 from typing import Any, Literal
 
@@ -10,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from transfuse.config.base import Section
 from transfuse.config.train import FinetuneConfig, HeadConfig
+from transfuse.errors import did_you_mean
 
 
 class ParamSpace(Section):
@@ -97,9 +97,7 @@ _FINETUNE_PARAMS = [n for n in FinetuneConfig.model_fields
 def _check_names(space: dict[str, ParamSpace], allowed: list[str], what: str) -> None:
     for name in space:
         if name not in allowed:
-            near = difflib.get_close_matches(name, allowed, n=1)
-            hint = f"did you mean {near[0]!r}? " if near else ""
-            raise ValueError(f"unknown {what} parameter {name!r}; {hint}searchable: {', '.join(allowed)}")
+            raise ValueError(f"unknown {what} parameter {name!r}; {did_you_mean(name, allowed)}searchable: {', '.join(allowed)}")
 
 
 class SearchConfig(Section):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from transfuse.config.base import Section
+from transfuse.errors import did_you_mean
 
 Strategy = Literal["linear_probe", "multilayer_probe", "finetune", "lp_ft", "partial_ft"]
 STRATEGIES: tuple[str, ...] = ("linear_probe", "multilayer_probe", "finetune", "lp_ft", "partial_ft")
@@ -53,9 +53,7 @@ class Variant(Section):
                 raise ValueError(f"{name!r} cannot differ between variants ({VARIANT_FIXED[name]}); "
                                  f"set train.finetune.{name} instead")
             if name not in allowed:
-                near = difflib.get_close_matches(str(name), allowed, n=1)
-                hint = f"did you mean {near[0]!r}? " if near else ""
-                raise ValueError(f"unknown key {name!r}; {hint}a variant's finetune takes the keys of "
+                raise ValueError(f"unknown key {name!r}; {did_you_mean(name, allowed)}a variant's finetune takes the keys of "
                                  f"train.finetune but {', '.join(VARIANT_FIXED)}")
         try:
             valid = FinetuneConfig.model_validate(v)

@@ -7,12 +7,11 @@ reason) instead of failing the run.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from transfuse.errors import UserError
+from transfuse.errors import UserError, did_you_mean
 from transfuse.registry import Registry, import_modules
 
 DATA_SOURCES: Registry[Callable[..., Any]] = Registry("data source")
@@ -47,9 +46,8 @@ def check_options(source: str, options: Mapping[str, Any], where: str = "data.op
         return
     for key in options:
         if key not in valid:
-            near = difflib.get_close_matches(str(key), valid, n=1)
-            hint = f"did you mean {near[0]!r}? " if near else ""
-            raise UserError(f"{where}.{str(key)[:80]}: data source {source!r} has no such option; {hint}"
+            raise UserError(f"{where}.{str(key)[:80]}: data source {source!r} has no such option; "
+                            f"{did_you_mean(key, valid)}"
                             f"valid options: {', '.join(valid) or 'none'}")
 
 
