@@ -60,6 +60,10 @@ VARIANTS: dict[str, list[str]] = {
         "--strategy", "lp_ft", *LOW_RES_LONG],
     "finetune at 112 px, lr 3e-4, 10 epochs, no early stopping": [
         "--strategy", "finetune", *LOW_RES_LONG],
+    # the backbone option scales (fashion_ceiling.py: 128+224+320 px led on both seeds' training images)
+    "probes, scales 128 and 320 px beside 224": [
+        "--strategy", "linear_probe", "--strategy", "multilayer_probe",
+        "--set", 'backbones=[{"name": "bundled:efficientnet_lite0", "options": {"scales": [128, 320]}}]'],
 }
 COLUMNS = ["variant", "candidate", "cv_mean", "cv_std", "dev_accuracy", "epochs", "wall_s"]
 

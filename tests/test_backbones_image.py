@@ -108,4 +108,41 @@ def test_taps_pool_the_last_stages_before_the_plain_features():
     with pytest.raises(UserError) as e:  # a typo is refused, not ignored
         create_backbone("bundled:efficientnet_lite0", tap=3, n=1)
     assert str(e.value) == ("backbone bundled:efficientnet_lite0: unknown option(s) n, tap; valid options: "
-                            "image_size, taps")
+                            "image_size, scales, taps")
+
+
+def test_scales_concatenate_each_sizes_features_stages_first():
+    """``scales: [48, 96]`` at 64 px: the plain features of the input resized (bilinear) to 48 and
+    96 px, then of the input itself, computed independently by a plain backbone; with ``taps`` all
+    sizes' stage features come first, so the tapped view still ends with the untapped features.
+    Refused: partial fine-tuning, and sizes that are not distinct, in range, or the own size."""
+    import torch.nn.functional as F
+
+    from transfuse.backbones.split import split_backbone
+
+    plain = create_backbone("bundled:efficientnet_lite0", image_size=64)
+    multi = create_backbone("bundled:efficientnet_lite0", image_size=64, scales=[48, 96])
+    view = multi.tapped(3)
+    assert multi.feature_dim == 3 * 1280 and view.feature_dim == 3 * (112 + 192 + 320 + 1280)
+    assert len({plain.cache_key(), multi.cache_key(), view.cache_key()}) == 3
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    tapped = plain.tapped(3)
+    with torch.no_grad():
+        sized = [F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False) for s in (48, 96)] + [x]
+        ref = torch.cat([plain(t) for t in sized], 1)
+        ref_tapped = [tapped(t) for t in sized]
+        fm, fv = multi(x), view(x)
+    torch.testing.assert_close(fm, ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(fv, torch.cat([t[:, :-1280] for t in ref_tapped] + [t[:, -1280:] for t in ref_tapped], 1),
+                               rtol=0, atol=1e-6)
+    assert torch.equal(fv[:, -multi.feature_dim:], fm)
+    with pytest.raises(UserError) as e:
+        split_backbone(multi, 1)
+    assert str(e.value) == ("backbone bundled:efficientnet_lite0: partial fine-tuning cannot split a backbone with "
+                            "the scales option (each size runs the whole network); leave scales out, or use "
+                            "'finetune' or 'lp_ft'")
+    for bad in ([64], [48, 48], [16], [2048], "128", [True]):
+        with pytest.raises(UserError) as e:
+            create_backbone("bundled:efficientnet_lite0", image_size=64, scales=bad)
+        assert str(e.value) == (f"backbone option scales={bad!r}: give a list of distinct input sizes from 32 to "
+                                "1024 px other than the backbone's own 64, e.g. scales: [128, 320]")

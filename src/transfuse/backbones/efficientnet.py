@@ -54,20 +54,20 @@ def _package_path(n: int) -> str:
 
 
 def create_efficientnet_lite(n: int, /, image_size: int | None = None, taps: int = 0,
-                             **unknown: Any) -> TimmBackbone:
+                             scales: list[int] | None = None, **unknown: Any) -> TimmBackbone:
     """EfficientNet-Lite``n`` (ImageNet-1k) with the classifier removed (``taps``: see
     :class:`~transfuse.backbones.timm_source.TimmBackbone`)."""
     import timm
 
     if unknown:  # a typo such as "tap: 3" would otherwise be ignored without a word
         raise UserError(f"backbone bundled:efficientnet_lite{n}: unknown option(s) {', '.join(sorted(unknown))}; "
-                        "valid options: image_size, taps")
+                        "valid options: image_size, scales, taps")
 
     sd = map_keys(load_state_dict_file(_package_path(n)), STAGE_REPEATS[n])
     model = timm.create_model(f"tf_efficientnet_lite{n}", pretrained=False, num_classes=1000)
     model.load_state_dict(sd, strict=True)
     model.eval()
-    return TimmBackbone(model, image_size=image_size, taps=taps)
+    return TimmBackbone(model, image_size=image_size, taps=taps, scales=scales)
 
 
 def imagenet_model(n: int = 0) -> torch.nn.Module:

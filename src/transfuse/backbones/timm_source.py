@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from transfuse.backbones.base import Backbone
@@ -50,11 +51,17 @@ class TimmBackbone(Backbone):
     ``taps`` > 0: the features are the mean-pooled outputs of the last ``taps`` stages (each
     block stage of an EfficientNet/MobileNet; the ``feature_info`` stages of other models), then
     the model's own pooled features, concatenated (a multi-layer probe's input; the last
-    ``model.num_features`` columns equal the plain features)."""
+    ``model.num_features`` columns equal the plain features).
+
+    ``scales``: more input sizes (px). The preprocessed image is also resized (bilinear) to each,
+    and the features of every size are concatenated: all sizes' stage features (``scales`` in
+    order, then the own size), then all sizes' final features, so that a tapped view still ends
+    with its untapped features."""
 
     modality = "image"
 
-    def __init__(self, model: nn.Module, image_size: int | None = None, taps: int = 0):
+    def __init__(self, model: nn.Module, image_size: int | None = None, taps: int = 0,
+                 scales: Sequence[int] | None = None):
         super().__init__()
         self.model = model
         dropped = [k for k in model.state_dict() if k.startswith(model.pretrained_cfg.get("classifier", "classifier"))]
@@ -76,8 +83,13 @@ class TimmBackbone(Backbone):
             "interpolation": cfg["interpolation"],
             "crop_pct": float(cfg["crop_pct"]),
         }
+        self.scales = _check_scales(scales, int(self._pre["input_size"][-1]))
+        if self.scales:
+            self._pre["scales"] = list(self.scales)  # part of the cache key: other features
         if self.taps:
             self._init_taps()
+        elif self.scales:
+            self.feature_dim = self._dim()
         self._layer_of: dict[str, int] = {}
         try:
             from timm.models import group_parameters
@@ -105,24 +117,33 @@ class TimmBackbone(Backbone):
             raise UserError(f"backbone option taps={self.taps}: {type(self.model).__name__} has "
                             f"{n_stages - 1} stages after its stem; give taps between 1 and {n_stages - 1}")
         self._pre["taps"] = self.taps  # part of the cache key: other features
-        size = self._pre["input_size"]
-        with torch.no_grad():
-            self.feature_dim = int(self._tapped(torch.zeros(1, *size)).shape[1])
+        self.feature_dim = self._dim()
 
-    def _tapped(self, x: torch.Tensor) -> torch.Tensor:
+    def _dim(self) -> int:
+        with torch.no_grad():
+            return int(self.forward(torch.zeros(1, *self._pre["input_size"])).shape[1])
+
+    def _parts(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The pooled stage features (``taps`` of them) and the final features of one input."""
+        if not self.taps:
+            return [], self.model(x)
         final, stages = self.model.forward_intermediates(x, indices=self.taps, **self._tap_kw)
-        pooled = [t.mean((2, 3)) for t in stages]
-        return torch.cat([*pooled, self.model.forward_head(final, pre_logits=True)], 1)
+        return [t.mean((2, 3)) for t in stages], self.model.forward_head(final, pre_logits=True)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         # channels-last activations: 1.3x faster CPU training here (weights stay contiguous)
         x = batch.contiguous(memory_format=torch.channels_last)
-        return self._tapped(x) if self.taps else self.model(x)
+        if not self.scales:
+            stages, final = self._parts(x)
+            return torch.cat([*stages, final], 1) if stages else final
+        parts = [self._parts(F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False))
+                 for s in self.scales] + [self._parts(x)]
+        return torch.cat([t for stages, _ in parts for t in stages] + [final for _, final in parts], 1)
 
     def tapped(self, taps: int) -> TimmBackbone:
         """The same network (shared, not copied) with ``taps`` stage features before its own."""
         out = TimmBackbone(self.model)
-        out.taps, out._pre = int(taps), dict(self._pre)
+        out.taps, out._pre, out.scales = int(taps), dict(self._pre), self.scales
         out._init_taps()
         out.spec, out._weights_hash = self.spec, self._weights_hash
         return out
@@ -141,7 +162,7 @@ class TimmBackbone(Backbone):
 
 
 def create_timm(name: str, weights: str | None = None, image_size: int | None = None, taps: int = 0,
-                **kwargs: Any) -> TimmBackbone:
+                scales: Sequence[int] | None = None, **kwargs: Any) -> TimmBackbone:
     """``timm:NAME``: weights from ``weights`` (local file) or, when online, timm's hub weights."""
     import timm
 
@@ -161,7 +182,18 @@ def create_timm(name: str, weights: str | None = None, image_size: int | None = 
                 f"timm:{name}: pretrained weights could not be fetched ({type(e).__name__}); "
                 "offline, give a local file with options {weights: PATH}"
             ) from None
-    return TimmBackbone(model, image_size=image_size, taps=taps)
+    return TimmBackbone(model, image_size=image_size, taps=taps, scales=scales)
+
+
+def _check_scales(scales: Any, size: int) -> tuple[int, ...]:
+    """``scales`` validated: distinct input sizes of 32 to 1024 px other than the own ``size``."""
+    if scales is None or scales == []:
+        return ()
+    ok = isinstance(scales, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in scales)
+    if not ok or any(not 32 <= v <= 1024 for v in scales) or len(set(scales)) < len(scales) or size in scales:
+        raise UserError(f"backbone option scales={scales!r}: give a list of distinct input sizes from 32 to "
+                        f"1024 px other than the backbone's own {size}, e.g. scales: [128, 320]")
+    return tuple(int(v) for v in scales)
 
 
 def _load_into(model: nn.Module, sd: dict[str, torch.Tensor], where: str | Path) -> None:
@@ -176,7 +208,7 @@ def _load_into(model: nn.Module, sd: dict[str, torch.Tensor], where: str | Path)
 
 
 def create_file(path: str, arch: str | None = None, image_size: int | None = None, taps: int = 0,
-                **kwargs: Any) -> TimmBackbone:
+                scales: Sequence[int] | None = None, **kwargs: Any) -> TimmBackbone:
     """``file:PATH``: a safetensors / weights-only state dict for the timm architecture ``arch``."""
     import timm
 
@@ -189,7 +221,7 @@ def create_file(path: str, arch: str | None = None, image_size: int | None = Non
             num_classes = v.shape[0]
     model = timm.create_model(arch, pretrained=False, num_classes=num_classes or 1000, **kwargs)
     _load_into(model, sd, path)
-    return TimmBackbone(model, image_size=image_size, taps=taps)
+    return TimmBackbone(model, image_size=image_size, taps=taps, scales=scales)
 
 
 SOURCES.add("timm", create_timm)
