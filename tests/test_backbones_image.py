@@ -146,3 +146,28 @@ def test_scales_concatenate_each_sizes_features_stages_first():
             create_backbone("bundled:efficientnet_lite0", image_size=64, scales=bad)
         assert str(e.value) == (f"backbone option scales={bad!r}: give a list of distinct input sizes from 32 to "
                                 "1024 px other than the backbone's own 64, e.g. scales: [128, 320]")
+
+
+def test_a_plain_backbones_tapped_view_takes_scales_as_if_built_with_them():
+    """``multilayer_probe``'s view with ``adapt.scales``: ``plain.tapped(3, [48, 96])`` shares the
+    plain network and computes what ``taps=3, scales=[48, 96]`` built from the options computes
+    (same cache key, so a served candidate rebuilt from its options reads the same features); a
+    backbone with its own scales keeps them. ``scale_sizes``: relative factors to pixel sizes in
+    range, other than the own size, each once."""
+    from transfuse.backbones.timm_source import scale_sizes
+
+    plain = create_backbone("bundled:efficientnet_lite0", image_size=64)
+    view = plain.tapped(3, [48, 96])
+    built = create_backbone("bundled:efficientnet_lite0", image_size=64, taps=3, scales=[48, 96])
+    assert view.model is plain.model and view.cache_key() == built.cache_key()
+    assert view.preprocess_config() == built.preprocess_config()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(view(x), built(x), rtol=0, atol=1e-6)
+    own = create_backbone("bundled:efficientnet_lite0", image_size=64, scales=[96])
+    assert own.tapped(3, [48]).scales == (96,)
+    assert scale_sizes([0.57, 1.43], 224) == [128, 320]
+    assert scale_sizes([0.57, 1.43], 160) == [91, 229]
+    assert scale_sizes([0.57, 1.43], 32) == [46]  # 18 px is below 32
+    assert scale_sizes([0.5, 0.505, 1.002, 1.5], 224) == [112, 113, 336]  # 224.4: its own size
+    assert scale_sizes([0.5, 0.501, 1.002], 224) == [112]  # 112.2 rounds onto 112: once

@@ -12,6 +12,7 @@ from conftest import cli, write_digits_folder
 
 from transfuse.budget import Budget, TimeLimitReached, budgeted, check, process_start
 from transfuse.config import validate_config
+from transfuse.errors import UserError
 from transfuse.pipeline.plan import SAFETY, Planner, finetune_seconds
 from transfuse.train.finetune import StepCost
 
@@ -163,6 +164,15 @@ def test_presets_list_the_strategies_unless_the_config_does():
     assert validate_config({**image, "budget": {"preset": "fast"}}).adapt.strategies == \
         ["linear_probe", "multilayer_probe"]
     assert validate_config(image).adapt.strategies == ["linear_probe"]
+    # ... and its extra input sizes, unless the config gives them; never on text or without a preset
+    assert validate_config({**image, "budget": {"preset": "fast"}}).adapt.scales == [0.57, 1.43]
+    assert validate_config({**image, "budget": {"time_limit": 60}, "adapt": {"scales": []}}).adapt.scales == []
+    assert validate_config(image).adapt.scales == []
+    assert validate_config({**base, "budget": {"preset": "fast"}}).adapt.scales == []
+    for bad in ([1.0], [0.5, 0.5], [0.1], [5]):
+        with pytest.raises(UserError, match=r"adapt.scales.*give distinct multiples of the image size from 0.15 "
+                                            r"to 4, other than 1, e.g. \[0.57, 1.43\]"):
+            validate_config({**image, "adapt": {"scales": bad}})
 
 
 def test_bad_budget_values_are_one_line_errors():
@@ -323,6 +333,51 @@ class _Sized:
 
     def preprocess_config(self):
         return {"input_size": [3, self.size, self.size]}
+
+
+class _Tappable(_Sized):
+    scales = ()
+
+    def tapped(self, taps, scales=()):
+        raise AssertionError("the planner only prices the view")
+
+
+@pytest.mark.parametrize("limit, keep", [(1000, True), (200, False)])
+def test_the_multiscale_view_goes_before_the_image_size_shrinks(monkeypatch, limit, keep):
+    """An image preset's ``adapt.scales`` [0.57, 1.43] at 224 px: 128 and 320 px beside 224, so
+    embedding costs 1 + (128/224)^2 + (320/224)^2 = 3.367 times the 47.6 s measured at 224 px
+    (160.3 s). 1,000 s: kept. 200 s (192.6 s left, half 96.3 s): the extra sizes go, and 224 px
+    alone (47.6 s) fits, so the size stays."""
+    import types
+
+    from transfuse.data.base import Dataset
+    from transfuse.pipeline.plan import multiscale_cost, plan_image_size
+
+    clock = Clock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    items = [f"{i}.png" for i in range(1000)]
+    train = Dataset("image", items[:800], [0, 1] * 400, ["a", "b"], items[:800])
+    test = Dataset("image", items[800:], [0, 1] * 100, ["a", "b"], items[800:])
+    cfg = validate_config({"backbones": ["bundled:efficientnet_lite0"], "data": {"modality": "image"},
+                           "budget": {"preset": "fast"}})
+    factor = 1 + (128 / 224) ** 2 + (320 / 224) ** 2
+    assert multiscale_cost(cfg, _Tappable(224)) == pytest.approx(factor)
+    assert multiscale_cost(cfg, _Sized(224)) == 1.0  # no stage features: no multi-layer view
+    planner = Planner(Budget(limit, start=0.0, reserve=5, clock=clock))
+    new, _ = plan_image_size(cfg, types.SimpleNamespace(train=train, test=test), planner, _PacedCache(clock, 0.05),
+                             lambda b, c: (_Tappable(224), {}))
+    seconds, left = 0.05 * (1000 - 48), limit - 5 - 0.05 * 48
+    scales, size = planner.decisions
+    what = (f"multilayer_probe's embedding at 128, 320 and 224 px would take about {seconds * factor:.0f} s of "
+            f"{left:.0f} s left")
+    assert (scales["name"], size["name"], size["image_size"]) == ("adapt.scales", "preprocess.image_size", 224)
+    if keep:
+        assert (scales["action"], scales["reason"], new.adapt.scales) == ("keep", what, [0.57, 1.43])
+        assert size["reason"] == f"224 px: embedding takes about {seconds * factor:.0f} s of {left:.0f} s left"
+    else:
+        assert (scales["action"], new.adapt.scales) == ("drop", [])
+        assert scales["reason"] == f"{what} (at most 50% for embedding); it embeds at 224 px only, about {seconds:.0f} s"
+        assert size["reason"] == f"224 px: embedding takes about {seconds:.0f} s of {left:.0f} s left"
 
 
 @pytest.mark.parametrize("limit, want", [(1000, 224), (100, 192), (60, 160), (30, 96), (20, 96)])

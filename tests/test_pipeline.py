@@ -245,17 +245,19 @@ def test_run_refuses_a_folder_holding_another_experiment(probe_run: Path, tmp_pa
 
 
 def test_multilayer_probe_shares_the_embedding_and_is_served(probe_run: Path, tmp_path: Path):
-    """``multilayer_probe`` beside ``linear_probe``: one embedding pass (the tapped features, whose
-    last columns the plain probe uses: its fold scores equal a plain-only run's), the plain
-    features in the cache too, and the multilayer probe served from its options (taps) with its
-    test probabilities."""
+    """``multilayer_probe`` (with ``adapt.scales`` [1.5]: 48 px beside 32) beside ``linear_probe``:
+    one embedding pass (the tapped multi-scale features, whose last columns the plain probe uses:
+    its fold scores equal a plain-only run's), the plain features in the cache too, and the
+    multilayer probe served from its options (taps, scales) with its test probabilities."""
     from transfuse.backbones import create_backbone
     from transfuse.data.registry import load_dataset
     from transfuse.train.cache import FeatureCache
 
     data = write_digits_folder(tmp_path / "digits", per_class=12)
     cfg = tmp_path / "exp.yaml"
-    cfg.write_text(yaml.safe_dump(experiment(data, tmp_path / "run", ["linear_probe", "multilayer_probe"])))
+    exp = experiment(data, tmp_path / "run", ["linear_probe", "multilayer_probe"])
+    exp["adapt"]["scales"] = [1.5]
+    cfg.write_text(yaml.safe_dump(exp))
     cache_dir = tmp_path / "features"
     cli("run", str(cfg), "--quiet", env={**os.environ, "TRANSFUSE_FEATURE_CACHE": str(cache_dir)})
     run = tmp_path / "run"
@@ -267,14 +269,14 @@ def test_multilayer_probe_shares_the_embedding_and_is_served(probe_run: Path, tm
     assert np.abs(oof[0] - oof[1]).max() < 1e-5
     spec = json.loads((run / "candidates" / "efficientnet_lite0_multilayer_probe" / "model.json").read_text())
     assert spec["kind"] == "probe" and spec["strategy"] == "multilayer_probe"
-    assert spec["backbones"][0]["options"] == {"image_size": 32, "taps": 3}
-    assert spec["backbones"][0]["feature_dim"] == 1904
+    assert spec["backbones"][0]["options"] == {"image_size": 32, "taps": 3, "scales": [48]}
+    assert spec["backbones"][0]["feature_dim"] == 2 * 1904
     # the cache holds both: re-embedding either computes nothing, and the plain rows are a fresh
     # plain embedding's
     items = load_dataset("folder", str(data))
     cache = FeatureCache(cache_dir)
     plain = create_backbone("bundled:efficientnet_lite0", image_size=32)
-    tapped = create_backbone("bundled:efficientnet_lite0", image_size=32, taps=3)
+    tapped = create_backbone("bundled:efficientnet_lite0", image_size=32, taps=3, scales=[48])
     got = cache.embed(plain, items)
     assert cache.last.n_computed == 0 and cache.last.n_items == 36
     assert np.abs(got - FeatureCache(tmp_path / "fresh").embed(plain, items)).max() < 1e-4

@@ -176,7 +176,7 @@ def fit(data: str = typer.Option(..., "--data", help="Folder, manifest, SOURCE:P
         backbone: Optional[list[str]] = typer.Option(None, "--backbone", help="Backbone name (repeatable), e.g. bundled:efficientnet_lite0 (default: the modality's bundled ones)."),
         strategy: Optional[list[str]] = typer.Option(None, "--strategy", help="linear_probe | multilayer_probe | finetune | lp_ft | partial_ft (repeatable; default: the preset's, else linear_probe)."),
         time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Seconds for the whole command: the planner measures costs and keeps what fits (default preset: medium)."),
-        preset: Optional[str] = typer.Option(None, "--preset", help="fast (probes; images: + multilayer_probe) | medium (+ LP-FT) | best (+ full fine-tuning): the strategies tried."),
+        preset: Optional[str] = typer.Option(None, "--preset", help="fast (probes; images: + multilayer_probe at 3 sizes) | medium (+ LP-FT) | best (+ full fine-tuning): the strategies tried."),
         out: Path = typer.Option(..., "--out", help="Run folder."),
         test_data: Optional[str] = typer.Option(None, "--test-data", help="External test set (same forms as --data)."),
         folds: int = typer.Option(5, "--folds", help="Cross-validation folds."),

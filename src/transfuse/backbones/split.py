@@ -55,8 +55,9 @@ def split_backbone(backbone: Backbone, n_top: int) -> Split:
             and hasattr(backbone.model.encoder, "layer") and hasattr(backbone.model, "embeddings"):
         return _split_text(backbone, n_top)
     if getattr(backbone, "scales", ()):
-        raise UserError(f"backbone {backbone.spec}: partial fine-tuning cannot split a backbone with the scales "
-                        "option (each size runs the whole network); leave scales out, or use 'finetune' or 'lp_ft'")
+        raise UserError(f"backbone {backbone.spec or type(backbone).__name__}: partial fine-tuning cannot split "
+                        "a backbone with the scales option (each size runs the whole network); leave scales out, "
+                        "or use 'finetune' or 'lp_ft'")
     if isinstance(backbone, TimmBackbone) and all(hasattr(backbone.model, a) for a in ("conv_stem", "bn1", "blocks")):
         return _split_timm(backbone, n_top)
     raise UserError(

@@ -140,10 +140,14 @@ class TimmBackbone(Backbone):
                  for s in self.scales] + [self._parts(x)]
         return torch.cat([t for stages, _ in parts for t in stages] + [final for _, final in parts], 1)
 
-    def tapped(self, taps: int) -> TimmBackbone:
-        """The same network (shared, not copied) with ``taps`` stage features before its own."""
+    def tapped(self, taps: int, scales: Sequence[int] = ()) -> TimmBackbone:
+        """The same network (shared, not copied) with ``taps`` stage features before its own, at
+        its own ``scales`` or else at these (input sizes in px; see the class docstring)."""
         out = TimmBackbone(self.model)
-        out.taps, out._pre, out.scales = int(taps), dict(self._pre), self.scales
+        out.taps, out._pre = int(taps), dict(self._pre)
+        out.scales = self.scales or _check_scales(list(scales), int(self._pre["input_size"][-1]))
+        if out.scales:
+            out._pre["scales"] = list(out.scales)
         out._init_taps()
         out.spec, out._weights_hash = self.spec, self._weights_hash
         return out
@@ -183,6 +187,17 @@ def create_timm(name: str, weights: str | None = None, image_size: int | None = 
                 "offline, give a local file with options {weights: PATH}"
             ) from None
     return TimmBackbone(model, image_size=image_size, taps=taps, scales=scales)
+
+
+def scale_sizes(factors: Sequence[float], size: int) -> list[int]:
+    """``factors`` times ``size`` px, rounded, in order: those from 32 to 1024 px other than
+    ``size``, each once (``scales`` for a backbone of input ``size``; a tiny image gets fewer)."""
+    out: list[int] = []
+    for f in factors:
+        s = round(f * size)
+        if 32 <= s <= 1024 and s != size and s not in out:
+            out.append(s)
+    return out
 
 
 def _check_scales(scales: Any, size: int) -> tuple[int, ...]:

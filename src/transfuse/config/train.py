@@ -94,10 +94,22 @@ class AdaptConfig(Section):
     #: ``multilayer_probe``: how many of the backbone's last stages it pools besides its final
     #: features (timm image backbones; see docs/decisions.md).
     taps: int = Field(3, ge=1)
+    #: ``multilayer_probe``: more input sizes, as multiples of the run's image size; its view also
+    #: embeds each image resized to each and concatenates the features (backbone option ``scales``).
+    #: Image presets set ``[0.57, 1.43]`` (128 and 320 px beside 224; docs/decisions.md).
+    scales: list[float] = Field(default_factory=list)
     #: More fine-tuning candidates of every backbone, ``NAME: {strategy, seed, finetune}`` (a
     #: :class:`Variant`): candidate ``BACKBONE/NAME``, after the strategies. Seeds or settings that
     #: differ give a backbone's soups more ingredients (docs/decisions.md).
     variants: dict[str, Variant] = Field(default_factory=dict)
+
+    @field_validator("scales")
+    @classmethod
+    def _check_scales(cls, v: list[float]) -> list[float]:
+        if any(not 0.15 <= f <= 4 or f == 1 for f in v) or len(set(v)) < len(v):
+            raise ValueError(f"scales {v}: give distinct multiples of the image size from 0.15 to 4, other "
+                             "than 1, e.g. [0.57, 1.43]")
+        return v
 
     @field_validator("variants")
     @classmethod

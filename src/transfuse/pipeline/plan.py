@@ -148,23 +148,38 @@ EMBED_SHARE = 0.5
 PACE_ITEMS, PACE_BATCH = 32, 16
 
 
+def multiscale_cost(cfg: Any, backbone: Any) -> float:
+    """How many times ``backbone``'s embedding at the run's size the run's embedding of it costs:
+    ``1 + sum((s / size) ** 2)`` (pixels) when ``multilayer_probe``'s view adds sizes ``s`` for
+    ``adapt.scales``, else 1."""
+    from transfuse.backbones.timm_source import scale_sizes
+
+    if "multilayer_probe" not in cfg.adapt.strategies or not hasattr(backbone, "tapped") or backbone.scales:
+        return 1.0
+    size = int(backbone.preprocess_config()["input_size"][-1])
+    return 1.0 + sum((s / size) ** 2 for s in scale_sizes(cfg.adapt.scales, size))
+
+
 def plan_image_size(cfg: Any, data: Any, planner: Planner, cache: Any, create: Any) -> tuple[Any, dict[str, Any]]:
     """Under a time limit, the run's image size: the configured one, or the largest of
     :data:`FALLBACK_SIZES` at which embedding every image backbone that follows
     ``preprocess.image_size`` fits :data:`EMBED_SHARE` of the time left (forward cost taken as
-    proportional to the pixel count, from the pace measured at the configured size). Returns the
-    config (``preprocess.image_size`` changed when it shrinks) and ``{backbone name: (backbone,
-    options)}`` already built at the size kept (``create(bcfg, cfg)`` builds one)."""
+    proportional to the pixel count, from the pace measured at the configured size). Before the
+    size shrinks, ``adapt.scales`` goes (``multilayer_probe`` at the run's size only) when its
+    extra sizes do not fit. Returns the config (``preprocess.image_size`` or ``adapt.scales``
+    changed) and ``{backbone name: (backbone, options)}`` already built at the size kept
+    (``create(bcfg, cfg)`` builds one)."""
     import time
 
     from transfuse.backbones.registry import is_raw_estimator
+    from transfuse.backbones.timm_source import scale_sizes
     from transfuse.data.multimodal import dataset_for
 
     if planner.budget is None or cfg.data.modality != "image":
         return cfg, {}
     follows = [b for b in cfg.backbones if not is_raw_estimator(b.name) and "image_size" not in (b.options or {})]
     built: dict[str, Any] = {}
-    seconds, size = 0.0, None
+    seconds, scaled, size = 0.0, 0.0, None
     for bcfg in follows:
         bb, _ = built[bcfg.name] = create(bcfg, cfg)
         size = size or int(bb.preprocess_config()["input_size"][-1])
@@ -179,10 +194,22 @@ def plan_image_size(cfg: Any, data: Any, planner: Planner, cache: Any, create: A
             cache.embed(bb, train.subset(range(PACE_BATCH, PACE_BATCH + PACE_ITEMS)), PACE_BATCH)
         except TimeLimitReached:  # not even the measurement fits: the candidates say so
             return cfg, built
-        seconds += (time.perf_counter() - t) / PACE_ITEMS * (todo - PACE_ITEMS - PACE_BATCH)
+        est = (time.perf_counter() - t) / PACE_ITEMS * (todo - PACE_ITEMS - PACE_BATCH)
+        seconds, scaled = seconds + est, scaled + est * multiscale_cost(cfg, bb)
     if not seconds or size is None:
         return cfg, built
     share = EMBED_SHARE * planner.left()
+    if scaled > seconds:
+        sizes = ", ".join(map(str, scale_sizes(cfg.adapt.scales, size)))
+        what = (f"multilayer_probe's embedding at {sizes} and {size} px would take about {scaled:.0f} s of "
+                f"{max(planner.left(), 0):.0f} s left")
+        if scaled <= share:
+            planner.note("adapt.scales", "keep", what, estimate_s=round(scaled, 1))
+            seconds = scaled
+        else:
+            planner.note("adapt.scales", "drop", f"{what} (at most {EMBED_SHARE:.0%} for embedding); it embeds at "
+                         f"{size} px only, about {seconds:.0f} s", estimate_s=round(seconds, 1))
+            cfg = cfg.model_copy(update={"adapt": cfg.adapt.model_copy(update={"scales": []})})
     fits = [s for s in FALLBACK_SIZES if s < size and seconds * (s / size) ** 2 <= share]
     if seconds <= share or size <= FALLBACK_SIZES[-1]:
         planner.note("preprocess.image_size", "keep", f"{size} px: embedding takes about {seconds:.0f} s of "

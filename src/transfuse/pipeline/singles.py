@@ -62,6 +62,18 @@ PROBES = ("linear_probe", MULTILAYER)
 FEATURE_STRATEGIES = (*PROBES, "lp_ft", "partial_ft")
 
 
+def multilayer_view(cfg: Any, base: Any) -> tuple[Any, dict[str, Any]]:
+    """``multilayer_probe``'s view of timm image backbone ``base``, and the backbone options that
+    rebuild it: ``adapt.taps`` stages, at ``adapt.scales`` times ``base``'s own size as well (one
+    with its own ``scales`` keeps them)."""
+    from transfuse.backbones.timm_source import scale_sizes
+
+    size = int(base.preprocess_config()["input_size"][-1])
+    scales = scale_sizes(cfg.adapt.scales, size) if not base.scales else []
+    view = base.tapped(cfg.adapt.taps, scales)
+    return view, {"taps": cfg.adapt.taps, **({"scales": scales} if scales else {})}
+
+
 def _embed(cfg: Any, cache: Any, name: str, base: Any, backbone: Any, key: str, train: Any, test: Any,
            bs: int, progress: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Cached features under their ``feats`` keys: ``key``'s, from ``backbone`` (``base``, the
@@ -70,7 +82,7 @@ def _embed(cfg: Any, cache: Any, name: str, base: Any, backbone: Any, key: str, 
     which also go into the cache as ``base``'s (feature fusion, later runs)."""
     if not (MULTILAYER in cfg.adapt.strategies and hasattr(base, "tapped") and base.taps == 0):
         return {key: (cache.embed(backbone, train, bs, progress), cache.embed(backbone, test, bs, progress))}
-    view = backbone if backbone is not base else base.tapped(cfg.adapt.taps)  # multilayer_probe's own view
+    view = backbone if backbone is not base else multilayer_view(cfg, base)[0]
     full = (cache.embed(view, train, bs, progress), cache.embed(view, test, bs, progress))
     d = base.feature_dim
     plain = (np.ascontiguousarray(full[0][:, -d:]), np.ascontiguousarray(full[1][:, -d:]))
@@ -203,7 +215,8 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
             console.print(f"[yellow]skip[/yellow] {name}: {reason}")
             skipped.append({"name": name, "reason": reason})
             return []
-        backbone, opts = backbone.tapped(cfg.adapt.taps), {**opts, "taps": cfg.adapt.taps}
+        backbone, more = multilayer_view(cfg, backbone)
+        opts = {**opts, **more}
     t = time.perf_counter()
     console.print(f"[bold]candidate[/bold] {name}")
     key = bcfg.name + TAPPED if strategy == MULTILAYER else bcfg.name
