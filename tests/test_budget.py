@@ -363,6 +363,9 @@ def test_the_multiscale_view_goes_before_the_image_size_shrinks(monkeypatch, lim
     factor = 1 + (128 / 224) ** 2 + (320 / 224) ** 2
     assert multiscale_cost(cfg, _Tappable(224)) == pytest.approx(factor)
     assert multiscale_cost(cfg, _Sized(224)) == 1.0  # no stage features: no multi-layer view
+    own = _Tappable(224)
+    own.scales = (96,)
+    assert multiscale_cost(cfg, own) == 1.0  # its own scales are in the measured pace already
     planner = Planner(Budget(limit, start=0.0, reserve=5, clock=clock))
     new, _ = plan_image_size(cfg, types.SimpleNamespace(train=train, test=test), planner, _PacedCache(clock, 0.05),
                              lambda b, c: (_Tappable(224), {}))

@@ -148,16 +148,23 @@ EMBED_SHARE = 0.5
 PACE_ITEMS, PACE_BATCH = 32, 16
 
 
-def multiscale_cost(cfg: Any, backbone: Any) -> float:
-    """How many times ``backbone``'s embedding at the run's size the run's embedding of it costs:
-    ``1 + sum((s / size) ** 2)`` (pixels) when ``multilayer_probe``'s view adds sizes ``s`` for
-    ``adapt.scales``, else 1."""
+def view_scales(cfg: Any, backbone: Any) -> list[int]:
+    """The input sizes (px) ``multilayer_probe``'s view of timm image ``backbone`` adds:
+    ``adapt.scales`` times its own size; none when it has its own ``scales`` (it keeps them)."""
     from transfuse.backbones.timm_source import scale_sizes
 
-    if "multilayer_probe" not in cfg.adapt.strategies or not hasattr(backbone, "tapped") or backbone.scales:
+    if backbone.scales:
+        return []
+    return scale_sizes(cfg.adapt.scales, int(backbone.preprocess_config()["input_size"][-1]))
+
+
+def multiscale_cost(cfg: Any, backbone: Any) -> float:
+    """How many times ``backbone``'s embedding at the run's size the run's embedding of it costs:
+    ``1 + sum((s / size) ** 2)`` (pixels) when ``multilayer_probe``'s view adds sizes ``s``, else 1."""
+    if "multilayer_probe" not in cfg.adapt.strategies or not hasattr(backbone, "tapped"):
         return 1.0
     size = int(backbone.preprocess_config()["input_size"][-1])
-    return 1.0 + sum((s / size) ** 2 for s in scale_sizes(cfg.adapt.scales, size))
+    return 1.0 + sum((s / size) ** 2 for s in view_scales(cfg, backbone))
 
 
 def plan_image_size(cfg: Any, data: Any, planner: Planner, cache: Any, create: Any) -> tuple[Any, dict[str, Any]]:
@@ -200,7 +207,7 @@ def plan_image_size(cfg: Any, data: Any, planner: Planner, cache: Any, create: A
         return cfg, built
     share = EMBED_SHARE * planner.left()
     if scaled > seconds:
-        sizes = ", ".join(map(str, scale_sizes(cfg.adapt.scales, size)))
+        sizes = ", ".join(map(str, scale_sizes(cfg.adapt.scales, size)))  # the followers share ``size``
         what = (f"multilayer_probe's embedding at {sizes} and {size} px would take about {scaled:.0f} s of "
                 f"{max(planner.left(), 0):.0f} s left")
         if scaled <= share:

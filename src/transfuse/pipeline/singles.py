@@ -24,7 +24,7 @@ from transfuse.budget import TimeLimitReached
 from transfuse.backbones.registry import create_backbone, is_raw_estimator, resolve_options, short_name
 from transfuse.config import TRAINING_STRATEGIES
 from transfuse.data.multimodal import dataset_for
-from transfuse.pipeline.plan import Planner
+from transfuse.pipeline.plan import Planner, view_scales
 from transfuse.progress import console
 
 
@@ -66,10 +66,7 @@ def multilayer_view(cfg: Any, base: Any) -> tuple[Any, dict[str, Any]]:
     """``multilayer_probe``'s view of timm image backbone ``base``, and the backbone options that
     rebuild it: ``adapt.taps`` stages, at ``adapt.scales`` times ``base``'s own size as well (one
     with its own ``scales`` keeps them)."""
-    from transfuse.backbones.timm_source import scale_sizes
-
-    size = int(base.preprocess_config()["input_size"][-1])
-    scales = scale_sizes(cfg.adapt.scales, size) if not base.scales else []
+    scales = view_scales(cfg, base)
     view = base.tapped(cfg.adapt.taps, scales)
     return view, {"taps": cfg.adapt.taps, **({"scales": scales} if scales else {})}
 
