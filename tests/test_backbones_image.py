@@ -171,3 +171,14 @@ def test_a_plain_backbones_tapped_view_takes_scales_as_if_built_with_them():
     assert scale_sizes([0.57, 1.43], 32) == [46]  # 18 px is below 32
     assert scale_sizes([0.5, 0.505, 1.002, 1.5], 224) == [112, 113, 336]  # 224.4: its own size
     assert scale_sizes([0.5, 0.501, 1.002], 224) == [112]  # 112.2 rounds onto 112: once
+
+
+def test_finetune_options_move_only_image_backbones_that_follow_the_run_size():
+    from transfuse.backbones.registry import finetune_options
+
+    assert finetune_options({}, "image", 224, 112) == {"image_size": 112}
+    assert finetune_options({"taps": 0}, "image", None, 112) == {"taps": 0, "image_size": 112}
+    assert finetune_options({"image_size": 160}, "image", 224, 112) is None  # its own size stays
+    assert finetune_options({}, "image", 224, None) is None
+    assert finetune_options({}, "image", 112, 112) is None  # the run's size already
+    assert finetune_options({}, "text", None, 112) is None

@@ -169,6 +169,15 @@ def test_presets_list_the_strategies_unless_the_config_does():
     assert validate_config({**image, "budget": {"time_limit": 60}, "adapt": {"scales": []}}).adapt.scales == []
     assert validate_config(image).adapt.scales == []
     assert validate_config({**base, "budget": {"preset": "fast"}}).adapt.scales == []
+    # under a time limit its fine-tunes train at 112 px on all their rows at lr 3e-4, each unless given
+    ft = validate_config({**image, "budget": {"time_limit": 60}}).train.finetune
+    assert (ft.image_size, ft.lr, ft.inner_val) == (112, 3e-4, 0.0)
+    ft = validate_config({**image, "budget": {"time_limit": 60},
+                          "train": {"finetune": {"lr": 1e-4, "image_size": None}}}).train.finetune
+    assert (ft.image_size, ft.lr, ft.inner_val) == (None, 1e-4, 0.0)
+    for cfg in (image, {**image, "budget": {"preset": "medium"}}, {**base, "budget": {"time_limit": 60}}):
+        ft = validate_config(cfg).train.finetune
+        assert (ft.image_size, ft.lr, ft.inner_val) == (None, 1e-4, 0.2)
     for bad in ([1.0], [0.5, 0.5], [0.1], [5]):
         with pytest.raises(UserError, match=r"adapt.scales.*give distinct multiples of the image size from 0.15 "
                                             r"to 4, other than 1, e.g. \[0.57, 1.43\]"):

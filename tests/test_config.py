@@ -280,7 +280,10 @@ def test_variants_are_named_fine_tunes_with_their_own_seed_and_settings():
      "Input should be 'finetune' or 'lp_ft'"),
     ({"x": {"strategy": "finetune", "finetune": {"lrr": 1}}}, "key 'adapt.variants.x.finetune' has invalid value "
      "{'lrr': 1}: unknown key 'lrr'; did you mean 'lr'? a variant's finetune takes the keys of train.finetune but "
-     "inner_val, accelerator, devices, num_nodes, strategy"),
+     "inner_val, image_size, accelerator, devices, num_nodes, strategy"),
+    ({"x": {"strategy": "lp_ft", "finetune": {"image_size": 112}}}, "key 'adapt.variants.x.finetune' has "
+     "invalid value {'image_size': 112}: 'image_size' cannot differ between variants (a backbone's fine-tunes "
+     "share one image size, so that its soups average like networks); set train.finetune.image_size instead"),
     ({"x": {"strategy": "finetune", "finetune": {"inner_val": 0.3}}}, "key 'adapt.variants.x.finetune' has "
      "invalid value {'inner_val': 0.3}: 'inner_val' cannot differ between variants (each fine-tune chooses its "
      "epochs on the run's inner split, which greedy soups choose on too); set train.finetune.inner_val instead"),

@@ -171,6 +171,17 @@ def test_baseline_is_fused_and_nan_member_is_reported():
     members, excluded = select_members(FuseConfig(max_members=2), res)
     assert [m.name for m in members] == ["b", "tfidf"]
     assert "max_members=2" in excluded["a"] and "NaN" in excluded["bad"]
+    # a backbone's linear probe is nested in its multi-layer probe (the view's last columns): one
+    # member of the two, unless the multi-layer probe is broken; another backbone's stays
+    res = [cand("x/linear_probe", 0.9), cand("x/multilayer_probe", 0.8), cand("y/linear_probe", 0.7),
+           cand("x/lp_ft", 0.6)]
+    members, excluded = select_members(FuseConfig(), res)
+    assert [m.name for m in members] == ["x/multilayer_probe", "y/linear_probe", "x/lp_ft"]
+    assert excluded == {"x/linear_probe": "its features are the last columns of x/multilayer_probe's, a member"}
+    res[1] = cand("x/multilayer_probe", 0.8, nan=True)
+    members, excluded = select_members(FuseConfig(), res)
+    assert [m.name for m in members] == ["x/linear_probe", "y/linear_probe", "x/lp_ft"]
+    assert list(excluded) == ["x/multilayer_probe"]
 
 
 def test_joint_fusion_is_saved_served_and_refused_by_export(tmp_path: Path):

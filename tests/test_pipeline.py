@@ -290,3 +290,39 @@ def test_multilayer_probe_shares_the_embedding_and_is_served(probe_run: Path, tm
     served = np.array([[row["proba"][c] for c in items.classes] for row in map(json.loads, p.stdout.splitlines())])
     ref = np.load(run / "candidates" / "efficientnet_lite0_multilayer_probe" / "proba.npz")["test"]
     assert served.shape == ref.shape == (9, 3) and np.abs(served - ref).max() < 1e-5
+
+
+def test_a_finetune_at_its_own_image_size_is_trained_and_served_at_it(probe_run: Path, tmp_path: Path):
+    """``train.finetune.image_size`` 48 in a 32-px run: LP-FT starts from a probe on 48-px features
+    (embedded into the cache) and ships with ``image_size: 48``, served with its test probabilities;
+    the linear probe keeps the run's 32 px (its folds score as in a run without the option)."""
+    from transfuse.backbones import create_backbone
+    from transfuse.data.registry import load_dataset
+    from transfuse.train.cache import FeatureCache
+
+    data = write_digits_folder(tmp_path / "digits", per_class=12)
+    cfg = tmp_path / "exp.yaml"
+    exp = experiment(data, tmp_path / "run", ["linear_probe", "lp_ft"], epochs=1)
+    exp["train"]["finetune"]["image_size"] = 48
+    cfg.write_text(yaml.safe_dump(exp))
+    cache_dir = tmp_path / "features"
+    cli("run", str(cfg), "--quiet", env={**os.environ, "TRANSFUSE_FEATURE_CACHE": str(cache_dir)})
+    run = tmp_path / "run"
+    rep = {c["name"]: c for c in json.loads((run / "report.json").read_text())["candidates"]}
+    plain_only = {c["name"]: c for c in json.loads((probe_run / "report.json").read_text())["candidates"]}
+    assert rep["efficientnet_lite0/linear_probe"]["cv_scores"] == \
+        plain_only["efficientnet_lite0/linear_probe"]["cv_scores"]
+    options = {n: json.loads((run / "candidates" / f"efficientnet_lite0_{n}" / "model.json").read_text())
+               ["backbones"][0]["options"] for n in ("linear_probe", "lp_ft")}
+    assert options == {"linear_probe": {"image_size": 32}, "lp_ft": {"image_size": 48}}
+    items = load_dataset("folder", str(data))
+    cache = FeatureCache(cache_dir)
+    for size in (32, 48):
+        cache.embed(create_backbone("bundled:efficientnet_lite0", image_size=size), items)
+        assert cache.last.n_computed == 0, size
+    splits = json.loads((run / "splits.json").read_text())
+    files = [items.items[i] for i in splits["test_idx"]]
+    p = cli("predict", str(run), *files, "--json", "--candidate", "efficientnet_lite0/lp_ft")
+    served = np.array([[row["proba"][c] for c in items.classes] for row in map(json.loads, p.stdout.splitlines())])
+    ref = np.load(run / "candidates" / "efficientnet_lite0_lp_ft" / "proba.npz")["test"]
+    assert served.shape == ref.shape == (9, 3) and np.abs(served - ref).max() < 1e-5

@@ -95,3 +95,13 @@ def resolve_options(options: dict[str, Any], modality: str, image_size: int | No
     if modality == "image" and image_size:
         opts.setdefault("image_size", image_size)
     return opts
+
+
+def finetune_options(options: dict[str, Any], modality: str, image_size: int | None,
+                     finetune_size: int | None) -> dict[str, Any] | None:
+    """The options a fine-tune of a backbone is built with where ``train.finetune.image_size``
+    (``finetune_size``) moves it off the run's ``image_size``: image backbones without their own
+    ``image_size`` option. None: its fine-tunes use the backbone as the run builds it."""
+    if modality != "image" or not finetune_size or "image_size" in options or finetune_size == image_size:
+        return None
+    return {**resolve_options(options, modality, image_size), "image_size": finetune_size}

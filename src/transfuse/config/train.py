@@ -20,12 +20,13 @@ Optimizer = Literal["auto", "lbfgs", "adam"]
 _HEAD_LR_MULT = re.compile(r"^\s*(\d+(\.\d*)?|\.\d+)\s*x\s*$")
 
 
+_SAME_SIZE = "a backbone's fine-tunes share one image size, so that its soups average like networks"
 _SAME_ROWS = "each fine-tune chooses its epochs on the run's inner split, which greedy soups choose on too"
 _RUN_WIDE = "a run's fine-tunes share one set of devices and processes"
 #: ``train.finetune`` keys a variant cannot change, and why: every fine-tune of a backbone chooses
-#: its epochs on the same inner validation rows; the devices are the run's.
-VARIANT_FIXED = {"inner_val": _SAME_ROWS, "accelerator": _RUN_WIDE, "devices": _RUN_WIDE, "num_nodes": _RUN_WIDE,
-                 "strategy": _RUN_WIDE}
+#: its epochs on the same inner validation rows, at the same image size; the devices are the run's.
+VARIANT_FIXED = {"inner_val": _SAME_ROWS, "image_size": _SAME_SIZE, "accelerator": _RUN_WIDE, "devices": _RUN_WIDE,
+                 "num_nodes": _RUN_WIDE, "strategy": _RUN_WIDE}
 _VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")  # its own folder name and one `--set` key
 #: Largest seed a run or a variant may name: fold k of one seeded s trains with s + k (k < 20), and
 #: every seeded library here takes seeds below 2**31 (Lightning and scikit-learn: below 2**32).
@@ -168,6 +169,9 @@ class FinetuneConfig(Section):
     inner_val: float = Field(0.2, ge=0, lt=1, description="fraction of each CV fold's training rows held out to "
                              "choose the epoch (early stopping, checkpoint); 0 = train exactly `epochs`")
     monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    image_size: int | None = Field(None, ge=16, le=1024, description="image backbones that follow "
+                                   "preprocess.image_size are fine-tuned (and their fine-tunes predict) at this "
+                                   "size (px); null: the run's. The probes keep the run's size")
     probe_weight_decay: float | None = Field(0.1, ge=0, description="weight decay of the probe head that LP-FT "
                                              "(and partial_ft with init: probe) starts from; null: "
                                              "train.head.weight_decay. A weak one fits its rows and leaves the "

@@ -29,8 +29,8 @@ def _sum(values: list[Any]) -> float | None:
 
 def select_members(fc: FuseConfig, results: list[CandidateResult]) -> tuple[list[CandidateResult], dict[str, str]]:
     """The single candidates (and raw baselines) to fuse, best CV first, and ``{name: reason}``
-    for those left out (broken probabilities, beyond ``fuse.max_members``, or a bag of only some
-    folds). A fold bag stands
+    for those left out (broken probabilities, beyond ``fuse.max_members``, a bag of only some
+    folds, or a backbone's linear probe beside its multi-layer probe). A fold bag stands
     in for its candidate where the time limit left that candidate's refit out (otherwise the two
     would be one member twice: the same out-of-fold rows)."""
     from transfuse.adapt.bag import folds_run, stand_ins
@@ -48,7 +48,11 @@ def select_members(fc: FuseConfig, results: list[CandidateResult]) -> tuple[list
         if r.name in kept and len(r.test) and r.name not in kept_test:
             bad[r.name] = "test probabilities hold NaN/inf or bad rows"
     excluded.update(bad)
-    members = sorted((r for r in pool if r.name not in bad), key=lambda r: -r.cv_mean)
+    for r in pool:  # a probe nested in a member: the multi-layer view's last columns are its features
+        wider = r.name.removesuffix("/linear_probe") + "/multilayer_probe"
+        if r.name.endswith("/linear_probe") and wider in kept and wider not in bad:
+            excluded[r.name] = f"its features are the last columns of {wider}'s, a member"
+    members = sorted((r for r in pool if r.name not in excluded), key=lambda r: -r.cv_mean)
     if fc.max_members is not None:
         for r in members[fc.max_members:]:
             excluded[r.name] = f"not among the best fuse.max_members={fc.max_members} by CV"

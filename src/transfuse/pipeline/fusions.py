@@ -14,7 +14,7 @@ from transfuse.artifacts import save
 from transfuse.artifacts.spec import ModelSpec
 from transfuse.artifacts.store import Prepared, RunFolder
 from transfuse.budget import TimeLimitReached
-from transfuse.backbones.registry import create_backbone, resolve_options, short_name
+from transfuse.backbones.registry import create_backbone, finetune_options, resolve_options, short_name
 from transfuse.faults import fault_point
 from transfuse.io import atomic_write_json
 from transfuse.progress import console
@@ -49,6 +49,10 @@ def run_soups(cfg: Any, run: RunFolder, data: Prepared, results: list[CandidateR
     by_spec = {bb.spec: (n, s, o, bb) for n, s, o, bb in backbones()}
     for bspec, ingredients in groups.items():
         short, name, opts, bb = by_spec[bspec]
+        own = next(b.options for b in cfg.backbones if b.name == name)
+        sized = finetune_options(own, cfg.data.modality, cfg.preprocess.image_size, cfg.train.finetune.image_size)
+        if sized is not None:  # its fine-tunes trained at train.finetune.image_size
+            opts, bb = sized, create_backbone(name, **sized)
         methods = [m for m in cfg.fuse.soups.methods if not done(soup_name(short, m))]
         if not methods:
             continue
@@ -141,6 +145,8 @@ def _fusion_stages(cfg: Any, run: RunFolder, data: Prepared, results: list[Candi
                 save.save_ensemble(run.candidate_dir(cand.name), spec(cand.name, method=method,
                                                                      members=cand.members), est)
                 keep(cand)
+    elif fc.ensembles:
+        excluded["fusion ensembles"] = f"need at least 2 members; {len(members)} left after the reasons above"
     backbones: list | None = None
     if fc.features.enabled and not done("fusion/features"):
         budget.check("fusion/features")

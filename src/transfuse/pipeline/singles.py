@@ -21,7 +21,8 @@ from transfuse.artifacts import save
 from transfuse.artifacts.spec import ModelSpec
 from transfuse.artifacts.store import Prepared, RunFolder
 from transfuse.budget import TimeLimitReached
-from transfuse.backbones.registry import create_backbone, is_raw_estimator, resolve_options, short_name
+from transfuse.backbones.registry import (create_backbone, finetune_options, is_raw_estimator, resolve_options,
+                                         short_name)
 from transfuse.config import TRAINING_STRATEGIES
 from transfuse.data.multimodal import dataset_for
 from transfuse.pipeline.plan import Planner, view_scales
@@ -204,6 +205,10 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
         console.print(f"[yellow]skip[/yellow] {name}: {reason}")
         skipped.append({"name": name, "reason": reason})
         return []
+    sized = finetune_options(bcfg.options, cfg.data.modality, cfg.preprocess.image_size,
+                             cfg.train.finetune.image_size) if strategy in TRAINING_STRATEGIES else None
+    if sized is not None:  # train.finetune.image_size: its fine-tunes train (and predict) at that size
+        backbone, opts = create_backbone(bcfg.name, **sized), sized
     base = backbone
     if strategy == MULTILAYER:
         if not hasattr(backbone, "tapped"):
@@ -216,10 +221,13 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
         opts = {**opts, **more}
     t = time.perf_counter()
     console.print(f"[bold]candidate[/bold] {name}")
-    key = bcfg.name + TAPPED if strategy == MULTILAYER else bcfg.name
+    key = bcfg.name + (TAPPED if strategy == MULTILAYER else f"@{sized['image_size']}px" if sized else "")
     if strategy in FEATURE_STRATEGIES and key not in feats:
         te = time.perf_counter()
-        feats.update(_embed(cfg, cache, bcfg.name, base, backbone, key, train, test, bs, progress))
+        if sized is not None:  # the probe LP-FT starts from sees what the fine-tune sees
+            feats[key] = (cache.embed(backbone, train, bs, progress), cache.embed(backbone, test, bs, progress))
+        else:
+            feats.update(_embed(cfg, cache, bcfg.name, base, backbone, key, train, test, bs, progress))
         timings[f"embed:{short_name(bcfg.name)}"] = timings.get(f"embed:{short_name(bcfg.name)}", 0.0) + \
             time.perf_counter() - te
     f = feats.get(key)
