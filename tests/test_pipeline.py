@@ -158,6 +158,25 @@ def test_mlp_probe_head_is_served_and_exported(tmp_path: Path):
     assert out["parity_max_abs_diff"] < 1e-4 and out["parity_samples"] == 9
 
 
+def run_beside_plain(tmp_path: Path, probe_run: Path, exp_edit, strategies: list[str], **kw) -> tuple[Path, Path, Path]:
+    """Run ``strategies`` (``exp_edit(exp)`` changes the experiment) on ``probe_run``'s data with a
+    feature cache of its own; its linear probe must score as in ``probe_run``. Returns the data,
+    run and cache folders."""
+    data = write_digits_folder(tmp_path / "digits", per_class=12)
+    cfg = tmp_path / "exp.yaml"
+    exp = experiment(data, tmp_path / "run", strategies, **kw)
+    exp_edit(exp)
+    cfg.write_text(yaml.safe_dump(exp))
+    cache_dir = tmp_path / "features"
+    cli("run", str(cfg), "--quiet", env={**os.environ, "TRANSFUSE_FEATURE_CACHE": str(cache_dir)})
+    run = tmp_path / "run"
+    rep = {c["name"]: c for c in json.loads((run / "report.json").read_text())["candidates"]}
+    plain_only = {c["name"]: c for c in json.loads((probe_run / "report.json").read_text())["candidates"]}
+    assert rep["efficientnet_lite0/linear_probe"]["cv_scores"] == \
+        plain_only["efficientnet_lite0/linear_probe"]["cv_scores"]
+    return data, run, cache_dir
+
+
 def test_rerun_reuses_feature_cache(probe_run: Path, tmp_path: Path):
     """A new run over the same data and backbone embeds nothing again."""
     from transfuse.backbones import create_backbone
@@ -253,18 +272,8 @@ def test_multilayer_probe_shares_the_embedding_and_is_served(probe_run: Path, tm
     from transfuse.data.registry import load_dataset
     from transfuse.train.cache import FeatureCache
 
-    data = write_digits_folder(tmp_path / "digits", per_class=12)
-    cfg = tmp_path / "exp.yaml"
-    exp = experiment(data, tmp_path / "run", ["linear_probe", "multilayer_probe"])
-    exp["adapt"]["scales"] = [1.5]
-    cfg.write_text(yaml.safe_dump(exp))
-    cache_dir = tmp_path / "features"
-    cli("run", str(cfg), "--quiet", env={**os.environ, "TRANSFUSE_FEATURE_CACHE": str(cache_dir)})
-    run = tmp_path / "run"
-    rep = {c["name"]: c for c in json.loads((run / "report.json").read_text())["candidates"]}
-    plain_only = {c["name"]: c for c in json.loads((probe_run / "report.json").read_text())["candidates"]}
-    assert rep["efficientnet_lite0/linear_probe"]["cv_scores"] == \
-        plain_only["efficientnet_lite0/linear_probe"]["cv_scores"]
+    data, run, cache_dir = run_beside_plain(tmp_path, probe_run, lambda e: e["adapt"].update(scales=[1.5]),
+                                            ["linear_probe", "multilayer_probe"])
     oof = [np.load(r / "candidates" / "efficientnet_lite0_linear_probe" / "proba.npz")["oof"] for r in (run, probe_run)]
     assert np.abs(oof[0] - oof[1]).max() < 1e-5
     spec = json.loads((run / "candidates" / "efficientnet_lite0_multilayer_probe" / "model.json").read_text())
@@ -300,18 +309,9 @@ def test_a_finetune_at_its_own_image_size_is_trained_and_served_at_it(probe_run:
     from transfuse.data.registry import load_dataset
     from transfuse.train.cache import FeatureCache
 
-    data = write_digits_folder(tmp_path / "digits", per_class=12)
-    cfg = tmp_path / "exp.yaml"
-    exp = experiment(data, tmp_path / "run", ["linear_probe", "lp_ft"], epochs=1)
-    exp["train"]["finetune"]["image_size"] = 48
-    cfg.write_text(yaml.safe_dump(exp))
-    cache_dir = tmp_path / "features"
-    cli("run", str(cfg), "--quiet", env={**os.environ, "TRANSFUSE_FEATURE_CACHE": str(cache_dir)})
-    run = tmp_path / "run"
-    rep = {c["name"]: c for c in json.loads((run / "report.json").read_text())["candidates"]}
-    plain_only = {c["name"]: c for c in json.loads((probe_run / "report.json").read_text())["candidates"]}
-    assert rep["efficientnet_lite0/linear_probe"]["cv_scores"] == \
-        plain_only["efficientnet_lite0/linear_probe"]["cv_scores"]
+    data, run, cache_dir = run_beside_plain(tmp_path, probe_run,
+                                            lambda e: e["train"]["finetune"].update(image_size=48),
+                                            ["linear_probe", "lp_ft"], epochs=1)
     options = {n: json.loads((run / "candidates" / f"efficientnet_lite0_{n}" / "model.json").read_text())
                ["backbones"][0]["options"] for n in ("linear_probe", "lp_ft")}
     assert options == {"linear_probe": {"image_size": 32}, "lp_ft": {"image_size": 48}}
