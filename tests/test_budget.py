@@ -54,9 +54,10 @@ def test_planner_keeps_the_most_epochs_that_fit_and_says_why():
 
 
 def test_with_fold_bags_the_planner_drops_the_refit_before_the_candidate():
-    """``adapt.bag``: the folds also predict the test part; the refit is kept whenever 2 epochs fit
-    with it, or 1 where no plan fits 2; otherwise the most epochs that fit without it run and the
-    bag ships instead; then the first folds only; a skip then counts one fold."""
+    """``adapt.bag``: the folds also predict the test part; the refit is kept where 2 epochs fit
+    with it and dropping it fits no more, or 1 where no plan fits 2; otherwise the most epochs that
+    fit without it run and the bag ships instead; then the first folds only; a skip then counts one
+    fold."""
     cost = StepCost(train_step=1.0, infer_batch=0.5, batch_size=10)
     # by hand (as above), 1 epoch: per fold 7 steps + inner validation 2 x 3 x 0.5 = 3 + outer fold 1
     # + overhead 2 + the test part 2 x 0.5 = 1 -> 14, 5 folds = 70; refit 10 + 1 + 2 = 13 -> 83
@@ -74,6 +75,14 @@ def test_with_fold_bags_the_planner_drops_the_refit_before_the_candidate():
     assert p.decisions[-1]["reason"] == (
         f"2 epoch(s) without the refit: about {SAFETY * 110:.0f} s of {SAFETY * 110 + 1:.0f} s left (with the "
         "refit only 1 epoch(s) fit; fewer than 2 are planned only where no plan fits more); the fold bag ships instead")
+    # e epochs: per fold 7e + 0.5 x 2 x (e + 2) + 1 + 2 + 1 = 8e + 6, 5 folds 40e + 30; refit 10e + 3
+    assert finetune_seconds(1.0, 0.5, 10, 100, 20, 5, 0.2, 3, refit=False, bag=True) == pytest.approx(150.0)
+    assert finetune_seconds(1.0, 0.5, 10, 100, 20, 5, 0.2, 2, bag=True) == pytest.approx(133.0)
+    assert plan(SAFETY * 133 + 1) == (2, True, 5)  # without the refit 3 epochs (150 s) do not fit either
+    assert plan(SAFETY * 150 + 1) == (3, False, 5)  # the refit's time buys a third epoch on every fold
+    assert p.decisions[-1]["reason"] == (
+        f"3 epoch(s) without the refit: about {SAFETY * 150:.0f} s of {SAFETY * 150 + 1:.0f} s left (with the "
+        "refit only 2 epoch(s) fit; the refit's time goes to epochs); the fold bag ships instead")
     assert plan(SAFETY * 75) == (2, False, 3)  # 1 epoch only on all 5 folds (70 s); 2 epochs on 3 (66 s)
     d = p.decisions[-1]
     assert (d["action"], d["epochs"], d["refit"], d["folds"], d["estimate_s"]) == \

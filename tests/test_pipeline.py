@@ -315,6 +315,8 @@ def test_a_finetune_at_its_own_image_size_is_trained_and_served_at_it(probe_run:
     options = {n: json.loads((run / "candidates" / f"efficientnet_lite0_{n}" / "model.json").read_text())
                ["backbones"][0]["options"] for n in ("linear_probe", "lp_ft")}
     assert options == {"linear_probe": {"image_size": 32}, "lp_ft": {"image_size": 48}}
+    timings = json.loads((run / "report.json").read_text())["timings"]  # each size's embedding its own
+    assert {"embed:efficientnet_lite0", "embed:efficientnet_lite0@48px"} <= set(timings)
     items = load_dataset("folder", str(data))
     cache = FeatureCache(cache_dir)
     for size in (32, 48):

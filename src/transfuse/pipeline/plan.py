@@ -6,11 +6,11 @@ fine-tuning candidate is then planned from one real training step and one infere
 (:func:`~transfuse.train.finetune.measure_step`) times the steps its folds and refit take: it runs
 with the most epochs (up to ``train.finetune.epochs``) that fit the time left, after a reserve for
 the fusions, or is skipped with the estimate as the reason. With fold bags (``adapt.bag``) the
-refit is optional: when fewer than :data:`MIN_EPOCHS` epochs fit with it, the most epochs that fit
-without it run and the fold bag ships in its place; when that is still too few, the first m of the
-k folds run (the most folds that fit that many epochs): the candidate is scored on those folds' rows
-only, and the run's choice compares it with the others on the same rows
-(:func:`~transfuse.pipeline.report.choose`). Whatever still runs past the deadline is stopped
+refit is optional: when dropping it fits more epochs (or fewer than :data:`MIN_EPOCHS` fit with
+it), the most epochs that fit without it run and the fold bag ships in its place; when that is still
+fewer than :data:`MIN_EPOCHS`, the first m of the k folds run (the most folds that fit that many
+epochs): the candidate is scored on those folds' rows only, and the run's choice compares it with
+the others on the same rows (:func:`~transfuse.pipeline.report.choose`). Whatever still runs past the deadline is stopped
 (:class:`~transfuse.budget.TimeLimitReached`) and left out (a refit stopped with its folds done:
 the bag ships); the report is written with what finished. Every decision is kept for
 ``report.json["plan"]``.
@@ -87,7 +87,9 @@ class Planner:
         epochs first: every fold and the refit; with ``bag``, every fold without the refit (the
         fold bag ships), then the first ``m < folds`` folds without it (the most folds at which that
         many epochs fit, then the most epochs; scored on those folds' rows only). When none does, the
-        first that fits 1 epoch. None: nothing fits. Recorded as a decision either way."""
+        first that fits 1 epoch. With ``bag``, every fold without the refit is also chosen over the
+        refit when it fits more epochs: the bag is what the folds scored, and the refit's time is
+        better spent on them. None: nothing fits. Recorded as a decision either way."""
         if self.budget is None:
             return max_epochs, True, folds
         avail = self.left() - reserve
@@ -102,6 +104,8 @@ class Planner:
             tiers.append(max(((e, False, m) for e in epochs for m in range(1, folds) if est(e, False, m) <= avail),
                              key=lambda t: (t[0] >= enough, t[2], t[0]), default=None))
         pick = next((t for t in tiers if t and t[0] >= enough), None) or next((t for t in tiers if t), None)
+        if bag and pick is tiers[0] and tiers[1] and tiers[1][0] > pick[0]:  # the refit's time buys epochs
+            pick = tiers[1]
         unit = {"train_step_s": round(cost.train_step, 4), "infer_batch_s": round(cost.infer_batch, 4),
                 "batch_size": cost.batch_size}
         left = f"{max(avail, 0):.0f} s left"
@@ -119,7 +123,8 @@ class Planner:
         else:
             above = tiers[tier - 1]
             short = (f"{'with the refit' if tier == 1 else f'on all {folds} folds'} only {above[0]} epoch(s) fit; "
-                     f"fewer than {enough} are planned only where no plan fits more") if above else \
+                     + ("the refit's time goes to epochs" if above[0] >= enough else
+                        f"fewer than {enough} are planned only where no plan fits more")) if above else \
                 (f"1 epoch with the refit would need about {est(1):.0f} s" if tier == 1 else
                  f"1 epoch on all {folds} folds would need about {est(1, False):.0f} s")
             where = "" if m == folds else f" on {m} of {folds} folds"

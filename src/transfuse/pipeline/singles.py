@@ -228,8 +228,9 @@ def _run_single(cfg: Any, run: RunFolder, data: Prepared, cache: Any, progress: 
             feats[key] = (cache.embed(backbone, train, bs, progress), cache.embed(backbone, test, bs, progress))
         else:
             feats.update(_embed(cfg, cache, bcfg.name, base, backbone, key, train, test, bs, progress))
-        timings[f"embed:{short_name(bcfg.name)}"] = timings.get(f"embed:{short_name(bcfg.name)}", 0.0) + \
-            time.perf_counter() - te
+        # at the fine-tune's size under a key of its own: fusion_reserve subtracts the run size's
+        tkey = f"embed:{short_name(bcfg.name)}" + (f"@{sized['image_size']}px" if sized else "")
+        timings[tkey] = timings.get(tkey, 0.0) + time.perf_counter() - te
     f = feats.get(key)
     ft = cfg.train.finetune if variant is None else variant.settings(cfg.train.finetune)
     seed_shift = 0 if variant is None else variant.seed_shift(cfg.seed)
