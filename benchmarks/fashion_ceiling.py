@@ -51,7 +51,7 @@ def embed(ds, size: int, flip: bool, adabn: bool, batch_size: int = 32) -> dict:
     out: dict = {"g": [], "s2": [], "st": []}
     with torch.no_grad():
         for x, _ in make_loader(ds, bb, train=False, batch_size=batch_size):
-            final, stages = bb.model.forward_intermediates(x, indices=3, **bb._tap_kw)
+            final, stages = bb.intermediates(x)
             pooled = bb.model.forward_head(final, pre_logits=True)
             assert torch.allclose(final.mean((2, 3)), pooled, atol=1e-4)  # the probe's own features
             out["g"].append(final.mean((2, 3)).numpy())

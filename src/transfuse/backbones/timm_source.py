@@ -123,11 +123,15 @@ class TimmBackbone(Backbone):
         with torch.no_grad():
             return int(self.forward(torch.zeros(1, *self._pre["input_size"])).shape[1])
 
+    def intermediates(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The last feature map and the ``taps`` stage maps (unpooled) of one input batch."""
+        return self.model.forward_intermediates(x, indices=self.taps, **self._tap_kw)
+
     def _parts(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The pooled stage features (``taps`` of them) and the final features of one input."""
         if not self.taps:
             return [], self.model(x)
-        final, stages = self.model.forward_intermediates(x, indices=self.taps, **self._tap_kw)
+        final, stages = self.intermediates(x)
         return [t.mean((2, 3)) for t in stages], self.model.forward_head(final, pre_logits=True)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:

@@ -73,12 +73,14 @@ from transfuse.config.train import (
 )
 
 __all__ = [
-    "EXTRA_FINETUNE_PARAMS", "PRESETS", "STRATEGIES", "TRAINING_STRATEGIES", "AdaptConfig", "AudioAugment", "AugmentConfig", "BackboneConfig", "BudgetConfig",
+    "EXTRA_FINETUNE_PARAMS", "PRESETS", "STRATEGIES", "TRAINING_STRATEGIES", "AdaptConfig", "AudioAugment",
+    "AugmentConfig", "BackboneConfig", "BudgetConfig",
     "CalibrationConfig", "ClassWeight", "DataConfig", "DistillOptions", "EnsembleName", "EvaluateConfig",
     "ExperimentConfig", "ExportConfig", "FeatureFusionConfig", "FeatureFusionOptions", "FinetuneConfig",
     "FuseConfig", "HeadConfig", "HeadFit", "HeadKind", "ImageAugment", "JointOptions", "NonNegFloat",
     "Optimizer", "OutputConfig", "ParamSpace", "PartialConfig", "PositiveFloat", "PreprocessConfig", "SearchConfig",
-    "Section", "SoupMethod", "SoupOptions", "SplitConfig", "Strategy", "TextCleaning", "TrainConfig", "UnitFloat", "Variant",
+    "Section", "SoupMethod", "SoupOptions", "SplitConfig", "Strategy", "TextCleaning", "TrainConfig", "UnitFloat",
+    "Variant",
     "UnlabelledSource",
     "apply_overrides", "config_to_yaml", "default_finetune_space", "default_head_space", "field_defaults",
     "format_validation_error", "load_config", "load_yaml", "parse_override", "read_yaml", "validate_config",

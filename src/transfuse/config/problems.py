@@ -120,7 +120,8 @@ def validation_problems(err: ValidationError, model: type[BaseModel] = Experimen
             near = closest(path[-1], allowed)
             if near is not None:
                 suggested.add(path[:-1] + (near,))
-            unknown[path] = f"unknown key {_dotted(path)}; {did_you_mean(path[-1], allowed)}valid keys here: {', '.join(allowed)}"
+            unknown[path] = (f"unknown key {_dotted(path)}; {did_you_mean(path[-1], allowed)}"
+                             f"valid keys here: {', '.join(allowed)}")
         elif e["type"] == "missing" and not rest:
             missing[path] = f"key {_dotted(path)} is required; add it to the config"
         else:

@@ -97,7 +97,8 @@ _FINETUNE_PARAMS = [n for n in FinetuneConfig.model_fields
 def _check_names(space: dict[str, ParamSpace], allowed: list[str], what: str) -> None:
     for name in space:
         if name not in allowed:
-            raise ValueError(f"unknown {what} parameter {name!r}; {did_you_mean(name, allowed)}searchable: {', '.join(allowed)}")
+            raise ValueError(f"unknown {what} parameter {name!r}; {did_you_mean(name, allowed)}"
+                             f"searchable: {', '.join(allowed)}")
 
 
 class SearchConfig(Section):
@@ -154,7 +155,8 @@ class ExportConfig(Section):
     format: Literal["onnx"] = "onnx"
     int8: bool = Field(False, description="also write an int8 ONNX model (static QDQ for conv nets, dynamic "
                                           "MatMul for transformers), accuracy re-measured")
-    int8_method: Literal["auto", "dynamic", "static"] = Field("auto", description="auto: by model family (docs/export.md)")
+    int8_method: Literal["auto", "dynamic", "static"] = Field("auto",
+                                                              description="auto: by model family (docs/export.md)")
     tolerance: float = Field(1e-4, gt=0, description="largest allowed |p_onnx - p_torch| on real inputs")
     opset: int = Field(18, ge=13)
     parity_samples: int = Field(32, ge=1, description="test inputs used for the parity check")

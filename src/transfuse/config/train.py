@@ -54,8 +54,8 @@ class Variant(Section):
                 raise ValueError(f"{name!r} cannot differ between variants ({VARIANT_FIXED[name]}); "
                                  f"set train.finetune.{name} instead")
             if name not in allowed:
-                raise ValueError(f"unknown key {name!r}; {did_you_mean(name, allowed)}a variant's finetune takes the keys of "
-                                 f"train.finetune but {', '.join(VARIANT_FIXED)}")
+                raise ValueError(f"unknown key {name!r}; {did_you_mean(name, allowed)}a variant's finetune takes "
+                                 f"the keys of train.finetune but {', '.join(VARIANT_FIXED)}")
         try:
             valid = FinetuneConfig.model_validate(v)
         except ValidationError as err:
@@ -181,7 +181,8 @@ class FinetuneConfig(Section):
     devices: int | Literal["auto"] = "auto"
     num_nodes: int = Field(1, ge=1)
     strategy: str = "auto"
-    freeze_bn: bool = Field(True, description="keep BatchNorm in eval mode (running statistics fixed); see docs/decisions.md")
+    freeze_bn: bool = Field(True, description="keep BatchNorm in eval mode (running statistics fixed); "
+                            "see docs/decisions.md")
     max_train_batches: int | None = Field(None, ge=1, description="cap per epoch (tests, smoke runs)")
     gradient_clip: float | None = Field(None, gt=0)
     num_workers: int | Literal["auto"] = "auto"
