@@ -10,10 +10,10 @@ refit is optional: when dropping it fits more epochs (or fewer than :data:`MIN_E
 it), the most epochs that fit without it run and the fold bag ships in its place; when that is still
 fewer than :data:`MIN_EPOCHS`, the first m of the k folds run (the most folds that fit that many
 epochs): the candidate is scored on those folds' rows only, and the run's choice compares it with
-the others on the same rows (:func:`~transfuse.pipeline.report.choose`). Whatever still runs past the deadline is stopped
-(:class:`~transfuse.budget.TimeLimitReached`) and left out (a refit stopped with its folds done:
-the bag ships); the report is written with what finished. Every decision is kept for
-``report.json["plan"]``.
+the others on the same rows (:func:`~transfuse.pipeline.report.choose`). Whatever still runs past
+the deadline is stopped (:class:`~transfuse.budget.TimeLimitReached`) and left out (a refit stopped
+with its folds done: the bag ships); the report is written with what finished. Every decision is
+kept for ``report.json["plan"]``.
 """
 
 from __future__ import annotations
