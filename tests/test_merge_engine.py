@@ -326,11 +326,12 @@ def test_peak_memory_is_bounded_whatever_the_tensor_size(tmp_path):
     # and its 16 MiB read-ahead, so memory follows neither the tensor nor the model
     small = _peak_growth(tmp_path / "small", 32, 512 * 1024)
     big = _peak_growth(tmp_path / "big", 2, 16 * 1024 * 1024)
-    assert big < 64 * 2**20, f"peak grew by {big / 2**20:.1f} MiB with 32 MiB tensors"
-    # a 32 MiB margin: measured on 2 cores, small 14-30 MiB and big 36-44 MiB (peak RSS also counts
-    # input pages the reader touched), so 16 MiB failed now and then; a whole-tensor engine would
-    # be ~400 MiB above the small case
-    assert big < small + 32 * 2**20, f"{big / 2**20:.1f} MiB vs {small / 2**20:.1f} MiB"
+    # peak RSS also counts the input file pages the reader touched (reclaimable, but in VmHWM), up
+    # to one name's 4 x 32 MiB here: measured on 2 cores, small 14-30 MiB and big 36-57 MiB (57.4
+    # vs 25.3 failed a 32 MiB margin in a fresh-clone run). The bounds sit at about a quarter of what a
+    # whole-tensor engine takes (~450 MiB for the big tensors, ~400 above the small case)
+    assert big < 128 * 2**20, f"peak grew by {big / 2**20:.1f} MiB with 32 MiB tensors"
+    assert big < small + 96 * 2**20, f"{big / 2**20:.1f} MiB vs {small / 2**20:.1f} MiB"
 
 
 def _layered(seed: int, dtype=torch.float16) -> dict[str, torch.Tensor]:
