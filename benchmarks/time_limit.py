@@ -6,6 +6,11 @@ first run: every embedding is computed), timed from outside; the row reads the r
 chosen candidate, its CV and test accuracy, what ran and what the planner skipped or stopped.
 
     .venv/bin/python benchmarks/time_limit.py [--tasks emoji wordnet] [--limits 60] [--preset medium]
+
+``--cold`` drops the page cache before each run (the imports, weights and data are read from disk,
+as on a machine whose cache another job emptied); ``--slow-disk MBPS:IOPS`` also throttles reads
+and writes on the disk that holds the virtual environment (a blkio cgroup, cgroup v1). Both need
+root.
 """
 
 from __future__ import annotations
@@ -37,10 +42,35 @@ COLUMNS = ["task", "limit_s", "wall_s", "within_limit", "chosen", "cv", "test_ac
            "skipped_or_stopped", "fine-tuning plan"]
 
 
-def run_one(task: str, limit: float, preset: str | None, out: Path) -> dict:
+def drop_page_cache() -> None:
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def throttle_disk(spec: str) -> str:
+    """Move this process (and so the runs it starts) into a blkio cgroup that limits the disk
+    holding the virtual environment to ``MBPS:IOPS``; returns the device, as ``major:minor``."""
+    mbps, iops = (float(x) for x in spec.split(":"))
+    dev = os.stat(sys.executable).st_dev
+    dev_id = f"{os.major(dev)}:{os.minor(dev)}"
+    part = Path(f"/sys/dev/block/{dev_id}")
+    if (part / "partition").exists():  # throttling applies to the whole disk
+        dev_id = (part.resolve().parent / "dev").read_text().strip()
+    group = Path("/sys/fs/cgroup/blkio/transfuse-slow-disk")
+    group.mkdir(exist_ok=True)
+    for rw in ("read", "write"):
+        (group / f"blkio.throttle.{rw}_bps_device").write_text(f"{dev_id} {int(mbps * 1e6)}\n")
+        (group / f"blkio.throttle.{rw}_iops_device").write_text(f"{dev_id} {int(iops)}\n")
+    (group / "cgroup.procs").write_text(f"{os.getpid()}\n")
+    return dev_id
+
+
+def run_one(task: str, limit: float, preset: str | None, out: Path, cold: bool = False) -> dict:
     run = out / f"{task}-{limit:g}"
     shutil.rmtree(run, ignore_errors=True)
     cache = Path(tempfile.mkdtemp(prefix="tl-cache-"))
+    if cold:
+        drop_page_cache()
     cmd = [str(Path(sys.executable).with_name("transfuse")), "fit", *TASKS[task], "--out", str(run),
            "--time-limit", f"{limit:g}", "--quiet"] + (["--preset", preset] if preset else [])
     t = time.time()
@@ -66,15 +96,24 @@ def main() -> None:
     ap.add_argument("--preset", choices=["fast", "medium", "best"], default=None)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "time_limit")
     ap.add_argument("--name", default="time_limit")
+    ap.add_argument("--cold", action="store_true", help="drop the page cache before each run (root)")
+    ap.add_argument("--slow-disk", metavar="MBPS:IOPS", help="throttle the disk (root, cgroup v1 blkio)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    extra = {"preset": args.preset or "medium (default under a time limit)",
+             "feature cache": "empty at the start of every run"}
+    if args.slow_disk:
+        mbps, iops = args.slow_disk.split(":")
+        dev = throttle_disk(args.slow_disk)
+        extra["disk"] = f"throttled to {mbps} MB/s and {iops} IO/s, reads and writes (device {dev})"
+    if args.cold or args.slow_disk:
+        extra["page cache"] = "dropped before each run"
     rows = []
     for task in args.tasks:
         for limit in args.limits:
-            rows.append(run_one(task, limit, args.preset, args.out))
+            rows.append(run_one(task, limit, args.preset, args.out, cold=bool(args.cold or args.slow_disk)))
             print(json.dumps(rows[-1]), flush=True)
-    print(write_results(args.name, rows, COLUMNS, {"preset": args.preset or "medium (default under a time limit)",
-                                                   "feature cache": "empty at the start of every run"}))
+    print(write_results(args.name, rows, COLUMNS, extra))
 
 
 if __name__ == "__main__":

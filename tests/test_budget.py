@@ -141,6 +141,9 @@ def test_budget_deadline_reserve_and_projection():
     clock.t = 1057.5
     with pytest.raises(TimeLimitReached, match=r"^fold: stopped at the time limit \(60 s\)$"):
         b.check("fold")
+    assert not b.over()  # past the work deadline, within the limit
+    clock.t = 1060.0
+    assert b.over()
 
 
 def test_check_is_a_no_op_without_an_active_budget():

@@ -174,6 +174,30 @@ def test_misclassified_examples_accuracy_interval_and_baseline_verdict(report, t
     assert "None: every test example" in render_report_html({"name": "x", "misclassified": []})
 
 
+def test_pictures_are_left_out_once_the_time_limit_has_passed(report, tmp_path):
+    """Under ``fit --time-limit``, a report written after the limit draws no picture (each one is
+    a few seconds on a slow machine) and says which; the numbers and tables are all there."""
+    from transfuse.budget import Budget, budgeted
+
+    png = tmp_path / "seven.png"
+    Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(png)
+    r = copy.deepcopy(report)
+    r["misclassified"] = [{"input": str(png), "true": "a_class", "predicted": "b_class", "confidence": 0.93}]
+    now = [59.0]
+    with budgeted(Budget(60, start=0.0, clock=lambda: now[0])):
+        within = render_report_html(r)
+        now[0] = 60.0
+        late = render_report_html(r)
+    assert len(_images(within)) == 5 and "Pictures left out" not in within  # 4 plots and the thumbnail
+    assert not _images(late)
+    assert ("<p class='sub'>Pictures left out, the time limit having passed: candidates chart, confusion matrix, "
+            "thumbnails, learning curves, reliability diagram. Every number and table is complete.</p>") in late
+    assert late.index("Pictures left out") < late.index("<h2>Candidates</h2>")
+    strip = re.compile(r"<img [^>]*>|<p class='sub'>Pictures left out[^<]*</p>")
+    assert strip.sub("", late) == strip.sub("", within)  # nothing else differs
+    assert render_report_html(r) == within  # no active limit: every picture
+
+
 # ------------------------------------------------------------------ in a real browser
 
 def _chromium() -> None:

@@ -61,6 +61,10 @@ class Budget:
         """Seconds of work left (to the work deadline; negative once past it)."""
         return self.deadline - self.reserve - self.clock()
 
+    def over(self) -> bool:
+        """True once the whole command's limit (not only the work deadline) has passed."""
+        return self.clock() >= self.deadline
+
     def check(self, where: str) -> None:
         if self.left() <= 0:
             raise TimeLimitReached(where, self.limit)
@@ -94,6 +98,11 @@ def budgeted(budget: Budget | None) -> Iterator[Budget | None]:
         yield budget
     finally:
         _active.remove(budget)
+
+
+def over() -> bool:
+    """True when the active budget's limit has passed (:meth:`Budget.over`); False without one."""
+    return bool(_active) and _active[-1].over()
 
 
 def check(where: str) -> None:

@@ -464,23 +464,55 @@ def merge(config: Path = typer.Argument(..., help="Merge YAML (mergekit format p
     run_merge_cli(config, out, overwrite=overwrite)
 
 
+def _end(code: Any) -> None:
+    """End the process with ``code`` (a ``SystemExit`` code) without the interpreter's teardown.
+
+    By now every file the command wrote is closed (atomic writes), the threads it started are
+    joined and the exit handlers run. The teardown that is skipped frees each extension module's
+    objects one by one and pages in code the command never ran: about 1 s on a quiet machine and
+    9 s with a cold, slow disk (measured), time that ``--time-limit`` cannot plan for."""
+    import atexit
+    import threading
+
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+    code = code if isinstance(code, int) else (0 if code is None else 1)
+    for t in threading.enumerate():
+        if t is not threading.main_thread() and not t.daemon:
+            t.join()
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if run_exit_handlers is None:  # not CPython: the normal exit
+        sys.exit(code)
+    run_exit_handlers()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more to write to it
+            pass
+    os._exit(code)
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    code: Any = 0
     try:
         app()
+    except SystemExit as e:
+        code = e.code
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        code = 2
     except OSError as e:
         from transfuse.io import disk_full_message
 
         if (msg := disk_full_message(e)) is None:
             raise
         print(f"error: {msg}", file=sys.stderr)
-        sys.exit(2)
+        code = 2
     except KeyboardInterrupt:
         print("interrupted; finished steps are saved: continue with 'transfuse resume RUN_DIR'", file=sys.stderr)
-        sys.exit(130)
+        code = 130
+    _end(code)
 
 
 if __name__ == "__main__":

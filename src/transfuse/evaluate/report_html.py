@@ -135,6 +135,30 @@ def _headline(r: dict, chosen: dict | None, test: dict) -> str:
     return "".join(out)
 
 
+class _Pictures:
+    """Draws the page's pictures (plots, thumbnails) while the run is within its time limit
+    (``fit --time-limit``): once the limit has passed, each later picture is left out and named in
+    :meth:`note`, and the numbers and tables are written all the same. Without a limit: all."""
+
+    def __init__(self) -> None:
+        self.left_out: list[str] = []
+
+    def __call__(self, what: str, draw: Any) -> str:
+        from transfuse.budget import over
+
+        if over():
+            self.left_out.append(what)
+            return ""
+        return draw()
+
+    def note(self) -> str:
+        if not self.left_out:
+            return ""
+        names = sorted(set(self.left_out), key=self.left_out.index)
+        return (f"<p class='sub'>Pictures left out, the time limit having passed: {_e(', '.join(names))}. "
+                "Every number and table is complete.</p>")
+
+
 def _thumbnail(path: str, size: int = 64) -> str:
     """A small inline PNG of an image file, or '' when it cannot be read."""
     import io
@@ -152,18 +176,25 @@ def _thumbnail(path: str, size: int = 64) -> str:
         return ""
 
 
-def _misclassified(r: dict) -> str:
+def _misclassified(r: dict, pictures: _Pictures) -> str:
     wrong = r.get("misclassified")
     if wrong is None:
         return ""
     if not wrong:
         return "<h2>Misclassified test examples</h2><p>None: every test example was classified right.</p>"
     images = r.get("modality") == "image"
-    rows = [[f"<td>{_thumbnail(str(w.get('input'))) if images else ''}<code>{_e(w.get('input'))}</code></td>",
+    rows = [[f"<td>{pictures('thumbnails', lambda w=w: _thumbnail(str(w.get('input')))) if images else ''}"
+             f"<code>{_e(w.get('input'))}</code></td>",
              f"<td>{_e(w.get('true'))}</td>", f"<td>{_e(w.get('predicted'))}</td>",
              f"<td class='num'>{_pct(w.get('confidence'))}</td>"] for w in wrong]
     return ("<h2>Misclassified test examples</h2><p class='sub'>the chosen model's most confident mistakes "
             f"(up to {len(wrong)})</p>" + _table(["input", "true", "predicted", "confidence"], rows))
+
+
+def _curves(cands: list[dict]) -> str:
+    png, left_out = plots.learning_curves(cands)
+    return _img(png, "learning curves") + (f"<p class='sub'>{left_out} more candidates with history not drawn.</p>"
+                                           if left_out else "")
 
 
 def _candidates(cands: list[dict], chosen_name: Any) -> str:
@@ -228,11 +259,12 @@ def render_report_html(report: dict) -> str:
     task = r.get("task") or {}
     classes = [str(c) for c in task.get("classes") or []]
     s = [_headline(r, chosen, test)]
+    pictures = _Pictures()
     if cands:
         s.append("<h2>Candidates</h2>" + _candidates(cands, r.get("chosen")))
         if any(c.get("cv_mean") is not None for c in cands):
-            png = plots.candidates_chart(cands, r.get("chosen"))
-            s.append(_img(png, "candidates: CV accuracy and test accuracy"))
+            s.append(pictures("candidates chart", lambda: _img(plots.candidates_chart(cands, r.get("chosen")),
+                                                               "candidates: CV accuracy and test accuracy")))
         cv = r.get("cv") or {}
         if cv:
             s.append(f"<p class='sub'>{_e(cv.get('folds', '?'))}-fold cross-validation, "
@@ -240,15 +272,14 @@ def render_report_html(report: dict) -> str:
     s.append(_plan(r))
     if test.get("confusion_matrix"):
         s.append("<h2>Confusion matrix (test, chosen candidate)</h2>"
-                 + _img(plots.confusion_matrix_plot(test["confusion_matrix"], classes), "confusion matrix"))
+                 + pictures("confusion matrix", lambda: _img(plots.confusion_matrix_plot(
+                     test["confusion_matrix"], classes), "confusion matrix")))
     if test.get("per_class"):
         s.append(_per_class(test["per_class"]))
-    s.append(_misclassified(r))
+    s.append(_misclassified(r, pictures))
     if any(c.get("history") for c in cands):
-        png, left_out = plots.learning_curves(cands)
         s.append("<h2>Learning curves</h2><p class='sub'>thin lines: folds; thick: mean over folds</p>"
-                 + _img(png, "learning curves")
-                 + (f"<p class='sub'>{left_out} more candidates with history not drawn.</p>" if left_out else ""))
+                 + pictures("learning curves", lambda: _curves(cands)))
     cal = r.get("calibration") or {}
     labels = {"before": "test, uncalibrated", "after": "test, temperature-scaled"}
     curves = {labels[k]: cal[f"reliability_{k}"] for k in labels if cal.get(f"reliability_{k}")}
@@ -259,7 +290,8 @@ def render_report_html(report: dict) -> str:
                 f"{_num(cal.get('log_loss_before'))} → {_num(cal.get('log_loss_after'))}."
                 if cal.get("temperature") is not None else "")
         s.append("<h2>Calibration</h2>" + (f"<p>{note}</p>" if note else "")
-                 + _img(plots.reliability_diagram(curves), "reliability diagram"))
+                 + pictures("reliability diagram", lambda: _img(plots.reliability_diagram(curves),
+                                                                "reliability diagram")))
     if r.get("search"):
         srch = r["search"]
         best = srch.get("best_head") or srch.get("best_params")
@@ -304,6 +336,7 @@ def render_report_html(report: dict) -> str:
     if r.get("config") is not None:
         s.append("<h2>Configuration</h2>" + _collapsible(
             "resolved config", f"<pre>{_e(json.dumps(r['config'], indent=2, default=str))}</pre>", False))
+    s.insert(1, pictures.note())
     title = _e(f"transfuse report: {r.get('name') or 'run'}")
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
             f"<meta name='viewport' content='width=device-width,initial-scale=1'><style>{CSS}</style></head>"
