@@ -79,7 +79,7 @@ def run_one(task: str, limit: float, preset: str | None, out: Path, cold: bool =
     shutil.rmtree(cache, ignore_errors=True)
     row = {"task": task, "limit_s": limit, "wall_s": round(wall, 1), "within_limit": wall <= 1.1 * limit}
     if p.returncode != 0:
-        return {**row, "chosen": f"error: {p.stderr.strip().splitlines()[-1][:200]}"}
+        return {**row, "chosen": "error: " + p.stderr.strip().splitlines()[-1].removeprefix("error: ")[:200]}
     rep = json.loads((run / "report.json").read_text())
     chosen = next(c for c in rep["candidates"] if c["name"] == rep["chosen"])
     plan = [f"{d['name']}: {d['action']} ({d['reason']})" for d in rep.get("plan", {}).get("decisions", [])]
