@@ -87,7 +87,8 @@ def run(config: Path = typer.Argument(..., help="Experiment YAML file."),
         set_: SetOpt = None,
         out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: output.dir or runs/NAME)."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars, no library warnings."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run folder that holds a different experiment.")) -> None:
+        overwrite: bool = typer.Option(False, "--overwrite",
+                                       help="Replace a run folder that holds a different experiment.")) -> None:
     """Run a whole experiment from a YAML config."""
     from transfuse.config import load_config
 
@@ -144,7 +145,8 @@ def infer_modality(data: str) -> str:
         if "text" in columns:
             return "text"
         raise UserError(f"--data {data!r}: cannot tell the modality from its columns ({', '.join(sorted(columns))}); "
-                        "give --modality image|text|audio (a table of texts has a 'text' column, of files a 'path' column)")
+                        "give --modality image|text|audio (a table of texts has a 'text' column, of files a "
+                        "'path' column)")
     return "image"
 
 
@@ -171,21 +173,39 @@ def infer_source(data: str, modality: str) -> tuple[str, str | None]:
 
 
 @app.command()
-def fit(data: str = typer.Option(..., "--data", help="Folder, manifest, SOURCE:PATH or a sample set name (emoji, fashion_mnist, wordnet, ...)."),
-        modality: Optional[str] = typer.Option(None, "--modality", help="image | text | audio (default: from the data: a table's text column, audio files, else image)."),
-        backbone: Optional[list[str]] = typer.Option(None, "--backbone", help="Backbone name (repeatable), e.g. bundled:efficientnet_lite0 (default: the modality's bundled ones)."),
-        strategy: Optional[list[str]] = typer.Option(None, "--strategy", help="linear_probe | multilayer_probe | finetune | lp_ft | partial_ft (repeatable; default: the preset's, else linear_probe)."),
-        time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Seconds for the whole command: the planner measures costs and keeps what fits (default preset: medium)."),
-        preset: Optional[str] = typer.Option(None, "--preset", help="fast (probes; images: + multilayer_probe at 3 sizes) | medium (+ LP-FT) | best (+ full fine-tuning): the strategies tried."),
+def fit(data: str = typer.Option(..., "--data",
+                                 help="Folder, manifest, SOURCE:PATH or a sample set name (emoji, fashion_mnist, "
+                                      "wordnet, ...)."),
+        modality: Optional[str] = typer.Option(None, "--modality",
+                                               help="image | text | audio (default: from the data: a table's text "
+                                                    "column, audio files, else image)."),
+        backbone: Optional[list[str]] = typer.Option(None, "--backbone",
+                                                     help="Backbone name (repeatable), e.g. "
+                                                          "bundled:efficientnet_lite0 (default: the modality's "
+                                                          "bundled ones)."),
+        strategy: Optional[list[str]] = typer.Option(None, "--strategy",
+                                                     help="linear_probe | multilayer_probe | finetune | lp_ft | "
+                                                          "partial_ft (repeatable; default: the preset's, else "
+                                                          "linear_probe)."),
+        time_limit: Optional[float] = typer.Option(None, "--time-limit",
+                                                   help="Seconds for the whole command: the planner measures costs "
+                                                        "and keeps what fits (default preset: medium)."),
+        preset: Optional[str] = typer.Option(None, "--preset",
+                                             help="fast (probes; images: + multilayer_probe at 3 sizes) | medium (+ "
+                                                  "LP-FT) | best (+ full fine-tuning): the strategies tried."),
         out: Path = typer.Option(..., "--out", help="Run folder."),
         test_data: Optional[str] = typer.Option(None, "--test-data", help="External test set (same forms as --data)."),
         folds: int = typer.Option(5, "--folds", help="Cross-validation folds."),
         seed: int = typer.Option(0, "--seed"),
         set_: SetOpt = None,
-        search_trials: Optional[int] = typer.Option(None, "--search", help="First search the head's hyperparameters with N trials (Optuna)."),
-        storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL for --search (default: sqlite in the run folder)."),
+        search_trials: Optional[int] = typer.Option(None, "--search",
+                                                    help="First search the head's hyperparameters with N trials "
+                                                         "(Optuna)."),
+        storage: Optional[str] = typer.Option(None, "--storage",
+                                              help="Optuna RDB URL for --search (default: sqlite in the run folder)."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars, no library warnings."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run folder that holds a different experiment.")) -> None:
+        overwrite: bool = typer.Option(False, "--overwrite",
+                                       help="Replace a run folder that holds a different experiment.")) -> None:
     """The same pipeline with defaults, for the common case and for scripts."""
     _quiet(quiet)
     from transfuse.api.fit import DEFAULT_BACKBONES
@@ -237,14 +257,28 @@ def resume(run_dir: Path = typer.Argument(..., help="A run folder."),
 
 @app.command()
 def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
-            inputs: Optional[list[str]] = typer.Argument(None, help="Files or folders (a folder: its image/audio/.txt files); for a text model a text file is one text per line."),
-            text: Optional[list[str]] = typer.Option(None, "--text", help="A literal text to classify (repeatable; text models)."),
-            table: Optional[Path] = typer.Option(None, "--csv", help="A .csv/.tsv/.jsonl table of inputs (its --column: texts, or file paths relative to the table; a multimodal model reads its own columns)."),
-            column: Optional[str] = typer.Option(None, "--column", help="The --csv column to read (default: text for text models, path for image/audio)."),
-            out: Optional[Path] = typer.Option(None, "--out", help="Write the predictions here: .csv, .tsv or .jsonl (with a header / all probabilities)."),
+            inputs: Optional[list[str]] = typer.Argument(None,
+                                                         help="Files or folders (a folder: its image/audio/.txt "
+                                                              "files); for a text model a text file is one text per "
+                                                              "line."),
+            text: Optional[list[str]] = typer.Option(None, "--text",
+                                                     help="A literal text to classify (repeatable; text models)."),
+            table: Optional[Path] = typer.Option(None, "--csv",
+                                                 help="A .csv/.tsv/.jsonl table of inputs (its --column: texts, or "
+                                                      "file paths relative to the table; a multimodal model reads its"
+                                                      " own columns)."),
+            column: Optional[str] = typer.Option(None, "--column",
+                                                 help="The --csv column to read (default: text for text models, path "
+                                                      "for image/audio)."),
+            out: Optional[Path] = typer.Option(None, "--out",
+                                               help="Write the predictions here: .csv, .tsv or .jsonl (with a header "
+                                                    "/ all probabilities)."),
             as_json: bool = typer.Option(False, "--json", help="Print JSON lines with all probabilities."),
-            engine: str = typer.Option("auto", "--engine", help="onnx | onnx-int8 | torch | auto (onnx when exported)."),
-            candidate: Optional[str] = typer.Option(None, "--candidate", help="Predict with this candidate (e.g. fusion/stacking) instead of the chosen model.")) -> None:
+            engine: str = typer.Option("auto", "--engine",
+                                       help="onnx | onnx-int8 | torch | auto (onnx when exported)."),
+            candidate: Optional[str] = typer.Option(None, "--candidate",
+                                                    help="Predict with this candidate (e.g. fusion/stacking) instead "
+                                                         "of the chosen model.")) -> None:
     """Predict with a run's chosen model, or with one of its candidates. One record per input, in
     order, after a header line (TSV ``input label confidence``; ``--json``: JSON lines; ``--out``:
     a CSV/TSV/JSONL file chosen by its extension). An input that cannot be read gets an error record
@@ -285,10 +319,12 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
 def serve(run_dir: Path = typer.Argument(..., help="A finished run folder."),
           host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
           port: int = typer.Option(8000, "--port"),
-          candidate: Optional[str] = typer.Option(None, "--candidate", help="Serve this candidate instead of the chosen model."),
+          candidate: Optional[str] = typer.Option(None, "--candidate",
+                                                  help="Serve this candidate instead of the chosen model."),
           engine: str = typer.Option("auto", "--engine", help="onnx | onnx-int8 | torch | auto (onnx when exported)."),
           max_upload_mb: float = typer.Option(10.0, "--max-upload-mb", help="Largest accepted upload, in MB."),
-          max_batch: int = typer.Option(64, "--max-batch", help="Most inputs run together from concurrent requests.")) -> None:
+          max_batch: int = typer.Option(64, "--max-batch",
+                                        help="Most inputs run together from concurrent requests.")) -> None:
     """Serve a run's model over HTTP: GET /health, POST /predict (files or JSON texts)."""
     from transfuse.server import Limits
     from transfuse.server import serve as _serve
@@ -340,8 +376,11 @@ def info() -> None:
 
 
 @data_app.command("emoji")
-def data_emoji(out: Optional[Path] = typer.Option(None, "--out", help="Also export as an image folder here (a new or empty folder)."),
-               overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output of this command in --out (never other files).")) -> None:
+def data_emoji(out: Optional[Path] = typer.Option(None, "--out",
+                                                  help="Also export as an image folder here (a new or empty folder)."),
+               overwrite: bool = typer.Option(False, "--overwrite",
+                                              help="Replace an earlier output of this command in --out (never other "
+                                                   "files).")) -> None:
     """Install the emoji set (npm emoji-datasource-google) into the cache."""
     from transfuse.data import samples
 
@@ -351,9 +390,13 @@ def data_emoji(out: Optional[Path] = typer.Option(None, "--out", help="Also expo
 
 
 @data_app.command("fashion-mnist")
-def data_fashion(out: Optional[Path] = typer.Option(None, "--out", help="Also export as an image folder here (a new or empty folder)."),
+def data_fashion(out: Optional[Path] = typer.Option(None, "--out",
+                                                    help="Also export as an image folder here (a new or empty "
+                                                         "folder)."),
                  per_class: int = typer.Option(200, "--per-class"),
-                 overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output of this command in --out (never other files).")) -> None:
+                 overwrite: bool = typer.Option(False, "--overwrite",
+                                                help="Replace an earlier output of this command in --out (never other"
+                                                     " files).")) -> None:
     """Install Fashion-MNIST (Debian dataset-fashion-mnist)."""
     from transfuse.data import samples
 
@@ -365,8 +408,11 @@ def data_fashion(out: Optional[Path] = typer.Option(None, "--out", help="Also ex
 @app.command()
 def search(config: Path = typer.Argument(..., help="Experiment YAML file (its search: section)."),
            set_: SetOpt = None,
-           storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL (default: sqlite file in the run folder)."),
-           trials: Optional[int] = typer.Option(None, "--trials", help="Trials in the study, over all workers (default search.n_trials)."),
+           storage: Optional[str] = typer.Option(None, "--storage",
+                                                 help="Optuna RDB URL (default: sqlite file in the run folder)."),
+           trials: Optional[int] = typer.Option(None, "--trials",
+                                                help="Trials in the study, over all workers (default "
+                                                     "search.n_trials)."),
            worker: bool = typer.Option(False, "--worker", help="Join an existing study instead of creating it."),
            quiet: bool = typer.Option(False, "--quiet", help="No progress bars, no library warnings.")) -> None:
     """Hyperparameter search: heads on cached features, then (optionally) fine-tuning trials."""
@@ -388,7 +434,10 @@ def search(config: Path = typer.Argument(..., help="Experiment YAML file (its se
 @app.command()
 def embed(config: Path = typer.Argument(..., help="Experiment YAML file."),
           set_: SetOpt = None,
-          shard: Optional[str] = typer.Option(None, "--shard", help="I/N: embed shard I of N (0 <= I < N), one process per shard on any machines sharing TRANSFUSE_FEATURE_CACHE (default: everything)."),
+          shard: Optional[str] = typer.Option(None, "--shard",
+                                              help="I/N: embed shard I of N (0 <= I < N), one process per shard on "
+                                                   "any machines sharing TRANSFUSE_FEATURE_CACHE (default: "
+                                                   "everything)."),
           quiet: bool = typer.Option(False, "--quiet", help="No progress bars, no library warnings.")) -> None:
     """Fill the feature cache with the features of a config's data, for every backbone: a later
     run or search of the config reads them instead of computing them."""
@@ -402,17 +451,26 @@ def embed(config: Path = typer.Argument(..., help="Experiment YAML file."),
         if "skipped" in r:
             print(f"{r['backbone']}: skipped, {r['skipped']}")
         else:
-            print(f"{r['backbone']}{f' (shard {part})' if shard else ''}: {r['items']} items, {r['computed']} computed, {r['cached']} "
+            where = f" (shard {part})" if shard else ""
+            print(f"{r['backbone']}{where}: {r['items']} items, {r['computed']} computed, {r['cached']} "
                   f"already cached ({r['seconds']:.1f} s) -> {r['folder']}")
 
 
 @app.command()
 def export(run_dir: Path = typer.Argument(..., help="A finished run folder."),
            format: str = typer.Option("onnx", "--format", help="onnx"),
-           int8: bool = typer.Option(False, "--int8", help="Also write an int8 model (method chosen per model family; accuracy re-measured)."),
-           candidate: Optional[str] = typer.Option(None, "--candidate", help="Export this candidate (e.g. fusion/features) instead of the chosen model."),
-           out: Optional[Path] = typer.Option(None, "--out", help="Also copy the exported model to OUT/model/ (a new or empty folder), to ship or serve on its own."),
-           overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output of transfuse export in --out (never other files).")) -> None:
+           int8: bool = typer.Option(False, "--int8",
+                                     help="Also write an int8 model (method chosen per model family; accuracy "
+                                          "re-measured)."),
+           candidate: Optional[str] = typer.Option(None, "--candidate",
+                                                   help="Export this candidate (e.g. fusion/features) instead of the "
+                                                        "chosen model."),
+           out: Optional[Path] = typer.Option(None, "--out",
+                                              help="Also copy the exported model to OUT/model/ (a new or empty "
+                                                   "folder), to ship or serve on its own."),
+           overwrite: bool = typer.Option(False, "--overwrite",
+                                          help="Replace an earlier output of transfuse export in --out (never other "
+                                               "files).")) -> None:
     """Export a run's chosen model, or one candidate (ONNX, parity-checked, temperature folded in)."""
     from transfuse.artifacts.store import RunFolder
     from transfuse.export.onnx import export_cli
@@ -439,15 +497,24 @@ def export(run_dir: Path = typer.Argument(..., help="A finished run folder."),
 
 
 @data_app.command("speech")
-def data_speech(words: list[str] = typer.Option(..., "--words", help="Words to say (repeatable); 'digits' and 'commands' expand to word lists."),
-                out: Path = typer.Option(..., "--out", help="Output folder (train/, test/, manifest.csv); a new or empty folder."),
-                voices: Optional[list[str]] = typer.Option(None, "--voices", help="espeak-ng voices, e.g. en-us+f3 (default: 8 accents x 20 variants)."),
+def data_speech(words: list[str] = typer.Option(..., "--words",
+                                                help="Words to say (repeatable); 'digits' and 'commands' expand to "
+                                                     "word lists."),
+                out: Path = typer.Option(..., "--out",
+                                         help="Output folder (train/, test/, manifest.csv); a new or empty folder."),
+                voices: Optional[list[str]] = typer.Option(None, "--voices",
+                                                           help="espeak-ng voices, e.g. en-us+f3 (default: 8 accents "
+                                                                "x 20 variants)."),
                 pitches: Optional[list[int]] = typer.Option(None, "--pitches"),
                 speeds: Optional[list[int]] = typer.Option(None, "--speeds"),
                 seed: int = typer.Option(0, "--seed"),
                 test_fraction: float = typer.Option(0.25, "--test-fraction"),
-                split_by: str = typer.Option("variant", "--split-by", help="variant | voice | accent | accent_and_variant: what the test split holds out."),
-                overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier output of this command in --out (never other files).")) -> None:
+                split_by: str = typer.Option("variant", "--split-by",
+                                             help="variant | voice | accent | accent_and_variant: what the test split"
+                                                  " holds out."),
+                overwrite: bool = typer.Option(False, "--overwrite",
+                                               help="Replace an earlier output of this command in --out (never other "
+                                                    "files).")) -> None:
     """Synthesise spoken words with espeak-ng into a voice-disjoint audio folder (synthetic data)."""
     from transfuse.data.speech import speech_cli
 

@@ -114,7 +114,8 @@ def render_card(report: dict[str, Any], spec: ModelSpec, licences: list[dict[str
     if isinstance(test.get("macro_f1"), (int, float)):
         metrics.append({"type": "f1", "name": "test macro-F1", "value": round(float(test["macro_f1"]), 6)})
     if isinstance(chosen.get("cv_mean"), (int, float)):
-        metrics.append({"type": metric, "name": f"cross-validated {metric}", "value": round(float(chosen["cv_mean"]), 6)})
+        metrics.append({"type": metric, "name": f"cross-validated {metric}",
+                        "value": round(float(chosen["cv_mean"]), 6)})
     front = {
         "library_name": "transfuse",
         "pipeline_tag": PIPELINE_TAGS.get(modality, "other"),
@@ -129,14 +130,15 @@ def render_card(report: dict[str, Any], spec: ModelSpec, licences: list[dict[str
     }
     front = {k: v for k, v in front.items() if v is not None}
     runner = next((c for c in cands if c["name"] != chosen.get("name")), None)
+    n_folds = (report.get("cv") or {}).get("folds", "?")
     why = (f"It has the best cross-validated {metric} of the {len(cands)} candidates "
-           f"({_num(chosen.get('cv_mean'))} ± {_num(chosen.get('cv_std'))} over {(report.get('cv') or {}).get('folds', '?')} "
+           f"({_num(chosen.get('cv_mean'))} ± {_num(chosen.get('cv_std'))} over {n_folds} "
            f"folds" + (f"; runner-up {runner['name']} at {_num(runner['cv_mean'])}" if runner else "") + "). The test "
            "split played no part in the choice: it was read once, after.")
     won = next((c for c in report.get("choice") or []
                 if c.get("chosen") == c.get("challenger") == chosen.get("name")), None)
     if won:  # a fold bag of only some folds, chosen against the leader on those folds' rows
-        why = (f"Under the time limit it ran on {won['folds']} of the {(report.get('cv') or {}).get('folds', '?')} "
+        why = (f"Under the time limit it ran on {won['folds']} of the {n_folds} "
                f"folds only; on those folds' rows its cross-validated {metric} ({_num(won['challenger_score'])}) beat "
                f"that of {won['leader']} ({_num(won['leader_score'])}), the best candidate scored on every fold. The "
                "test split played no part in the choice: it was read once, after.")
@@ -145,17 +147,21 @@ def render_card(report: dict[str, Any], spec: ModelSpec, licences: list[dict[str
     lines = [
         "---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(), "---", "",
         f"# {report.get('name', 'model')}", "",
-        f"{'An' if modality[:1] in 'aeiou' else 'A'} {modality} classifier over {len(classes)} classes built by transfuse {report.get('transfuse_version', '')}: "
+        f"{'An' if modality[:1] in 'aeiou' else 'A'} {modality} classifier over {len(classes)} classes built by "
+        f"transfuse {report.get('transfuse_version', '')}: "
         f"**{chosen.get('name', '?')}** ({chosen.get('kind', '?')}, saved as `{spec.kind}`).", "",
         "## Model description", "",
         f"- Chosen candidate: `{chosen.get('name', '?')}`. {why}",
-        f"- Pretrained backbones: {', '.join(f'`{x}`' for x in front.get('base_model_backbones', [])) or 'none (trained from the data alone)'}.",
-        f"- Calibration: temperature scaling, T = {_num(cal.get('temperature'), 3)} (fitted on out-of-fold predictions)."
+        "- Pretrained backbones: " + (", ".join(f"`{x}`" for x in front.get("base_model_backbones", []))
+                                      or "none (trained from the data alone)") + ".",
+        f"- Calibration: temperature scaling, T = {_num(cal.get('temperature'), 3)} (fitted on out-of-fold "
+        "predictions)."
         if cal.get("temperature") is not None else "- Calibration: none.",
         "", "## Classes", "", ", ".join(f"`{c}`" for c in classes), "",
         "## Training data", "",
         f"- Source: `{data_cfg.get('source', '?')}` `{dataset}`.",
-        f"- {task.get('n_train', '?')} training examples (cross-validation), {task.get('n_test', '?')} held-out test examples; "
+        f"- {task.get('n_train', '?')} training examples (cross-validation), {task.get('n_test', '?')} held-out test "
+        "examples; "
         f"{len(report.get('quarantined') or [])} inputs quarantined as unreadable.",
         "- Per class (training): " + ", ".join(f"{c}: {counts.get(c, '?')}" for c in classes) + ".", "",
         "## Evaluation", "",
@@ -166,7 +172,8 @@ def render_card(report: dict[str, Any], spec: ModelSpec, licences: list[dict[str
         f"| test macro-F1 | {_num(test.get('macro_f1'))} |",
         f"| test log-loss | {_num(test.get('log_loss'))} |",
         f"| test ECE (15 bins) | {_num(cal.get('ece_before', test.get('ece')))}"
-        + (f" → {_num(cal.get('ece_after'))} after temperature scaling" if cal.get("ece_after") is not None else "") + " |",
+        + (f" → {_num(cal.get('ece_after'))} after temperature scaling" if cal.get("ece_after") is not None else "")
+        + " |",
         "",
     ]
     verdict = report.get("baseline") or {}

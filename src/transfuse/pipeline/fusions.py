@@ -113,7 +113,8 @@ def run_fusions(cfg: Any, run: RunFolder, data: Prepared, results: list[Candidat
         return made[0]
 
     try:
-        _fusion_stages(cfg, run, data, results, cache, progress, members, excluded, done, keep, spec, all_backbones, out)
+        _fusion_stages(cfg, run, data, results, cache, progress, members, excluded, done, keep, spec, all_backbones,
+                       out)
     except TimeLimitReached as e:
         why = f"stopped at the time limit ({e.where})"
         console.print(f"[yellow]fusion: stop[/yellow] {why}")
@@ -152,8 +153,8 @@ def _fusion_stages(cfg: Any, run: RunFolder, data: Prepared, results: list[Candi
         budget.check("fusion/features")
         backbones = all_backbones()
         if len(backbones) >= 2:
-            blocks = {n: cache.embed(bb, dataset_for(data.train, bb.modality), bs, progress) for n, _, _, bb in backbones}
-            tblocks = {n: cache.embed(bb, dataset_for(data.test, bb.modality), bs, progress) for n, _, _, bb in backbones}
+            blocks, tblocks = ({n: cache.embed(bb, dataset_for(part, bb.modality), bs, progress)
+                                for n, _, _, bb in backbones} for part in (data.train, data.test))
             cand, est = feature_candidate(fc.features, blocks, tblocks, y, data.folds, c, metric, seed)
             singles = {r.backbone: r for r in results if r.kind == "single"}
             known = [singles[bb.spec].inference_ms_per_example for *_, bb in backbones if bb.spec in singles]
