@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+import textwrap
 
 import pytest
 from conftest import cli as run_cli
@@ -109,9 +111,6 @@ def test_the_command_ends_without_the_interpreters_teardown(tmp_path):
     """``transfuse`` ends with the exit handlers run and its threads joined, then skips the
     interpreter's teardown (about 1 s on a quiet machine, 9 s with a cold disk, which a time limit
     cannot plan for): an object that only the teardown would free is never finalized."""
-    import sys
-    import textwrap
-
     script = textwrap.dedent(f"""
         import atexit, sys, threading, time
         from pathlib import Path

@@ -265,8 +265,8 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run folder."),
                                                      help="A literal text to classify (repeatable; text models)."),
             table: Optional[Path] = typer.Option(None, "--csv",
                                                  help="A .csv/.tsv/.jsonl table of inputs (its --column: texts, or "
-                                                      "file paths relative to the table; a multimodal model reads its"
-                                                      " own columns)."),
+                                                      "file paths relative to the table; a multimodal model reads "
+                                                      "its own columns)."),
             column: Optional[str] = typer.Option(None, "--column",
                                                  help="The --csv column to read (default: text for text models, path "
                                                       "for image/audio)."),

@@ -13,6 +13,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from transfuse.budget import over
 from transfuse.evaluate import plots
 from transfuse.io import atomic_write_text
 
@@ -144,8 +145,6 @@ class _Pictures:
         self.left_out: list[str] = []
 
     def __call__(self, what: str, draw: Any) -> str:
-        from transfuse.budget import over
-
         if over():
             self.left_out.append(what)
             return ""
@@ -154,8 +153,8 @@ class _Pictures:
     def note(self) -> str:
         if not self.left_out:
             return ""
-        names = sorted(set(self.left_out), key=self.left_out.index)
-        return (f"<p class='sub'>Pictures left out, the time limit having passed: {_e(', '.join(names))}. "
+        names = ", ".join(dict.fromkeys(self.left_out))  # each once, in page order
+        return (f"<p class='sub'>Pictures left out, the time limit having passed: {_e(names)}. "
                 "Every number and table is complete.</p>")
 
 
